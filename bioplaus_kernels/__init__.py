@@ -1,0 +1,14 @@
+"""bioplaus_kernels: hand-written CUDA and C++ kernels for biologically motivated deep learning.
+
+Importing the package loads the compiled operator library (``bioplaus_kernels._C``), which registers the
+``torch.ops.bioplaus.*`` operators; ``bioplaus_kernels.ops`` adds their autograd and fake kernels.
+"""
+from . import _C  # noqa: F401  (registers torch.ops.bioplaus.*)
+from . import ops, nn, reference  # noqa: F401
+
+__version__ = "0.1.0"
+
+#: True when the CUDA kernels were compiled into this build.
+with_cuda: bool = bool(_C.with_cuda)
+
+__all__ = ["ops", "nn", "reference", "with_cuda", "__version__"]

@@ -1,0 +1,4 @@
+"""Readable pure-PyTorch implementations: the ground truth of the tests and the baselines of the benchmarks."""
+from . import lc2d  # noqa: F401
+
+__all__ = ["lc2d"]

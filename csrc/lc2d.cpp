@@ -1,0 +1,245 @@
+// Locally connected 2D: operator schemas, the one input check per op, and the CUDA autocast wrappers.
+// Backend kernels live in cpu/lc2d_kernel.cpp and cuda/lc2d_kernel.cu; autograd and fake kernels are
+// registered from Python (bioplaus_kernels/ops/lc2d.py).
+#include "lc2d.h"
+
+#include <ATen/autocast_mode.h>
+#include <torch/library.h>
+
+#include <sstream>
+#include <string>
+
+namespace bioplaus {
+namespace {
+
+std::string shape_str(c10::IntArrayRef s) {
+  std::ostringstream os;
+  os << "[";
+  for (size_t i = 0; i < s.size(); ++i) os << (i ? ", " : "") << s[i];
+  os << "]";
+  return os.str();
+}
+
+void check_int_list(const char* op, const char* name, c10::IntArrayRef v, size_t len, int64_t min) {
+  TORCH_CHECK(v.size() == len, op, ": ", name, " must have ", len, " values, got ", v.size(), " (",
+              shape_str(v), ")");
+  for (int64_t e : v) {
+    TORCH_CHECK(e >= min, op, ": ", name, " values must be >= ", min, ", got ", shape_str(v));
+  }
+}
+
+void check_hyper(const char* op, c10::IntArrayRef stride, c10::IntArrayRef padding,
+                 c10::IntArrayRef dilation) {
+  check_int_list(op, "stride", stride, 2, 1);
+  check_int_list(op, "padding", padding, 4, 0);
+  check_int_list(op, "dilation", dilation, 2, 1);
+}
+
+void check_dtype(const char* op, const char* name, const at::Tensor& t) {
+  const auto dt = t.scalar_type();
+  const bool cpu_ok = dt == at::kFloat || dt == at::kDouble;
+  const bool cuda_ok = cpu_ok || dt == at::kHalf || dt == at::kBFloat16;
+  if (t.is_cuda()) {
+    TORCH_CHECK(cuda_ok, op, ": ", name, " must be float32, float64, float16 or bfloat16 on CUDA, got ",
+                dt);
+  } else {
+    TORCH_CHECK(cpu_ok, op, ": ", name, " must be float32 or float64 on the CPU, got ", dt);
+  }
+}
+
+void check_same(const char* op, const char* a_name, const at::Tensor& a, const char* b_name,
+                const at::Tensor& b) {
+  TORCH_CHECK(a.device() == b.device(), op, ": ", a_name, " is on ", a.device(), " but ", b_name,
+              " is on ", b.device(), "; they must be on the same device");
+  TORCH_CHECK(a.scalar_type() == b.scalar_type(), op, ": ", a_name, " has dtype ", a.scalar_type(),
+              " but ", b_name, " has dtype ", b.scalar_type(), "; they must match");
+}
+
+void check_dim(const char* op, const char* name, const at::Tensor& t, int64_t dim, const char* layout) {
+  TORCH_CHECK(t.dim() == dim, op, ": ", name, " must be ", dim, "-D ", layout, ", got a ", t.dim(),
+              "-D tensor of shape ", shape_str(t.sizes()));
+}
+
+// Fills the spatial part of g from the input size, kernel and hyper-parameters, checking that the
+// dilated kernel fits the padded input.
+void resolve_spatial(const char* op, Lc2dGeometry& g, int64_t H, int64_t W, int64_t kH, int64_t kW,
+                     c10::IntArrayRef stride, c10::IntArrayRef padding, c10::IntArrayRef dilation) {
+  TORCH_CHECK(H >= 1 && W >= 1, op, ": input spatial size must be positive, got ", H, "x", W);
+  TORCH_CHECK(kH >= 1 && kW >= 1, op, ": kernel size must be positive, got ", kH, "x", kW);
+  g.H = H;
+  g.W = W;
+  g.kH = kH;
+  g.kW = kW;
+  g.sH = stride[0];
+  g.sW = stride[1];
+  g.pT = padding[0];
+  g.pL = padding[2];
+  g.dH = dilation[0];
+  g.dW = dilation[1];
+  const int64_t padded_h = H + padding[0] + padding[1];
+  const int64_t padded_w = W + padding[2] + padding[3];
+  const int64_t span_h = g.dH * (kH - 1) + 1;
+  const int64_t span_w = g.dW * (kW - 1) + 1;
+  TORCH_CHECK(span_h <= padded_h && span_w <= padded_w, op, ": the kernel spans ", span_h, "x", span_w,
+              " (size ", kH, "x", kW, ", dilation ", g.dH, "x", g.dW,
+              ") which is larger than the padded input ", padded_h, "x", padded_w);
+  g.H_out = lc2d_out_size(H, kH, g.sH, padding[0], padding[1], g.dH);
+  g.W_out = lc2d_out_size(W, kW, g.sW, padding[2], padding[3], g.dW);
+}
+
+void check_weight_grid(const char* op, const Lc2dGeometry& g, int64_t H_out, int64_t W_out,
+                       const char* who) {
+  TORCH_CHECK(g.H_out == H_out && g.W_out == W_out, op, ": input ", g.H, "x", g.W, " with kernel ",
+              g.kH, "x", g.kW, ", stride ", g.sH, "x", g.sW, " and dilation ", g.dH, "x", g.dW,
+              " gives a ", g.H_out, "x", g.W_out, " output, but ", who, " has ", H_out, "x", W_out,
+              " output positions");
+}
+
+void check_weight(const char* op, const char* name, const at::Tensor& weight) {
+  check_dim(op, name, weight, 6, "[H_out, W_out, C_out, C_in, kH, kW]");
+  for (int64_t d = 0; d < 6; ++d) {
+    TORCH_CHECK(weight.size(d) >= 1, op, ": ", name, " sizes must be positive, got ",
+                shape_str(weight.sizes()));
+  }
+  check_dtype(op, name, weight);
+}
+
+}  // namespace
+
+Lc2dGeometry check_lc2d_forward_inputs(const at::Tensor& x, const at::Tensor& weight,
+                                       const std::optional<at::Tensor>& bias, c10::IntArrayRef stride,
+                                       c10::IntArrayRef padding, c10::IntArrayRef dilation) {
+  constexpr const char* op = "lc2d_forward";
+  check_hyper(op, stride, padding, dilation);
+  check_dim(op, "x", x, 4, "[N, C_in, H, W]");
+  check_weight(op, "weight", weight);
+  check_same(op, "x", x, "weight", weight);
+  Lc2dGeometry g{};
+  g.N = x.size(0);
+  g.C_in = weight.size(3);
+  g.C_out = weight.size(2);
+  TORCH_CHECK(x.size(1) == g.C_in, op, ": x has ", x.size(1), " channels but weight expects C_in=", g.C_in);
+  resolve_spatial(op, g, x.size(2), x.size(3), weight.size(4), weight.size(5), stride, padding, dilation);
+  check_weight_grid(op, g, weight.size(0), weight.size(1), "weight");
+  if (bias.has_value() && bias->defined()) {
+    const at::Tensor& b = *bias;
+    check_same(op, "bias", b, "weight", weight);
+    const std::vector<int64_t> want{g.C_out, g.H_out, g.W_out};
+    TORCH_CHECK(b.sizes() == c10::IntArrayRef(want), op, ": bias must have shape [C_out, H_out, W_out] = ",
+                shape_str(want), ", got ", shape_str(b.sizes()));
+  }
+  return g;
+}
+
+Lc2dGeometry check_lc2d_backward_input_inputs(const at::Tensor& grad_y, const at::Tensor& weight,
+                                              c10::IntArrayRef input_size, c10::IntArrayRef stride,
+                                              c10::IntArrayRef padding, c10::IntArrayRef dilation) {
+  constexpr const char* op = "lc2d_backward_input";
+  check_hyper(op, stride, padding, dilation);
+  check_int_list(op, "input_size", input_size, 2, 1);
+  check_dim(op, "grad_y", grad_y, 4, "[N, C_out, H_out, W_out]");
+  check_weight(op, "weight", weight);
+  check_same(op, "grad_y", grad_y, "weight", weight);
+  Lc2dGeometry g{};
+  g.N = grad_y.size(0);
+  g.C_in = weight.size(3);
+  g.C_out = weight.size(2);
+  resolve_spatial(op, g, input_size[0], input_size[1], weight.size(4), weight.size(5), stride, padding,
+                  dilation);
+  check_weight_grid(op, g, weight.size(0), weight.size(1), "weight");
+  TORCH_CHECK(grad_y.size(1) == g.C_out, op, ": grad_y has ", grad_y.size(1),
+              " channels but weight expects C_out=", g.C_out);
+  check_weight_grid(op, g, grad_y.size(2), grad_y.size(3), "grad_y");
+  return g;
+}
+
+Lc2dGeometry check_lc2d_backward_weight_inputs(const at::Tensor& grad_y, const at::Tensor& x,
+                                               c10::IntArrayRef kernel_size, c10::IntArrayRef stride,
+                                               c10::IntArrayRef padding, c10::IntArrayRef dilation) {
+  constexpr const char* op = "lc2d_backward_weight";
+  check_hyper(op, stride, padding, dilation);
+  check_int_list(op, "kernel_size", kernel_size, 2, 1);
+  check_dim(op, "grad_y", grad_y, 4, "[N, C_out, H_out, W_out]");
+  check_dim(op, "x", x, 4, "[N, C_in, H, W]");
+  check_dtype(op, "x", x);
+  check_same(op, "grad_y", grad_y, "x", x);
+  TORCH_CHECK(grad_y.size(0) == x.size(0), op, ": grad_y has batch size ", grad_y.size(0),
+              " but x has batch size ", x.size(0));
+  TORCH_CHECK(x.size(1) >= 1 && grad_y.size(1) >= 1, op, ": channel counts must be positive, got C_in=",
+              x.size(1), " and C_out=", grad_y.size(1));
+  Lc2dGeometry g{};
+  g.N = x.size(0);
+  g.C_in = x.size(1);
+  g.C_out = grad_y.size(1);
+  resolve_spatial(op, g, x.size(2), x.size(3), kernel_size[0], kernel_size[1], stride, padding, dilation);
+  check_weight_grid(op, g, grad_y.size(2), grad_y.size(3), "grad_y");
+  return g;
+}
+
+namespace {
+
+// Autocast (CUDA): run the op in the autocast dtype, like cuDNN convolutions do. Under
+// ExcludeDispatchKeyGuard the redispatch goes to Autograd and then the CUDA kernel.
+constexpr auto kAutocast = c10::DispatchKey::AutocastCUDA;
+
+at::Tensor cast(const at::Tensor& t) {
+  return at::autocast::cached_cast(at::autocast::get_autocast_dtype(at::kCUDA), t, c10::DeviceType::CUDA);
+}
+
+at::Tensor lc2d_forward_autocast(const at::Tensor& x, const at::Tensor& weight,
+                                 const std::optional<at::Tensor>& bias, c10::IntArrayRef stride,
+                                 c10::IntArrayRef padding, c10::IntArrayRef dilation) {
+  c10::impl::ExcludeDispatchKeyGuard guard(kAutocast);
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("bioplaus::lc2d_forward", "")
+                       .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
+                                         c10::IntArrayRef, c10::IntArrayRef, c10::IntArrayRef)>();
+  std::optional<at::Tensor> b;
+  if (bias.has_value() && bias->defined()) b = cast(*bias);
+  return op.call(cast(x), cast(weight), b, stride, padding, dilation);
+}
+
+at::Tensor lc2d_backward_input_autocast(const at::Tensor& grad_y, const at::Tensor& weight,
+                                        c10::IntArrayRef input_size, c10::IntArrayRef stride,
+                                        c10::IntArrayRef padding, c10::IntArrayRef dilation) {
+  c10::impl::ExcludeDispatchKeyGuard guard(kAutocast);
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("bioplaus::lc2d_backward_input", "")
+                       .typed<at::Tensor(const at::Tensor&, const at::Tensor&, c10::IntArrayRef,
+                                         c10::IntArrayRef, c10::IntArrayRef, c10::IntArrayRef)>();
+  return op.call(cast(grad_y), cast(weight), input_size, stride, padding, dilation);
+}
+
+std::tuple<at::Tensor, at::Tensor> lc2d_backward_weight_autocast(
+    const at::Tensor& grad_y, const at::Tensor& x, c10::IntArrayRef kernel_size, c10::IntArrayRef stride,
+    c10::IntArrayRef padding, c10::IntArrayRef dilation) {
+  c10::impl::ExcludeDispatchKeyGuard guard(kAutocast);
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("bioplaus::lc2d_backward_weight", "")
+                       .typed<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&,
+                                                                 c10::IntArrayRef, c10::IntArrayRef,
+                                                                 c10::IntArrayRef, c10::IntArrayRef)>();
+  return op.call(cast(grad_y), cast(x), kernel_size, stride, padding, dilation);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(bioplaus, m) {
+  m.def(
+      "lc2d_forward(Tensor x, Tensor weight, Tensor? bias, int[2] stride, int[4] padding, "
+      "int[2] dilation) -> Tensor");
+  m.def(
+      "lc2d_backward_input(Tensor grad_y, Tensor weight, int[2] input_size, int[2] stride, "
+      "int[4] padding, int[2] dilation) -> Tensor");
+  m.def(
+      "lc2d_backward_weight(Tensor grad_y, Tensor x, int[2] kernel_size, int[2] stride, "
+      "int[4] padding, int[2] dilation) -> (Tensor, Tensor)");
+}
+
+TORCH_LIBRARY_IMPL(bioplaus, AutocastCUDA, m) {
+  m.impl("lc2d_forward", lc2d_forward_autocast);
+  m.impl("lc2d_backward_input", lc2d_backward_input_autocast);
+  m.impl("lc2d_backward_weight", lc2d_backward_weight_autocast);
+}
+
+}  // namespace bioplaus

@@ -1,0 +1,74 @@
+// Locally connected 2D layer (untied convolution): the operator contract.
+//
+// Layouts (NCHW activations, position-major weights):
+//   x      [N, C_in, H, W]                       any strides
+//   weight [H_out, W_out, C_out, C_in, kH, kW]   contiguous; position p = i * W_out + j owns the
+//                                                 contiguous block weight[i, j] of C_out * K values,
+//                                                 K = C_in * kH * kW, k = (c * kH + r) * kW + s
+//   bias   [C_out, H_out, W_out]                 optional
+//   y      [N, C_out, H_out, W_out]
+//
+//   y[n, o, i, j] = bias[o, i, j]
+//                 + sum_{c,r,s} weight[i, j, o, c, r, s] * x[n, c, i*sH - pT + r*dH, j*sW - pL + s*dW]
+// (x is zero outside [0, H) x [0, W): implicit padding, never materialised.)
+//
+// padding is (top, bottom, left, right): the Python layer resolves ints, pairs, "same" (TensorFlow:
+// out = ceil(in / stride), the odd pad row/column at the bottom/right) and "valid" to these four.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/util/ArrayRef.h>
+#include <c10/util/Optional.h>
+
+#include <tuple>
+
+namespace bioplaus {
+
+// Every size an LC kernel needs, resolved and validated once.
+struct Lc2dGeometry {
+  int64_t N, C_in, H, W;
+  int64_t C_out, H_out, W_out;
+  int64_t kH, kW;
+  int64_t sH, sW;
+  int64_t pT, pL;  // bottom/right padding only affect H_out/W_out, which are validated
+  int64_t dH, dW;
+
+  int64_t positions() const { return H_out * W_out; }
+  int64_t patch() const { return C_in * kH * kW; }  // K
+};
+
+// Validate the forward inputs; error messages name the argument, the expected and the received value.
+Lc2dGeometry check_lc2d_forward_inputs(
+    const at::Tensor& x,
+    const at::Tensor& weight,
+    const std::optional<at::Tensor>& bias,
+    c10::IntArrayRef stride,
+    c10::IntArrayRef padding,
+    c10::IntArrayRef dilation);
+
+// grad_x[N, C_in, H, W] = transposed LC of grad_y through `weight` (W for backprop, any
+// feedback matrix of W's shape otherwise).
+Lc2dGeometry check_lc2d_backward_input_inputs(
+    const at::Tensor& grad_y,
+    const at::Tensor& weight,
+    c10::IntArrayRef input_size,
+    c10::IntArrayRef stride,
+    c10::IntArrayRef padding,
+    c10::IntArrayRef dilation);
+
+// (grad_weight, grad_bias) from grad_y and the forward input x.
+Lc2dGeometry check_lc2d_backward_weight_inputs(
+    const at::Tensor& grad_y,
+    const at::Tensor& x,
+    c10::IntArrayRef kernel_size,
+    c10::IntArrayRef stride,
+    c10::IntArrayRef padding,
+    c10::IntArrayRef dilation);
+
+// Output extent of one spatial axis; the checks guarantee it is >= 1.
+inline int64_t lc2d_out_size(int64_t in, int64_t k, int64_t stride, int64_t pad_lo, int64_t pad_hi,
+                             int64_t dilation) {
+  return (in + pad_lo + pad_hi - dilation * (k - 1) - 1) / stride + 1;
+}
+
+}  // namespace bioplaus

@@ -1,0 +1,96 @@
+"""Build bioplaus_kernels._C: one extension with the C++ CPU kernels and, where possible, the CUDA kernels.
+
+CUDA kernels are compiled whenever torch is a CUDA build and nvcc is found, even with no GPU visible
+(TORCH_CUDA_ARCH_LIST then defaults to "8.0;9.0"; an explicit value is honoured). Otherwise the build is
+CPU-only and says so. MAX_JOBS is honoured by torch's ninja builder. BIOPLAUS_FORCE_CPU=1 skips CUDA.
+"""
+import glob
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+from setuptools import find_packages, setup
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+DEFAULT_ARCH_LIST = "8.0;9.0"
+
+
+def _is_toolkit(root):
+    return bool(root) and os.path.isfile(os.path.join(root, "bin", "nvcc")) and os.path.isfile(
+        os.path.join(root, "include", "cuda_runtime.h"))
+
+
+def find_cuda_home():
+    """The CUDA toolkit root. nvcc is often reached through a link or a wrapper script, so torch's own
+    guess (two levels above the nvcc on PATH) can name a folder without the toolkit; check each guess."""
+    candidates = [os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH")]
+    nvcc = shutil.which("nvcc")
+    if nvcc:
+        candidates.append(os.path.dirname(os.path.dirname(os.path.realpath(nvcc))))
+        try:  # nvcc's dry run names its own root: "#$ TOP=/usr/local/cuda-13.0/bin/.."
+            out = subprocess.run([nvcc, "--dryrun", "-c", "-x", "cu", os.devnull], capture_output=True,
+                                 text=True, timeout=60)
+            m = re.search(r"TOP=(\S+)", out.stdout + out.stderr)
+            if m:
+                candidates.append(os.path.normpath(m.group(1)))
+        except (OSError, subprocess.SubprocessError):
+            pass
+    candidates.append("/usr/local/cuda")
+    for c in candidates:
+        if _is_toolkit(c):
+            return os.path.realpath(c)
+    return None
+
+
+cuda_home = None if os.environ.get("BIOPLAUS_FORCE_CPU") == "1" else find_cuda_home()
+if cuda_home:
+    os.environ["CUDA_HOME"] = cuda_home  # before torch.utils.cpp_extension reads it
+
+import torch  # noqa: E402
+from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension  # noqa: E402
+
+with_cuda = cuda_home is not None and torch.version.cuda is not None
+if with_cuda and not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
+    os.environ["TORCH_CUDA_ARCH_LIST"] = DEFAULT_ARCH_LIST
+
+
+def rel(paths):
+    return sorted(os.path.relpath(p, ROOT) for p in paths)
+
+
+# The same globs as CMakeLists.txt (no second file list); csrc/common/ holds headers only.
+# csrc/python/ holds the Python module entry point, which the libtorch (CMake) build leaves out.
+sources = rel(glob.glob(os.path.join(ROOT, "csrc", "*.cpp")) + glob.glob(os.path.join(ROOT, "csrc", "cpu", "*.cpp"))
+              + glob.glob(os.path.join(ROOT, "csrc", "python", "*.cpp")))
+cuda_sources = rel(glob.glob(os.path.join(ROOT, "csrc", "cuda", "*.cu")))
+
+# The C++ standard is left to torch (C++20 from torch 2.13 on, C++17 before).
+cxx_flags = ["-O3", "-fopenmp", "-DTORCH_API_INCLUDE_EXTENSION_H"]
+nvcc_flags = ["-O3", "--expt-relaxed-constexpr", "-lineinfo", "-DTORCH_API_INCLUDE_EXTENSION_H"]
+include_dirs = [os.path.join(ROOT, "csrc")]
+extra = dict(extra_compile_args={"cxx": cxx_flags}, extra_link_args=["-fopenmp"], include_dirs=include_dirs)
+if with_cuda:
+    extra["extra_compile_args"]["nvcc"] = nvcc_flags
+    ext = CUDAExtension("bioplaus_kernels._C", sources + cuda_sources, define_macros=[("BIOPLAUS_WITH_CUDA", "1")],
+                        **extra)
+else:
+    ext = CppExtension("bioplaus_kernels._C", sources, **extra)
+
+why_cpu = ("BIOPLAUS_FORCE_CPU=1" if os.environ.get("BIOPLAUS_FORCE_CPU") == "1"
+           else "torch is a CPU build" if torch.version.cuda is None else "nvcc / CUDA toolkit not found")
+print("bioplaus_kernels build configuration:", file=sys.stderr)
+print(f"  torch {torch.__version__} (CUDA {torch.version.cuda}), python {sys.version.split()[0]}", file=sys.stderr)
+print(f"  CUDA kernels: {'yes' if with_cuda else 'no (' + why_cpu + '): CPU-only build'}", file=sys.stderr)
+if with_cuda:
+    print(f"  CUDA_HOME={cuda_home}  TORCH_CUDA_ARCH_LIST={os.environ.get('TORCH_CUDA_ARCH_LIST', '(detected)')}",
+          file=sys.stderr)
+print(f"  MAX_JOBS={os.environ.get('MAX_JOBS', '(torch default)')}  sources: {len(sources)} C++, "
+      f"{len(cuda_sources) if with_cuda else 0} CUDA", file=sys.stderr)
+
+setup(
+    packages=find_packages(include=["bioplaus_kernels", "bioplaus_kernels.*"]),
+    ext_modules=[ext],
+    cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
+)

@@ -1,0 +1,222 @@
+"""lc2d: forward, input gradient and weight/bias gradients of the kernels against the float64 reference."""
+import random
+
+import pytest
+import torch
+from torch.testing._internal.optests import opcheck
+
+from bioplaus_kernels import ops
+from bioplaus_kernels._geometry import output_size, pair, resolve_padding
+from bioplaus_kernels.reference import lc2d as ref
+
+from conftest import DEVICES
+
+LOW_PRECISION_TOL = {torch.float16: 1e-2, torch.bfloat16: 4e-2}
+
+
+def make_cases(count, seed):
+    """Random valid geometries: non-square, stride 1-4, dilation 1-2, every padding form, odd sizes."""
+    rng = random.Random(seed)
+    cases = []
+    while len(cases) < count:
+        k = (rng.randint(1, 5), rng.randint(1, 5))
+        s = (rng.randint(1, 4), rng.randint(1, 4))
+        d = (rng.randint(1, 2), rng.randint(1, 2))
+        hw = (rng.randint(3, 13), rng.randint(3, 13))
+        padding = rng.choice(["same", "valid", rng.randint(0, 2), (rng.randint(0, 2), rng.randint(0, 2)),
+                              tuple(rng.randint(0, 2) for _ in range(4))])
+        p4 = resolve_padding(padding, hw, k, s, d)
+        if any(dd * (kk - 1) + 1 > h + lo + hi for kk, dd, h, lo, hi in
+               zip(k, d, hw, (p4[0], p4[2]), (p4[1], p4[3]))):
+            continue
+        cases.append(dict(N=rng.choice([1, 2, 3, 5, 7]), C_in=rng.choice([1, 2, 3, 5]),
+                          C_out=rng.choice([1, 3, 4, 7]), hw=hw, k=k, stride=s, padding=padding, dilation=d))
+    return cases
+
+
+CASES = make_cases(40, seed=2018)
+
+
+def case_id(c):
+    return (f"n{c['N']}c{c['C_in']}o{c['C_out']}_{c['hw'][0]}x{c['hw'][1]}_k{c['k'][0]}x{c['k'][1]}"
+            f"_s{c['stride'][0]}{c['stride'][1]}_d{c['dilation'][0]}{c['dilation'][1]}_p{c['padding']}")
+
+
+def make_tensors(c, dtype=torch.float64, device="cpu", bias=True, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    p4 = resolve_padding(c["padding"], c["hw"], c["k"], c["stride"], c["dilation"])
+    out = output_size(c["hw"], c["k"], c["stride"], p4, c["dilation"])
+    x = torch.randn(c["N"], c["C_in"], *c["hw"], generator=gen, dtype=torch.float64)
+    w = torch.randn(*out, c["C_out"], c["C_in"], *c["k"], generator=gen, dtype=torch.float64)
+    b = torch.randn(c["C_out"], *out, generator=gen, dtype=torch.float64) if bias else None
+    to = dict(dtype=dtype, device=device)
+    return x.to(**to), w.to(**to), (b.to(**to) if bias else None), out
+
+
+def hp(c):
+    return dict(stride=c["stride"], padding=c["padding"], dilation=c["dilation"])
+
+
+def assert_close_to_ref(got, want, dtype):
+    want = want.to(torch.float64)
+    got = got.to(device="cpu", dtype=torch.float64)
+    if dtype in LOW_PRECISION_TOL:
+        err = (got - want).norm() / want.norm().clamp_min(1e-12)
+        assert err < LOW_PRECISION_TOL[dtype], f"relative error {err:.3g}"
+    else:
+        tol = 1e-12 if dtype == torch.float64 else 2e-5
+        torch.testing.assert_close(got, want, rtol=tol, atol=tol * max(1.0, want.abs().max().item()))
+
+
+def dtypes_for(device):
+    return [torch.float32, torch.float64] + ([torch.float16, torch.bfloat16] if device == "cuda" else [])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("c", CASES, ids=case_id)
+def test_forward_and_gradients_match_reference(c, device):
+    for dtype in dtypes_for(device):
+        x, w, b, _ = make_tensors(c, dtype, device, seed=hash(case_id(c)) % 1000)
+        x.requires_grad_(), w.requires_grad_(), b.requires_grad_()
+        y = ops.lc2d(x, w, b, **hp(c))
+        g = torch.randn(y.shape, dtype=torch.float64).to(dtype=dtype, device=device)
+        grads = torch.autograd.grad(y, (x, w, b), g)
+        # The reference runs in float64 on the CPU on the same (rounded) inputs.
+        x64, w64, b64 = (t.detach().cpu().double().requires_grad_() for t in (x, w, b))
+        y64 = ref.lc2d(x64, w64, b64, **hp(c))
+        ref_grads = torch.autograd.grad(y64, (x64, w64, b64), g.cpu().double())
+        assert y.dtype == dtype and y.device.type == device and y.is_contiguous()
+        assert_close_to_ref(y, y64, dtype)
+        for got, want in zip(grads, ref_grads):
+            assert got.shape == want.shape
+            assert_close_to_ref(got, want, dtype)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_gradient_ops_called_directly(device):
+    c = CASES[3]
+    x, w, b, out = make_tensors(c, device=device)
+    y = ops.lc2d(x, w, b, **hp(c))
+    gy = torch.randn_like(y)
+    x64, w64, b64 = (t.detach().cpu().requires_grad_() for t in (x, w, b))
+    gx_ref, gw_ref, gb_ref = torch.autograd.grad(ref.lc2d(x64, w64, b64, **hp(c)), (x64, w64, b64), gy.cpu())
+    assert_close_to_ref(ops.lc2d_backward_input(gy, w, c["hw"], **hp(c)), gx_ref, torch.float64)
+    gw, gb = ops.lc2d_backward_weight(gy, x, c["k"], **hp(c))
+    assert_close_to_ref(gw, gw_ref, torch.float64)
+    assert_close_to_ref(gb, gb_ref, torch.float64)
+
+
+GRADCHECK_CASES = [
+    dict(N=2, C_in=2, C_out=3, hw=(5, 6), k=(3, 2), stride=(1, 2), padding="same", dilation=(1, 1)),
+    dict(N=3, C_in=1, C_out=2, hw=(7, 5), k=(2, 3), stride=(2, 1), padding=(1, 0, 2, 1), dilation=(2, 1)),
+    dict(N=1, C_in=3, C_out=2, hw=(6, 6), k=(3, 3), stride=(3, 3), padding="valid", dilation=(1, 1)),
+]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("c", GRADCHECK_CASES, ids=case_id)
+def test_gradcheck(c, device):
+    x, w, b, _ = make_tensors(c, device=device)
+    inputs = tuple(t.requires_grad_() for t in (x, w, b))
+    assert torch.autograd.gradcheck(lambda x, w, b: ops.lc2d(x, w, b, **hp(c)), inputs)
+    assert torch.autograd.gradcheck(lambda x, w: ops.lc2d(x, w, None, **hp(c)), inputs[:2])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("c", GRADCHECK_CASES[:2], ids=case_id)
+def test_opcheck(c, device):
+    x, w, b, out = make_tensors(c, dtype=torch.float32, device=device)
+    p4 = list(resolve_padding(c["padding"], c["hw"], c["k"], c["stride"], c["dilation"]))
+    s, d = list(c["stride"]), list(c["dilation"])
+    gy = torch.randn(c["N"], c["C_out"], *out, device=device)
+    opcheck(torch.ops.bioplaus.lc2d_forward, (x.requires_grad_(), w.requires_grad_(), b, s, p4, d))
+    opcheck(torch.ops.bioplaus.lc2d_forward, (x, w, None, s, p4, d))
+    opcheck(torch.ops.bioplaus.lc2d_backward_input, (gy, w.detach(), list(c["hw"]), s, p4, d))
+    opcheck(torch.ops.bioplaus.lc2d_backward_weight, (gy, x.detach(), list(c["k"]), s, p4, d))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_non_contiguous_and_channels_last_inputs(device):
+    c = dict(N=4, C_in=3, C_out=5, hw=(9, 8), k=(3, 3), stride=(2, 1), padding="same", dilation=(1, 1))
+    x, w, b, _ = make_tensors(c, device=device)
+    want = ref.lc2d(x.cpu(), w.cpu(), b.cpu(), **hp(c))
+    variants = {
+        "channels_last": x.to(memory_format=torch.channels_last),
+        "sliced": torch.cat([x, x], dim=3)[..., : c["hw"][1]],
+        "strided": torch.stack([x, torch.zeros_like(x)], dim=-1)[..., 0],
+    }
+    gy = torch.randn(want.shape, dtype=torch.float64)
+    for name, xv in variants.items():
+        assert not xv.is_contiguous(), name
+        torch.testing.assert_close(xv, x)
+        y = ops.lc2d(xv, w, b, **hp(c))
+        assert_close_to_ref(y, want, torch.float64)
+        # gradients with a non-contiguous grad_y and input
+        gy_nc = gy.to(device).transpose(2, 3).contiguous().transpose(2, 3)
+        gw, gb = ops.lc2d_backward_weight(gy_nc, xv, c["k"], **hp(c))
+        gw_ref, gb_ref = ops.lc2d_backward_weight(gy.to(device), x, c["k"], **hp(c))
+        assert torch.equal(gw, gw_ref) and torch.equal(gb, gb_ref)
+        gx = ops.lc2d_backward_input(gy_nc, w, c["hw"], **hp(c))
+        assert torch.equal(gx, ops.lc2d_backward_input(gy.to(device), w, c["hw"], **hp(c)))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_bit_identical_across_runs(device):
+    c = dict(N=16, C_in=8, C_out=16, hw=(16, 16), k=(5, 5), stride=(2, 2), padding="same", dilation=(1, 1))
+    x, w, b, _ = make_tensors(c, dtype=torch.float32, device=device)
+    runs = []
+    for _ in range(2):
+        xr, wr, br = (t.clone().requires_grad_() for t in (x, w, b))
+        y = ops.lc2d(xr, wr, br, **hp(c))
+        y.backward(torch.ones_like(y) * 0.37)
+        runs.append((y, xr.grad, wr.grad, br.grad))
+    for first, second in zip(*runs):
+        assert torch.equal(first, second)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_empty_batch(device):
+    c = dict(N=0, C_in=3, C_out=4, hw=(6, 7), k=(3, 3), stride=(1, 1), padding=1, dilation=(1, 1))
+    x, w, b, out = make_tensors(c, device=device)
+    x.requires_grad_(), w.requires_grad_(), b.requires_grad_()
+    y = ops.lc2d(x, w, b, **hp(c))
+    assert y.shape == (0, 4, *out)
+    y.sum().backward()
+    assert x.grad.shape == x.shape
+    assert torch.equal(w.grad, torch.zeros_like(w)) and torch.equal(b.grad, torch.zeros_like(b))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_large_values_of_padding_only_rows(device):
+    # Output positions whose whole window lies in the padding get exactly the bias.
+    c = dict(N=2, C_in=2, C_out=3, hw=(3, 3), k=(2, 2), stride=(1, 1), padding=(3, 3, 3, 3), dilation=(1, 1))
+    x, w, b, out = make_tensors(c, device=device)
+    y = ops.lc2d(x, w, b, **hp(c))
+    assert torch.equal(y[:, :, 0, 0], b[:, 0, 0].expand(2, 3))
+    assert_close_to_ref(y, ref.lc2d(x.cpu(), w.cpu(), b.cpu(), **hp(c)), torch.float64)
+
+
+def test_double_backward_is_a_clear_error():
+    c = GRADCHECK_CASES[0]
+    x, w, b, _ = make_tensors(c)
+    x.requires_grad_(), w.requires_grad_()
+    y = ops.lc2d(x, w, b, **hp(c))
+    (gx,) = torch.autograd.grad(y.sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="double backward .* is not supported"):
+        gx.sum().backward()
+
+
+@pytest.mark.cuda
+def test_autocast_runs_in_reduced_precision():
+    c = dict(N=4, C_in=3, C_out=8, hw=(8, 8), k=(3, 3), stride=(1, 1), padding="same", dilation=(1, 1))
+    x, w, b, _ = make_tensors(c, dtype=torch.float32, device="cuda")
+    w.requires_grad_()
+    for dtype in (torch.float16, torch.bfloat16):
+        with torch.autocast("cuda", dtype=dtype):
+            y = ops.lc2d(x, w, b, **hp(c))
+        assert y.dtype == dtype
+        y.float().sum().backward()
+        assert w.grad.dtype == torch.float32
+        assert_close_to_ref(y, ref.lc2d(x.cpu().double(), w.detach().cpu().double(), b.cpu().double(), **hp(c)),
+                            dtype)
+        w.grad = None
