@@ -220,3 +220,100 @@ def test_autocast_runs_in_reduced_precision():
         assert_close_to_ref(y, ref.lc2d(x.cpu().double(), w.detach().cpu().double(), b.cpu().double(), **hp(c)),
                             dtype)
         w.grad = None
+
+
+# ---------------------------------------------------------------------------------------------------
+# Bad input: the C++ check and the fake kernel reject it with the same message naming the argument,
+# the expected and the received value.
+# ---------------------------------------------------------------------------------------------------
+def _fwd_args(x_shape=(2, 3, 8, 8), w_shape=(8, 8, 4, 3, 3, 3), b_shape=(4, 8, 8), dtype=torch.float32,
+              stride=(1, 1), padding=(1, 1, 1, 1), dilation=(1, 1), w_dtype=None):
+    x = torch.randn(x_shape).to(dtype)
+    w = torch.randn(w_shape).to(w_dtype or dtype)
+    b = torch.randn(b_shape).to(w_dtype or dtype) if b_shape is not None else None
+    return (x, w, b, list(stride), list(padding), list(dilation))
+
+
+BAD_FORWARD = {
+    "x ndim": (_fwd_args(x_shape=(3, 8, 8)), r"lc2d_forward: x must be 4-D \[N, C_in, H, W\], got a 3-D tensor of shape \[3, 8, 8\]"),
+    "weight ndim": (_fwd_args(w_shape=(64, 4, 3, 3, 3)), r"weight must be 6-D \[H_out, W_out, C_out, C_in, kH, kW\], got a 5-D"),
+    "channels": (_fwd_args(x_shape=(2, 5, 8, 8)), r"x has 5 channels but weight expects C_in=3"),
+    "spatial": (_fwd_args(x_shape=(2, 3, 9, 8)), r"input 9x8 with kernel 3x3, stride 1x1 and dilation 1x1 gives a 9x8 output, but weight has 8x8 output positions"),
+    "dtype mismatch": (_fwd_args(w_dtype=torch.float64), r"x has dtype Float but weight has dtype Double; they must match"),
+    "integer dtype": (_fwd_args(dtype=torch.int32), r"weight must be float32 or float64 on the CPU, got Int"),
+    "half on cpu": (_fwd_args(dtype=torch.float16), r"weight must be float32 or float64 on the CPU, got Half"),
+    "stride zero": (_fwd_args(stride=(0, 1)), r"stride values must be >= 1, got \[0, 1\]"),
+    "negative padding": (_fwd_args(padding=(1, -1, 1, 1)), r"padding values must be >= 0, got \[1, -1, 1, 1\]"),
+    "padding length": (_fwd_args(padding=(1, 1)), r"padding must have 4 values, got 2"),
+    "dilation zero": (_fwd_args(dilation=(1, 0)), r"dilation values must be >= 1, got \[1, 0\]"),
+    "kernel too large": (_fwd_args(x_shape=(2, 3, 2, 2), w_shape=(1, 1, 4, 3, 5, 5), b_shape=None, padding=(0, 0, 0, 0)),
+                         r"the kernel spans 5x5 \(size 5x5, dilation 1x1\) which is larger than the padded input 2x2"),
+    "zero spatial": (_fwd_args(x_shape=(2, 3, 0, 8)), r"input spatial size must be positive, got 0x8"),
+    "zero weight size": (_fwd_args(w_shape=(8, 8, 0, 3, 3, 3), b_shape=None), r"weight sizes must be positive, got \[8, 8, 0, 3, 3, 3\]"),
+    "bias shape": (_fwd_args(b_shape=(4, 8)), r"bias must have shape \[C_out, H_out, W_out\] = \[4, 8, 8\], got \[4, 8\]"),
+    "bias dtype": ((torch.randn(2, 3, 8, 8), torch.randn(8, 8, 4, 3, 3, 3), torch.randn(4, 8, 8, dtype=torch.float64),
+                    [1, 1], [1, 1, 1, 1], [1, 1]), r"bias has dtype Double but weight has dtype Float; they must match"),
+}
+
+
+@pytest.mark.parametrize("name", list(BAD_FORWARD))
+def test_bad_forward_input_is_rejected_with_a_clear_message(name):
+    args, message = BAD_FORWARD[name]
+    with pytest.raises(RuntimeError, match=message):
+        torch.ops.bioplaus.lc2d_forward(*args)
+    # The fake kernel (torch.compile, FakeTensor tracing) rejects it with the same message.
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    with FakeTensorMode(allow_non_fake_inputs=True) as mode:
+        fake_args = [mode.from_tensor(a) if isinstance(a, torch.Tensor) else a for a in args]
+        with pytest.raises(RuntimeError, match=message):
+            torch.ops.bioplaus.lc2d_forward(*fake_args)
+
+
+BAD_BACKWARD_INPUT = {
+    "grad_y channels": ((torch.randn(2, 5, 8, 8), torch.randn(8, 8, 4, 3, 3, 3), [8, 8]),
+                        r"lc2d_backward_input: grad_y has 5 channels but weight expects C_out=4"),
+    "grad_y grid": ((torch.randn(2, 4, 7, 8), torch.randn(8, 8, 4, 3, 3, 3), [8, 8]),
+                    r"gives a 8x8 output, but grad_y has 7x8 output positions"),
+    "input_size": ((torch.randn(2, 4, 8, 8), torch.randn(8, 8, 4, 3, 3, 3), [9, 8]),
+                   r"gives a 9x8 output, but weight has 8x8 output positions"),
+    "input_size non-positive": ((torch.randn(2, 4, 8, 8), torch.randn(8, 8, 4, 3, 3, 3), [0, 8]),
+                                r"input_size values must be >= 1, got \[0, 8\]"),
+    "device or dtype": ((torch.randn(2, 4, 8, 8, dtype=torch.float64), torch.randn(8, 8, 4, 3, 3, 3), [8, 8]),
+                        r"grad_y has dtype Double but weight has dtype Float; they must match"),
+}
+
+BAD_BACKWARD_WEIGHT = {
+    "batch": ((torch.randn(3, 4, 8, 8), torch.randn(2, 3, 8, 8), [3, 3]),
+              r"lc2d_backward_weight: grad_y has batch size 3 but x has batch size 2"),
+    "grid": ((torch.randn(2, 4, 6, 8), torch.randn(2, 3, 8, 8), [3, 3]),
+             r"gives a 8x8 output, but grad_y has 6x8 output positions"),
+    "kernel_size": ((torch.randn(2, 4, 8, 8), torch.randn(2, 3, 8, 8), [0, 3]),
+                    r"kernel_size values must be >= 1, got \[0, 3\]"),
+    "x ndim": ((torch.randn(2, 4, 8, 8), torch.randn(3, 8, 8), [3, 3]), r"x must be 4-D \[N, C_in, H, W\], got a 3-D"),
+}
+
+
+@pytest.mark.parametrize("name", list(BAD_BACKWARD_INPUT))
+def test_bad_backward_input_args(name):
+    (gy, w, hw), message = BAD_BACKWARD_INPUT[name]
+    with pytest.raises(RuntimeError, match=message):
+        torch.ops.bioplaus.lc2d_backward_input(gy, w, hw, [1, 1], [1, 1, 1, 1], [1, 1])
+
+
+@pytest.mark.parametrize("name", list(BAD_BACKWARD_WEIGHT))
+def test_bad_backward_weight_args(name):
+    (gy, x, k), message = BAD_BACKWARD_WEIGHT[name]
+    with pytest.raises(RuntimeError, match=message):
+        torch.ops.bioplaus.lc2d_backward_weight(gy, x, k, [1, 1], [1, 1, 1, 1], [1, 1])
+
+
+@pytest.mark.cuda
+def test_device_mismatch_is_rejected():
+    x, w, b, s, p, d = _fwd_args()
+    with pytest.raises(RuntimeError, match=r"x is on cpu but weight is on cuda:0; they must be on the same device"):
+        torch.ops.bioplaus.lc2d_forward(x, w.cuda(), None, s, p, d)
+
+
+def test_bad_padding_string():
+    with pytest.raises(ValueError, match=r"padding must be an int, a pair, a 4-tuple, 'same' or 'valid', got 'full'"):
+        ops.lc2d(torch.randn(1, 1, 4, 4), torch.randn(2, 2, 1, 1, 3, 3), padding="full")

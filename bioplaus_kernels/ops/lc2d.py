@@ -25,8 +25,11 @@ _ops = torch.ops.bioplaus
 # Fake kernels: the same checks and messages as csrc/lc2d.cpp, so that torch.compile and FakeTensor
 # tracing reject exactly what the real kernels reject.
 # ---------------------------------------------------------------------------------------------------
-_DTYPE_NAMES = {torch.float32: "Float", torch.float64: "Double", torch.float16: "Half",
-                torch.bfloat16: "BFloat16"}
+# c10's names, as the C++ messages print them.
+_DTYPE_NAMES = {torch.float32: "Float", torch.float64: "Double", torch.float16: "Half", torch.bfloat16: "BFloat16",
+                torch.int8: "Char", torch.uint8: "Byte", torch.int16: "Short", torch.int32: "Int",
+                torch.int64: "Long", torch.bool: "Bool", torch.complex64: "ComplexFloat",
+                torch.complex128: "ComplexDouble"}
 
 
 def _dtype_name(dtype: torch.dtype) -> str:
