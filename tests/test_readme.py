@@ -1,0 +1,23 @@
+"""The README's Quickstart is exactly two one-line commands, and CI runs the second one verbatim."""
+import pathlib
+import re
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def quickstart_commands():
+    text = (ROOT / "README.md").read_text()
+    section = re.search(r"^## Quickstart\n(.*?)(?=^## )", text, re.S | re.M).group(1)
+    return [block.strip() for block in re.findall(r"```bash\n(.*?)```", section, re.S)]
+
+
+def test_quickstart_has_two_one_line_commands():
+    commands = quickstart_commands()
+    assert len(commands) == 2
+    assert all("\n" not in c for c in commands)
+    assert "pytest" in commands[1]
+
+
+def test_ci_runs_the_readme_test_command_verbatim():
+    ci_lines = (ROOT / ".ci" / "run").read_text().splitlines()
+    assert quickstart_commands()[1] in ci_lines
