@@ -3,6 +3,8 @@
 Importing the package loads the compiled operator library (``bioplaus_kernels._C``), which registers the
 ``torch.ops.bioplaus.*`` operators; ``bioplaus_kernels.ops`` adds their autograd and fake kernels.
 """
+import torch  # noqa: F401  (loads libtorch, which _C links against)
+
 from . import _C  # noqa: F401  (registers torch.ops.bioplaus.*)
 from . import ops, nn, reference  # noqa: F401
 
