@@ -26,6 +26,9 @@
 namespace bioplaus {
 namespace {
 
+// Positions per block in the layout transposes between [.., P] activations and [P, ..] GEMM buffers.
+constexpr int64_t kTile = 16;
+
 // Positions per chunk so that a per-thread buffer of `bytes_per_position` each stays near 4 MiB.
 int64_t chunk_positions(int64_t bytes_per_position, int64_t positions) {
   constexpr int64_t kTargetBytes = int64_t{4} << 20;
@@ -85,12 +88,15 @@ void forward_kernel(const at::Tensor& x, const at::Tensor& w, const at::Tensor& 
       at::Tensor prod_c = prod.narrow(0, 0, np);
       at::bmm_out(prod_c, w3.narrow(0, p0, np), cols.narrow(0, 0, np).transpose(1, 2));
       const scalar_t* pr = prod_c.const_data_ptr<scalar_t>();  // [np, C_out, N]
-      for (int64_t n = 0; n < N; ++n) {
+      // y[n][o][p0 + q] = prod[q][o][n] + bias[o][p0 + q], in blocks of kTile positions so that both
+      // sides stay in cache (each is strided in one of the two indices).
+      for (int64_t qb = 0; qb < np; qb += kTile) {
+        const int64_t qe = std::min(np, qb + kTile);
         for (int64_t o = 0; o < C_out; ++o) {
-          scalar_t* dst = out + (n * C_out + o) * P + p0;
           const scalar_t* bo = b ? b + o * P + p0 : nullptr;
-          for (int64_t q = 0; q < np; ++q) {
-            dst[q] = pr[(q * C_out + o) * N + n] + (bo ? bo[q] : scalar_t(0));
+          for (int64_t n = 0; n < N; ++n) {
+            scalar_t* dst = out + (n * C_out + o) * P + p0;
+            for (int64_t q = qb; q < qe; ++q) dst[q] = pr[(q * C_out + o) * N + n] + (bo ? bo[q] : scalar_t(0));
           }
         }
       }
@@ -103,7 +109,8 @@ void backward_weight_kernel(const at::Tensor& grad_y, const at::Tensor& x, at::T
                             const Lc2dGeometry& g) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t P = g.positions(), K = g.patch(), N = g.N, C_out = g.C_out;
-  const Strided4d<scalar_t> xs(x), dys(grad_y.view({N, C_out, P, 1}));
+  const Strided4d<scalar_t> xs(x);
+  const scalar_t* dy = grad_y.const_data_ptr<scalar_t>();  // [N, C_out, P], contiguous
   const at::Tensor gw3 = gw.view({P, C_out, K});
   scalar_t* gbias = gb.mutable_data_ptr<scalar_t>();  // [C_out, P]
   const int64_t chunk = chunk_positions(int64_t(sizeof(scalar_t)) * N * (K + C_out), P);
@@ -115,17 +122,21 @@ void backward_weight_kernel(const at::Tensor& grad_y, const at::Tensor& x, at::T
       gather_patches(xs, g, p0, np, 0, N, cols.mutable_data_ptr<scalar_t>());
       // dyt[q][o][n] = grad_y[n, o, p0 + q]; the bias gradient is its row sum, in order over n.
       scalar_t* d = dyt.mutable_data_ptr<scalar_t>();
-      for (int64_t q = 0; q < np; ++q) {
-        for (int64_t o = 0; o < C_out; ++o) {
-          acc_t sum = 0;
+      for (int64_t qb = 0; qb < np; qb += kTile) {
+        const int64_t qe = std::min(np, qb + kTile);
+        for (int64_t o = 0; o < C_out; ++o)
           for (int64_t n = 0; n < N; ++n) {
-            const scalar_t v = dys(n, o, p0 + q, 0);
-            d[(q * C_out + o) * N + n] = v;
-            sum += v;
+            const scalar_t* src = dy + (n * C_out + o) * P + p0;
+            for (int64_t q = qb; q < qe; ++q) d[(q * C_out + o) * N + n] = src[q];
           }
+      }
+      for (int64_t q = 0; q < np; ++q)
+        for (int64_t o = 0; o < C_out; ++o) {
+          const scalar_t* row = d + (q * C_out + o) * N;
+          acc_t sum = 0;
+          for (int64_t n = 0; n < N; ++n) sum += row[n];
           gbias[o * P + p0 + q] = static_cast<scalar_t>(sum);
         }
-      }
       at::Tensor gw_c = gw3.narrow(0, p0, np);
       at::bmm_out(gw_c, dyt.narrow(0, 0, np), cols.narrow(0, 0, np));
     }
@@ -135,23 +146,28 @@ void backward_weight_kernel(const at::Tensor& grad_y, const at::Tensor& x, at::T
 template <typename scalar_t>
 void backward_input_kernel(const at::Tensor& grad_y, const at::Tensor& w, at::Tensor& gx, const Lc2dGeometry& g) {
   const int64_t P = g.positions(), K = g.patch(), N = g.N, C_out = g.C_out;
-  const Strided4d<scalar_t> dys(grad_y.view({N, C_out, P, 1}));
+  const scalar_t* dy = grad_y.const_data_ptr<scalar_t>();  // [N, C_out, P], contiguous
   const at::Tensor w3 = w.view({P, C_out, K});
   scalar_t* out = gx.mutable_data_ptr<scalar_t>();  // [N, C_in, H, W], zero-initialised
   // Samples are split across threads (each owns its grad_x rows); positions are walked in chunks.
   at::parallel_for(0, N, 1, [&](int64_t n0, int64_t n1) {
     const int64_t nb = n1 - n0;
     const int64_t chunk = chunk_positions(int64_t(sizeof(scalar_t)) * nb * (K + C_out), P);
-    at::Tensor dy = at::empty({chunk, nb, C_out}, w.options());
+    at::Tensor dyq = at::empty({chunk, nb, C_out}, w.options());
     at::Tensor dcols = at::empty({chunk, nb, K}, w.options());
     for (int64_t p0 = 0; p0 < P; p0 += chunk) {
       const int64_t np = std::min(chunk, P - p0);
-      scalar_t* d = dy.mutable_data_ptr<scalar_t>();  // d[q][n][o] = grad_y[n0 + n, o, p0 + q]
-      for (int64_t q = 0; q < np; ++q)
+      scalar_t* d = dyq.mutable_data_ptr<scalar_t>();  // d[q][n][o] = grad_y[n0 + n, o, p0 + q]
+      for (int64_t qb = 0; qb < np; qb += kTile) {
+        const int64_t qe = std::min(np, qb + kTile);
         for (int64_t n = 0; n < nb; ++n)
-          for (int64_t o = 0; o < C_out; ++o) d[(q * nb + n) * C_out + o] = dys(n0 + n, o, p0 + q, 0);
+          for (int64_t o = 0; o < C_out; ++o) {
+            const scalar_t* src = dy + ((n0 + n) * C_out + o) * P + p0;
+            for (int64_t q = qb; q < qe; ++q) d[(q * nb + n) * C_out + o] = src[q];
+          }
+      }
       at::Tensor dcols_c = dcols.narrow(0, 0, np);
-      at::bmm_out(dcols_c, dy.narrow(0, 0, np), w3.narrow(0, p0, np));
+      at::bmm_out(dcols_c, dyq.narrow(0, 0, np), w3.narrow(0, p0, np));
       // col2im for this chunk: grad_x[n, c, ih, iw] += dcols[q][n][(c, r, s)], skipping padding.
       const scalar_t* src = dcols_c.const_data_ptr<scalar_t>();
       for (int64_t q = 0; q < np; ++q) {
