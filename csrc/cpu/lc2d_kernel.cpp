@@ -7,7 +7,8 @@
 // where X_p is the patch matrix of p (row n, column k = (c * kH + r) * kW + s) and W_p = weight[i, j]
 // viewed as [C_out, K]. The patches are gathered straight from x (any strides, implicit zero padding)
 // into a per-thread buffer that holds a bounded chunk of positions, never the whole im2col; the GEMMs
-// are batched over that chunk (at::bmm, i.e. the BLAS torch was built with). Work is split so that no
+// are batched over that chunk (at::bmm, i.e. the BLAS torch was built with); a chunk's buffers stay a
+// small fraction of the layer's own tensors (plan_chunk). Work is split so that no
 // two threads write the same element (positions for forward and weight grad, samples for input grad),
 // so results need no atomics and are bit-identical run to run.
 #include "lc2d.h"
@@ -16,12 +17,14 @@
 #include <ATen/core/LegacyTypeDispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
+#include <ATen/ops/baddbmm.h>
 #include <ATen/ops/bmm.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
 #include <algorithm>
+#include <vector>
 
 namespace bioplaus {
 namespace {
@@ -29,10 +32,25 @@ namespace {
 // Positions per block in the layout transposes between [.., P] activations and [P, ..] GEMM buffers.
 constexpr int64_t kTile = 16;
 
-// Positions per chunk so that a per-thread buffer of `bytes_per_position` each stays near 4 MiB.
-int64_t chunk_positions(int64_t bytes_per_position, int64_t positions) {
-  constexpr int64_t kTargetBytes = int64_t{4} << 20;
-  return std::clamp<int64_t>(kTargetBytes / std::max<int64_t>(bytes_per_position, 1), 1, positions);
+// A thread's GEMM buffers cover np positions x nb samples. Their budget is 1/16 of the layer's
+// x + weight + y bytes split over the threads, within [256 KiB, 4 MiB]: a few percent of what any
+// training step holds anyway, and large enough that the GEMMs keep the whole batch (nb = N) unless one
+// position's patches alone exceed it, in which case the batch is split into equal chunks.
+struct Chunk {
+  int64_t np, nb;
+};
+
+Chunk plan_chunk(const Lc2dGeometry& g, int64_t elem_size, int64_t samples) {
+  const int64_t P = g.positions(), K = g.patch();
+  const int64_t layer_bytes = elem_size * (g.N * g.C_in * g.H * g.W + P * g.C_out * K + g.N * g.C_out * P);
+  const int64_t budget = std::clamp<int64_t>(layer_bytes / (16 * at::get_num_threads()), int64_t{256} << 10,
+                                             int64_t{4} << 20);
+  const int64_t items = std::max<int64_t>(budget / (elem_size * (K + g.C_out)), 1);  // (position, sample) pairs
+  samples = std::max<int64_t>(samples, 1);
+  const int64_t np = std::clamp<int64_t>(items / samples, 1, P);
+  const int64_t nb_max = std::clamp<int64_t>(items / np, 1, samples);
+  const int64_t n_chunks = (samples + nb_max - 1) / nb_max;  // equal sample chunks, not a full one and a sliver
+  return {np, (samples + n_chunks - 1) / n_chunks};
 }
 
 // Strided view of x, so channels_last and sliced inputs need no copy.
@@ -70,6 +88,21 @@ void gather_patches(const Strided4d<scalar_t>& x, const Lc2dGeometry& g, int64_t
   }
 }
 
+// buf[q][o][n] = act[n0 + n][o][p0 + q] (act is [N, C, P] contiguous), in blocks of kTile positions so
+// that both sides stay in cache. `n_inner` picks buf[q][n][o] instead (the [np, nb, C] GEMM operand).
+template <typename scalar_t>
+void gather_positions(const scalar_t* act, int64_t C, int64_t P, int64_t p0, int64_t np, int64_t n0, int64_t nb,
+                      bool n_inner, scalar_t* buf) {
+  for (int64_t qb = 0; qb < np; qb += kTile) {
+    const int64_t qe = std::min(np, qb + kTile);
+    for (int64_t n = 0; n < nb; ++n)
+      for (int64_t o = 0; o < C; ++o) {
+        const scalar_t* src = act + ((n0 + n) * C + o) * P + p0;
+        for (int64_t q = qb; q < qe; ++q) buf[n_inner ? (q * nb + n) * C + o : (q * C + o) * nb + n] = src[q];
+      }
+  }
+}
+
 template <typename scalar_t>
 void forward_kernel(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias, at::Tensor& y,
                     const Lc2dGeometry& g) {
@@ -78,25 +111,29 @@ void forward_kernel(const at::Tensor& x, const at::Tensor& w, const at::Tensor& 
   const at::Tensor w3 = w.view({P, C_out, K});
   const scalar_t* b = bias.defined() ? bias.const_data_ptr<scalar_t>() : nullptr;  // [C_out, P]
   scalar_t* out = y.mutable_data_ptr<scalar_t>();                                    // [N, C_out, P]
-  const int64_t chunk = chunk_positions(int64_t(sizeof(scalar_t)) * N * (K + C_out), P);
+  const Chunk ch = plan_chunk(g, sizeof(scalar_t), N);
+  // Threads own disjoint position ranges; each walks them in chunks of np positions x nb samples.
   at::parallel_for(0, P, 1, [&](int64_t begin, int64_t end) {
-    at::Tensor cols = at::empty({chunk, N, K}, x.options().memory_format(at::MemoryFormat::Contiguous));
-    at::Tensor prod = at::empty({chunk, C_out, N}, cols.options());
-    for (int64_t p0 = begin; p0 < end; p0 += chunk) {
-      const int64_t np = std::min(chunk, end - p0);
-      gather_patches(xs, g, p0, np, 0, N, cols.mutable_data_ptr<scalar_t>());
-      at::Tensor prod_c = prod.narrow(0, 0, np);
-      at::bmm_out(prod_c, w3.narrow(0, p0, np), cols.narrow(0, 0, np).transpose(1, 2));
-      const scalar_t* pr = prod_c.const_data_ptr<scalar_t>();  // [np, C_out, N]
-      // y[n][o][p0 + q] = prod[q][o][n] + bias[o][p0 + q], in blocks of kTile positions so that both
-      // sides stay in cache (each is strided in one of the two indices).
-      for (int64_t qb = 0; qb < np; qb += kTile) {
-        const int64_t qe = std::min(np, qb + kTile);
-        for (int64_t o = 0; o < C_out; ++o) {
-          const scalar_t* bo = b ? b + o * P + p0 : nullptr;
-          for (int64_t n = 0; n < N; ++n) {
-            scalar_t* dst = out + (n * C_out + o) * P + p0;
-            for (int64_t q = qb; q < qe; ++q) dst[q] = pr[(q * C_out + o) * N + n] + (bo ? bo[q] : scalar_t(0));
+    const auto opts = x.options().memory_format(at::MemoryFormat::Contiguous);
+    at::Tensor cols = at::empty({ch.np, ch.nb, K}, opts), prod = at::empty({ch.np, C_out, ch.nb}, opts);
+    for (int64_t p0 = begin; p0 < end; p0 += ch.np) {
+      const int64_t np = std::min(ch.np, end - p0);
+      for (int64_t n0 = 0; n0 < N; n0 += ch.nb) {
+        const int64_t nb = std::min(ch.nb, N - n0);
+        at::Tensor cols_c = cols.view({-1}).narrow(0, 0, np * nb * K).view({np, nb, K});
+        at::Tensor prod_c = prod.view({-1}).narrow(0, 0, np * C_out * nb).view({np, C_out, nb});
+        gather_patches(xs, g, p0, np, n0, nb, cols_c.mutable_data_ptr<scalar_t>());
+        at::bmm_out(prod_c, w3.narrow(0, p0, np), cols_c.transpose(1, 2));  // [np, C_out, nb]
+        // y[n0 + n][o][p0 + q] = prod[q][o][n] + bias[o][p0 + q], in blocks of kTile positions.
+        const scalar_t* pr = prod_c.const_data_ptr<scalar_t>();
+        for (int64_t qb = 0; qb < np; qb += kTile) {
+          const int64_t qe = std::min(np, qb + kTile);
+          for (int64_t o = 0; o < C_out; ++o) {
+            const scalar_t* bo = b ? b + o * P + p0 : nullptr;
+            for (int64_t n = 0; n < nb; ++n) {
+              scalar_t* dst = out + ((n0 + n) * C_out + o) * P + p0;
+              for (int64_t q = qb; q < qe; ++q) dst[q] = pr[(q * C_out + o) * nb + n] + (bo ? bo[q] : scalar_t(0));
+            }
           }
         }
       }
@@ -113,32 +150,34 @@ void backward_weight_kernel(const at::Tensor& grad_y, const at::Tensor& x, at::T
   const scalar_t* dy = grad_y.const_data_ptr<scalar_t>();  // [N, C_out, P], contiguous
   const at::Tensor gw3 = gw.view({P, C_out, K});
   scalar_t* gbias = gb.mutable_data_ptr<scalar_t>();  // [C_out, P]
-  const int64_t chunk = chunk_positions(int64_t(sizeof(scalar_t)) * N * (K + C_out), P);
+  const Chunk ch = plan_chunk(g, sizeof(scalar_t), N);
+  // Threads own disjoint position ranges; the batch is reduced chunk by chunk, in order, into the
+  // thread's slice of grad_weight (first chunk written, later ones added).
   at::parallel_for(0, P, 1, [&](int64_t begin, int64_t end) {
-    at::Tensor cols = at::empty({chunk, N, K}, x.options().memory_format(at::MemoryFormat::Contiguous));
-    at::Tensor dyt = at::empty({chunk, C_out, N}, cols.options());
-    for (int64_t p0 = begin; p0 < end; p0 += chunk) {
-      const int64_t np = std::min(chunk, end - p0);
-      gather_patches(xs, g, p0, np, 0, N, cols.mutable_data_ptr<scalar_t>());
-      // dyt[q][o][n] = grad_y[n, o, p0 + q]; the bias gradient is its row sum, in order over n.
-      scalar_t* d = dyt.mutable_data_ptr<scalar_t>();
-      for (int64_t qb = 0; qb < np; qb += kTile) {
-        const int64_t qe = std::min(np, qb + kTile);
-        for (int64_t o = 0; o < C_out; ++o)
-          for (int64_t n = 0; n < N; ++n) {
-            const scalar_t* src = dy + (n * C_out + o) * P + p0;
-            for (int64_t q = qb; q < qe; ++q) d[(q * C_out + o) * N + n] = src[q];
-          }
+    const auto opts = x.options().memory_format(at::MemoryFormat::Contiguous);
+    at::Tensor cols = at::empty({ch.np, ch.nb, K}, opts), dyt = at::empty({ch.np, C_out, ch.nb}, opts);
+    std::vector<acc_t> bsum(ch.np * C_out);
+    for (int64_t p0 = begin; p0 < end; p0 += ch.np) {
+      const int64_t np = std::min(ch.np, end - p0);
+      at::Tensor gw_c = gw3.narrow(0, p0, np);
+      std::fill(bsum.begin(), bsum.end(), acc_t(0));
+      for (int64_t n0 = 0; n0 < N; n0 += ch.nb) {
+        const int64_t nb = std::min(ch.nb, N - n0);
+        at::Tensor cols_c = cols.view({-1}).narrow(0, 0, np * nb * K).view({np, nb, K});
+        at::Tensor dyt_c = dyt.view({-1}).narrow(0, 0, np * C_out * nb).view({np, C_out, nb});
+        gather_patches(xs, g, p0, np, n0, nb, cols_c.mutable_data_ptr<scalar_t>());
+        scalar_t* d = dyt_c.mutable_data_ptr<scalar_t>();  // d[q][o][n] = grad_y[n0 + n, o, p0 + q]
+        gather_positions(dy, C_out, P, p0, np, n0, nb, /*n_inner=*/false, d);
+        for (int64_t qo = 0; qo < np * C_out; ++qo)
+          for (int64_t n = 0; n < nb; ++n) bsum[qo] += d[qo * nb + n];
+        if (n0 == 0) {
+          at::bmm_out(gw_c, dyt_c, cols_c);
+        } else {
+          gw_c.baddbmm_(dyt_c, cols_c);
+        }
       }
       for (int64_t q = 0; q < np; ++q)
-        for (int64_t o = 0; o < C_out; ++o) {
-          const scalar_t* row = d + (q * C_out + o) * N;
-          acc_t sum = 0;
-          for (int64_t n = 0; n < N; ++n) sum += row[n];
-          gbias[o * P + p0 + q] = static_cast<scalar_t>(sum);
-        }
-      at::Tensor gw_c = gw3.narrow(0, p0, np);
-      at::bmm_out(gw_c, dyt.narrow(0, 0, np), cols.narrow(0, 0, np));
+        for (int64_t o = 0; o < C_out; ++o) gbias[o * P + p0 + q] = static_cast<scalar_t>(bsum[q * C_out + o]);
     }
   });
 }
@@ -149,41 +188,36 @@ void backward_input_kernel(const at::Tensor& grad_y, const at::Tensor& w, at::Te
   const scalar_t* dy = grad_y.const_data_ptr<scalar_t>();  // [N, C_out, P], contiguous
   const at::Tensor w3 = w.view({P, C_out, K});
   scalar_t* out = gx.mutable_data_ptr<scalar_t>();  // [N, C_in, H, W], zero-initialised
-  // Samples are split across threads (each owns its grad_x rows); positions are walked in chunks.
-  at::parallel_for(0, N, 1, [&](int64_t n0, int64_t n1) {
-    const int64_t nb = n1 - n0;
-    const int64_t chunk = chunk_positions(int64_t(sizeof(scalar_t)) * nb * (K + C_out), P);
-    at::Tensor dyq = at::empty({chunk, nb, C_out}, w.options());
-    at::Tensor dcols = at::empty({chunk, nb, K}, w.options());
-    for (int64_t p0 = 0; p0 < P; p0 += chunk) {
-      const int64_t np = std::min(chunk, P - p0);
-      scalar_t* d = dyq.mutable_data_ptr<scalar_t>();  // d[q][n][o] = grad_y[n0 + n, o, p0 + q]
-      for (int64_t qb = 0; qb < np; qb += kTile) {
-        const int64_t qe = std::min(np, qb + kTile);
-        for (int64_t n = 0; n < nb; ++n)
-          for (int64_t o = 0; o < C_out; ++o) {
-            const scalar_t* src = dy + ((n0 + n) * C_out + o) * P + p0;
-            for (int64_t q = qb; q < qe; ++q) d[(q * nb + n) * C_out + o] = src[q];
-          }
-      }
-      at::Tensor dcols_c = dcols.narrow(0, 0, np);
-      at::bmm_out(dcols_c, dyq.narrow(0, 0, np), w3.narrow(0, p0, np));
-      // col2im for this chunk: grad_x[n, c, ih, iw] += dcols[q][n][(c, r, s)], skipping padding.
-      const scalar_t* src = dcols_c.const_data_ptr<scalar_t>();
-      for (int64_t q = 0; q < np; ++q) {
-        const int64_t i = (p0 + q) / g.W_out, j = (p0 + q) % g.W_out;
-        for (int64_t n = 0; n < nb; ++n) {
-          const scalar_t* row = src + (q * nb + n) * K;
-          scalar_t* xn = out + (n0 + n) * g.C_in * g.H * g.W;
-          for (int64_t c = 0; c < g.C_in; ++c) {
-            for (int64_t r = 0; r < g.kH; ++r) {
-              const int64_t ih = i * g.sH - g.pT + r * g.dH;
-              const scalar_t* rs = row + (c * g.kH + r) * g.kW;
-              if (ih < 0 || ih >= g.H) continue;
-              scalar_t* xrow = xn + (c * g.H + ih) * g.W;
-              for (int64_t s = 0; s < g.kW; ++s) {
-                const int64_t iw = j * g.sW - g.pL + s * g.dW;
-                if (iw >= 0 && iw < g.W) xrow[iw] += rs[s];
+  // Threads own disjoint sample ranges (their grad_x rows); each walks every position in chunks.
+  at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
+    const Chunk ch = plan_chunk(g, sizeof(scalar_t), end - begin);
+    const auto opts = w.options().memory_format(at::MemoryFormat::Contiguous);
+    at::Tensor dyq = at::empty({ch.np, ch.nb, C_out}, opts), dcols = at::empty({ch.np, ch.nb, K}, opts);
+    for (int64_t p0 = 0; p0 < P; p0 += ch.np) {
+      const int64_t np = std::min(ch.np, P - p0);
+      for (int64_t n0 = begin; n0 < end; n0 += ch.nb) {
+        const int64_t nb = std::min(ch.nb, end - n0);
+        at::Tensor dyq_c = dyq.view({-1}).narrow(0, 0, np * nb * C_out).view({np, nb, C_out});
+        at::Tensor dcols_c = dcols.view({-1}).narrow(0, 0, np * nb * K).view({np, nb, K});
+        gather_positions(dy, C_out, P, p0, np, n0, nb, /*n_inner=*/true, dyq_c.mutable_data_ptr<scalar_t>());
+        at::bmm_out(dcols_c, dyq_c, w3.narrow(0, p0, np));  // [np, nb, K]
+        // col2im for this chunk: grad_x[n, c, ih, iw] += dcols[q][n][(c, r, s)], skipping padding.
+        const scalar_t* src = dcols_c.const_data_ptr<scalar_t>();
+        for (int64_t q = 0; q < np; ++q) {
+          const int64_t i = (p0 + q) / g.W_out, j = (p0 + q) % g.W_out;
+          for (int64_t n = 0; n < nb; ++n) {
+            const scalar_t* row = src + (q * nb + n) * K;
+            scalar_t* xn = out + (n0 + n) * g.C_in * g.H * g.W;
+            for (int64_t c = 0; c < g.C_in; ++c) {
+              for (int64_t r = 0; r < g.kH; ++r) {
+                const int64_t ih = i * g.sH - g.pT + r * g.dH;
+                const scalar_t* rs = row + (c * g.kH + r) * g.kW;
+                if (ih < 0 || ih >= g.H) continue;
+                scalar_t* xrow = xn + (c * g.H + ih) * g.W;
+                for (int64_t s = 0; s < g.kW; ++s) {
+                  const int64_t iw = j * g.sW - g.pL + s * g.dW;
+                  if (iw >= 0 && iw < g.W) xrow[iw] += rs[s];
+                }
               }
             }
           }
