@@ -38,9 +38,10 @@ calls (outside the timed region) flushes the L2, so no shape is timed from L2.
 
 Peak memory (step): CUDA: torch.cuda.max_memory_allocated() after reset_peak_memory_stats(), minus the
 memory allocated before the step (inputs, weights, grad_y). CPU: in a fresh Python process per (shape,
-impl): warm the libraries up on a tiny layer, allocate the inputs, release freed heap (malloc_trim), reset
-the RSS high-water mark (/proc/self/clear_refs), read VmRSS, run exactly one step, read the high-water
-mark VmHWM; the difference is the step's extra peak. (getrusage's ru_maxrss is only the fallback: after
+impl): warm the libraries up on a tiny layer, allocate the inputs, run one untimed step of the shape (the
+steady state of training: one-time library buffers for this shape exist from the second step on), release
+freed heap (malloc_trim), reset the RSS high-water mark (/proc/self/clear_refs), read VmRSS, run exactly
+one more step, read the high-water mark VmHWM; the difference is the step's extra peak. (getrusage's ru_maxrss is only the fallback: after
 fork + exec it starts at the parent's peak.) The method is validated in the same run on a known 200 MB
 allocation and on an empty step (reported in the JSON and the header).
 "need" is what any step must hold beyond its inputs: y + dx + dW + db.
@@ -314,8 +315,10 @@ def _mem_probe_main(spec_json: str) -> None:
         tiny = Case(TINY, 2, "cpu", dtype, impls=(impl,))
         tiny.step_fn(impl)()
         del tiny
+        # Steady state: one untimed step of this shape first, then the measured step (as in training,
+        # where every step after the first meets the same library buffers).
         res = common.rss_peak_growth(lambda: Case(shape, int(spec["batch"]), "cpu", dtype, impls=(impl,)),
-                                     lambda case: case.step_fn(impl)())
+                                     lambda case: case.step_fn(impl)(), warm_steps=1)
     else:
         step, expected = common.validation_step(kind)
         res = common.rss_peak_growth(lambda: None, step)
@@ -581,7 +584,7 @@ def main(argv=None) -> int:
         if mem_method["tf32"]["tf32_on"]:
             log("  WARNING: TF32 is enabled for fp32 matmuls: the baseline's bmm and the ceiling use it")
     else:
-        mem_method["how"] = ("fresh process per (shape, impl): tiny warm-up, inputs allocated, malloc_trim, RSS "
+        mem_method["how"] = ("fresh process per (shape, impl): tiny warm-up, inputs allocated, one untimed step, malloc_trim, RSS "
                              "high-water mark reset (/proc/self/clear_refs 5), VmRSS read, one step, "
                              "VmHWM read (ru_maxrss only without /proc: it inherits the parent's peak through fork + exec); "
                              "extra = high-water mark - VmRSS before")

@@ -302,9 +302,12 @@ def _hwm_kib() -> Tuple[int, str]:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, "ru_maxrss"  # KiB on Linux
 
 
-def rss_peak_growth(setup: Callable[[], object], step: Callable[[object], object]) -> Dict:
-    """In THIS process (meant to be a fresh one): ``state = setup()``; then the growth of the resident set's
-    high-water mark across exactly one ``step(state)``, relative to the resident set just before it.
+def rss_peak_growth(setup: Callable[[], object], step: Callable[[object], object], warm_steps: int = 0) -> Dict:
+    """In THIS process (meant to be a fresh one): ``state = setup()`` and ``warm_steps`` untimed steps (their
+    outputs dropped), then the growth of the resident set's high-water mark across exactly one more
+    ``step(state)``, relative to the resident set just before it. With warm_steps=1 this is the steady state
+    of a training loop: one-time buffers of the libraries for this shape (BLAS packing buffers, per-thread
+    malloc arenas) exist already, as they do from the second step of a run on.
 
     Freed heap memory is returned to the system first (malloc_trim), so that the step cannot reuse pages
     that are resident but free without raising the mark, and the mark is reset to the current resident set
@@ -312,6 +315,8 @@ def rss_peak_growth(setup: Callable[[], object], step: Callable[[object], object
     an upper bound when the mark was already above the resident set (flagged)."""
     import gc
     state = setup()
+    for _ in range(warm_steps):
+        step(state)
     gc.collect()
     _malloc_trim()
     reset = _reset_hwm()
@@ -325,7 +330,7 @@ def rss_peak_growth(setup: Callable[[], object], step: Callable[[object], object
     return {
         "extra_bytes": max(0, hwm_after - rss_before) * 1024,
         "rss_before_kib": rss_before, "hwm_before_kib": hwm_before, "hwm_after_kib": hwm_after,
-        "hwm_source": source, "hwm_reset": reset,
+        "hwm_source": source, "hwm_reset": reset, "warm_steps": warm_steps,
         "upper_bound_only": (not reset) and hwm_before > rss_before,
     }
 

@@ -33,7 +33,7 @@ namespace {
 constexpr int64_t kTile = 16;
 
 // A thread's GEMM buffers cover np positions x nb samples. Their budget is 1/16 of the layer's
-// x + weight + y bytes split over the threads, within [256 KiB, 4 MiB]: a few percent of what any
+// x + weight + y bytes split over the threads, within [128 KiB, 4 MiB]: a few percent of what any
 // training step holds anyway, and large enough that the GEMMs keep the whole batch (nb = N) unless one
 // position's patches alone exceed it, in which case the batch is split into equal chunks.
 struct Chunk {
@@ -43,7 +43,7 @@ struct Chunk {
 Chunk plan_chunk(const Lc2dGeometry& g, int64_t elem_size, int64_t samples) {
   const int64_t P = g.positions(), K = g.patch();
   const int64_t layer_bytes = elem_size * (g.N * g.C_in * g.H * g.W + P * g.C_out * K + g.N * g.C_out * P);
-  const int64_t budget = std::clamp<int64_t>(layer_bytes / (16 * at::get_num_threads()), int64_t{256} << 10,
+  const int64_t budget = std::clamp<int64_t>(layer_bytes / (16 * at::get_num_threads()), int64_t{128} << 10,
                                              int64_t{4} << 20);
   const int64_t items = std::max<int64_t>(budget / (elem_size * (K + g.C_out)), 1);  // (position, sample) pairs
   samples = std::max<int64_t>(samples, 1);
