@@ -32,22 +32,25 @@ namespace {
 // Positions per block in the layout transposes between [.., P] activations and [P, ..] GEMM buffers.
 constexpr int64_t kTile = 16;
 
-// A thread's GEMM buffers cover np positions x nb samples. Their budget is 1/16 of the layer's
-// x + weight + y bytes split over the threads, within [128 KiB, 4 MiB]: a few percent of what any
-// training step holds anyway, and large enough that the GEMMs keep the whole batch (nb = N) unless one
-// position's patches alone exceed it, in which case the batch is split into equal chunks.
+// A thread's GEMM buffers cover np positions x nb samples within a byte budget: 1/64 of the layer's
+// x + weight + y bytes split over the threads, within [128 KiB, 4 MiB]. That bounds what the buffers add
+// to a training step (which holds y, grad_x and grad_weight anyway) to about 1.5%.
 struct Chunk {
   int64_t np, nb;
 };
 
+// Prefer the whole batch in each GEMM. When that leaves fewer than kTile positions per chunk, take kTile
+// positions and split the batch instead, as long as each GEMM keeps at least kTile samples: the
+// transposes between [.., P] activations and the buffers then move whole cache lines.
 Chunk plan_chunk(const Lc2dGeometry& g, int64_t elem_size, int64_t samples) {
   const int64_t P = g.positions(), K = g.patch();
   const int64_t layer_bytes = elem_size * (g.N * g.C_in * g.H * g.W + P * g.C_out * K + g.N * g.C_out * P);
-  const int64_t budget = std::clamp<int64_t>(layer_bytes / (16 * at::get_num_threads()), int64_t{128} << 10,
+  const int64_t budget = std::clamp<int64_t>(layer_bytes / (64 * at::get_num_threads()), int64_t{128} << 10,
                                              int64_t{4} << 20);
   const int64_t items = std::max<int64_t>(budget / (elem_size * (K + g.C_out)), 1);  // (position, sample) pairs
   samples = std::max<int64_t>(samples, 1);
-  const int64_t np = std::clamp<int64_t>(items / samples, 1, P);
+  int64_t np = std::clamp<int64_t>(items / samples, 1, P);
+  if (np < kTile && items / kTile >= std::min(samples, kTile)) np = std::min(kTile, P);
   const int64_t nb_max = std::clamp<int64_t>(items / np, 1, samples);
   const int64_t n_chunks = (samples + nb_max - 1) / nb_max;  // equal sample chunks, not a full one and a sliver
   return {np, (samples + n_chunks - 1) / n_chunks};
