@@ -1,5 +1,6 @@
 """Functional forms of every operator. Each wraps ``torch.ops.bioplaus.<op>``, whose autograd formula and
 fake (meta) kernel are registered in the op's module here."""
 from .lc2d import lc2d, lc2d_backward_input, lc2d_backward_weight
+from .philox import philox
 
-__all__ = ["lc2d", "lc2d_backward_input", "lc2d_backward_weight"]
+__all__ = ["lc2d", "lc2d_backward_input", "lc2d_backward_weight", "philox"]

@@ -1,4 +1,5 @@
 """Readable pure-PyTorch implementations: the ground truth of the tests and the baselines of the benchmarks."""
 from . import lc2d  # noqa: F401
+from . import philox  # noqa: F401
 
-__all__ = ["lc2d"]
+__all__ = ["lc2d", "philox"]

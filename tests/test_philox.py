@@ -1,0 +1,224 @@
+"""philox: Random123 known answers, kernels == PyTorch reference bit for bit, determinism, statistics, checks,
+and CUDA == CPU (bit for bit for uniform and bits, to a few ulp for normal)."""
+import math
+
+import pytest
+import torch
+from torch.testing._internal.optests import opcheck
+
+from bioplaus_kernels import ops
+from bioplaus_kernels.reference import philox as ref
+
+from conftest import DEVICES
+
+# Random123 kat_vectors, philox4x32_10: (counter, key) -> output.
+KAT = [
+    ((0, 0, 0, 0), (0, 0), (0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8)),
+    ((0xFFFFFFFF,) * 4, (0xFFFFFFFF,) * 2, (0x408F276D, 0x41C83B0E, 0xA20BC7C6, 0x6D5451FD)),
+    ((0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344), (0xA4093822, 0x299F31D0),
+     (0xD16CFE09, 0x94FDCCEB, 0x5001E420, 0x24126EA1)),
+]
+
+# (shape, seed, stream, step): odd sizes (partial last block), large seeds and steps (hi32 words in use).
+CASES = [
+    ((7,), 0, 0, 0),
+    ((3, 5), 1, 0, 0),
+    ((4, 1, 9), 12345, 3, 0),
+    ((33, 17), 0x299F31D0A4093822, 7, 0x0370734413198A2E),
+    ((2, 3, 4, 5), 2**63 - 1, 2**63 - 1, 2**63 - 1),
+    ((1000,), 42, 1, 5),
+]
+
+
+def case_id(c):
+    return f"{'x'.join(map(str, c[0]))}_seed{c[1]}_stream{c[2]}_step{c[3]}"
+
+
+@pytest.mark.parametrize("ctr,key,want", KAT)
+def test_known_answers_reference(ctr, key, want):
+    assert ref.philox4x32_10(ctr, key) == want
+
+
+def test_known_answers_kernel():
+    ctr = torch.tensor([k[0] for k in KAT], dtype=torch.int64)
+    key = torch.tensor([k[1] for k in KAT], dtype=torch.int64)
+    got = torch.ops.bioplaus.philox4x32_10(ctr, key)
+    assert got.tolist() == [list(k[2]) for k in KAT]
+
+
+def test_known_answer_through_the_element_mapping():
+    # seed 0, stream 0 -> key (0, 0); step 0 -> counter (0, 0, 0, 0) for elements 0..3.
+    assert ops.philox((4,), 0, distribution="bits").tolist() == list(KAT[0][2])
+    # seed = key64, step = (c3 << 32 | c2): the third vector with counter words (c0, c1) = block 0.
+    (c0, c1, c2, c3), (k0, k1), _ = KAT[2]
+    seed, step = (k1 << 32) | k0, (c3 << 32) | c2
+    want = ref.philox4x32_10((0, 0, c2, c3), (k0, k1))
+    assert ops.philox((4,), seed, step=step, distribution="bits").tolist() == list(want)
+
+
+def test_vectorised_reference_matches_scalar_reference():
+    seed, stream, step = 0x123456789ABCDEF, 9, 2**40 + 3
+    x = ref.words(4 * 6, seed, stream, step).view(-1, 4).tolist()
+    key = ref.make_key(seed, stream)
+    for b, row in enumerate(x):
+        assert tuple(row) == ref.philox4x32_10((b, 0, step & ref.MASK32, step >> 32), key)
+
+
+def test_key_derivation():
+    assert ref.mix64(0) == 0
+    assert ref.make_key(0xAABBCCDD11223344, 0) == (0x11223344, 0xAABBCCDD)
+    assert ref.make_key(5, 1) != ref.make_key(5, 2)
+
+
+@pytest.mark.parametrize("case", CASES, ids=case_id)
+@pytest.mark.parametrize("dist", ["bits", "uniform"])
+def test_cpu_matches_reference_bit_for_bit(case, dist):
+    shape, seed, stream, step = case
+    got = ops.philox(shape, seed, stream, step, distribution=dist)
+    want = ref.philox(shape, seed, stream, step, distribution=dist)
+    assert got.shape == torch.Size(shape) and got.is_contiguous()
+    assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_scale_and_dtype(dtype):
+    shape, seed = (5, 7), 77
+    got = ops.philox(shape, seed, scale=0.3, dtype=dtype)
+    want = ref.philox(shape, seed, scale=0.3, dtype=dtype)
+    assert got.dtype == dtype and torch.equal(got, want)
+    # float64 holds the float32 value exactly: same numbers as the float32 output.
+    assert torch.equal(got.float(), ops.philox(shape, seed, scale=0.3))
+
+
+def test_uniform_range_and_grid():
+    u = ops.philox((100_000,), 3)
+    assert u.min() >= -1 and u.max() < 1
+    assert torch.equal(u * 2**24, (u * 2**24).round())
+
+
+def test_normal_matches_reference():
+    shape, seed, stream, step = (101, 3), 11, 2, 4
+    got = ops.philox(shape, seed, stream, step, distribution="normal")
+    want = ref.philox(shape, seed, stream, step, distribution="normal")
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dist", ["uniform", "normal", "bits"])
+def test_deterministic_and_distinct(device, dist):
+    a = ops.philox((64, 33), 5, 1, 2, distribution=dist, device=device)
+    assert torch.equal(a, ops.philox((64, 33), 5, 1, 2, distribution=dist, device=device))
+    for other in [dict(seed=6, stream=1, step=2), dict(seed=5, stream=2, step=2), dict(seed=5, stream=1, step=3)]:
+        b = ops.philox((64, 33), distribution=dist, device=device, **other)
+        assert (a != b).float().mean() > 0.99
+
+
+def test_prefix_property():
+    # Element e depends only on e, not on the shape: a flat prefix of a larger draw equals a smaller draw.
+    big = ops.philox((10, 10), 9, 4, 1, distribution="normal").flatten()
+    small = ops.philox((37,), 9, 4, 1, distribution="normal")
+    assert torch.equal(big[:37], small)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_uniform_statistics(device):
+    n = 1_000_000
+    u = ops.philox((n,), 2024, device=device).double()
+    # Uniform on [-1, 1): mean 0, variance 1/3; 6-sigma bounds of the sample mean and variance.
+    assert abs(u.mean().item()) < 6 * math.sqrt(1 / 3 / n)
+    var_sd = math.sqrt((1 / 5 - 1 / 9) / n)  # sd of the mean of u^2 (E[u^4] = 1/5)
+    assert abs(u.pow(2).mean().item() - 1 / 3) < 6 * var_sd
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_normal_statistics(device):
+    n = 1_000_000
+    z = ops.philox((n,), 2025, 3, distribution="normal", device=device).double()
+    assert abs(z.mean().item()) < 6 / math.sqrt(n)
+    assert abs(z.pow(2).mean().item() - 1) < 6 * math.sqrt(2 / n)
+    assert abs((z.abs() < 1).double().mean().item() - 0.682689) < 6 * math.sqrt(0.25 / n)
+
+
+def test_empty_and_int_shape():
+    assert ops.philox((0, 3), 1).shape == (0, 3)
+    assert torch.equal(ops.philox(5, 1), ops.philox((5,), 1))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dist", ["uniform", "normal"])
+def test_opcheck(device, dist):
+    like = torch.empty(5, 6, device=device)
+    opcheck(torch.ops.bioplaus.philox_fill, (like, 3, 1, 2, dist, 0.5))
+
+
+def test_opcheck_raw():
+    ctr = torch.tensor([k[0] for k in KAT], dtype=torch.int64)
+    key = torch.tensor([k[1] for k in KAT], dtype=torch.int64)
+    opcheck(torch.ops.bioplaus.philox4x32_10, (ctr, key))
+
+
+BAD = [
+    (dict(distribution="gauss"), r"philox_fill: distribution must be 'uniform' or 'normal'.*got 'gauss'"),
+    (dict(seed=-1), r"philox_fill: seed must be >= 0, got -1"),
+    (dict(stream=-2), r"philox_fill: stream must be >= 0, got -2"),
+    (dict(step=-3), r"philox_fill: step must be >= 0, got -3"),
+    (dict(dtype=torch.float16), r"philox_fill: like must be float32 or float64 on the CPU, got Half"),
+    (dict(dtype=torch.int32), r"philox_fill: like must be float32 or float64 on the CPU, got Int"),
+    (dict(distribution="bits", dtype=torch.float32), r"philox_fill: distribution 'bits' needs an int64 tensor, got Float"),
+]
+
+
+@pytest.mark.parametrize("fake", [False, True], ids=["real", "fake"])
+@pytest.mark.parametrize("bad,msg", BAD, ids=[m.split(": ")[1][:30] for _, m in BAD])
+def test_bad_inputs(bad, msg, fake):
+    args = dict(seed=1, stream=0, step=0, distribution="uniform", dtype=torch.float32)
+    args.update(bad)
+    like = torch.empty(3, 4, dtype=args.pop("dtype"))
+    if fake:
+        from torch._subclasses.fake_tensor import FakeTensorMode
+        with FakeTensorMode() as mode:
+            like = mode.from_tensor(like)
+            with pytest.raises(RuntimeError, match=msg):
+                torch.ops.bioplaus.philox_fill(like, args["seed"], args["stream"], args["step"], args["distribution"], 1.0)
+    else:
+        with pytest.raises(RuntimeError, match=msg):
+            torch.ops.bioplaus.philox_fill(like, args["seed"], args["stream"], args["step"], args["distribution"], 1.0)
+
+
+def test_raw_bad_inputs():
+    with pytest.raises(RuntimeError, match=r"philox4x32_10: counter values must be in \[0, 2\^32\), got -1"):
+        torch.ops.bioplaus.philox4x32_10(torch.full((1, 4), -1), torch.zeros(1, 2, dtype=torch.int64))
+    with pytest.raises(RuntimeError, match=r"philox4x32_10: key must be an int64 tensor of shape \[N, 2\]"):
+        torch.ops.bioplaus.philox4x32_10(torch.zeros(1, 4, dtype=torch.int64), torch.zeros(1, 3, dtype=torch.int64))
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("case", CASES, ids=case_id)
+@pytest.mark.parametrize("dist", ["bits", "uniform"])
+def test_cuda_matches_cpu_bit_for_bit(case, dist):
+    shape, seed, stream, step = case
+    got = ops.philox(shape, seed, stream, step, distribution=dist, scale=1.0 if dist == "bits" else 0.7, device="cuda")
+    assert torch.equal(got.cpu(), ops.philox(shape, seed, stream, step, distribution=dist,
+                                             scale=1.0 if dist == "bits" else 0.7))
+
+
+@pytest.mark.cuda
+def test_cuda_large_uniform_bit_for_bit():
+    shape = (1 << 20) + 3,
+    assert torch.equal(ops.philox(shape, 8, 2, 1, device="cuda").cpu(), ops.philox(shape, 8, 2, 1))
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("case", CASES, ids=case_id)
+def test_cuda_normal_close_to_cpu(case):
+    shape, seed, stream, step = case
+    got = ops.philox(shape, seed, stream, step, distribution="normal", device="cuda").cpu()
+    torch.testing.assert_close(got, ops.philox(shape, seed, stream, step, distribution="normal"),
+                               rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+def test_cuda_dtypes_round_the_float_value(dtype):
+    got = ops.philox((9, 11), 4, 1, distribution="uniform", scale=0.25, dtype=dtype, device="cuda").cpu()
+    assert torch.equal(got, ops.philox((9, 11), 4, 1, scale=0.25).to(dtype))
