@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # CMake (libtorch) build check: configure, build and run the C++ tests with ctest.
-#   .ci/cmake_check.sh [BUILD_DIR]        (default /tmp/bioplaus-cmake; never inside the repository)
+#   .ci/cmake_check.sh [BUILD_DIR]        (default: a fresh mktemp -d folder, removed on exit)
 # The CUDA kernels are compiled too whenever torch is a CUDA build and nvcc is found (no GPU needed:
 # CMAKE_CUDA_ARCHITECTURES defaults to 80;90), so CI proves they build under CMake as well as under
 # setup.py. BIOPLAUS_FORCE_CPU=1 skips them, PYTHON picks the interpreter whose torch is used, MAX_JOBS
@@ -8,7 +8,15 @@
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-BUILD="${1:-/tmp/bioplaus-cmake}"
+# A fixed default folder would be reused by the next run; if that run comes from another checkout,
+# CMake refuses the cache ("does not match the source used to generate cache"). So the default is a
+# fresh folder; a folder given explicitly is kept (for incremental local builds).
+if [[ $# -ge 1 ]]; then
+  BUILD="$1"
+else
+  BUILD="$(mktemp -d -t bioplaus-cmake.XXXXXX)"
+  trap 'rm -rf "$BUILD"' EXIT
+fi
 PYTHON="${PYTHON:-python3}"
 
 read -r TORCH_CMAKE TORCH_CUDA < <("$PYTHON" -c \
