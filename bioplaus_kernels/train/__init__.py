@@ -1,0 +1,1 @@
+"""Training harness: data, models, training loops and the command-line interface."""

@@ -1,0 +1,169 @@
+"""Datasets and loaders of the training harness.
+
+``build_datasets(name, data_dir)`` returns a :class:`DataBundle` (train and test datasets yielding
+``(image float32 [C, H, W], label int)``, ``num_classes``, ``input_shape``); ``build_loaders`` wraps it in
+DataLoaders. Names and where their files are looked for:
+
+- ``"digits"``: scikit-learn's ``load_digits`` (1797 real 8x8 handwritten digits shipped inside scikit-learn,
+  no files needed). Fixed split: a stratified 80/20 train/test split (``train_test_split(test_size=0.2,
+  stratify=labels, random_state=0)``: 1437 train, 360 test images, every class in the same proportion in both).
+  Pixels (0..16) are divided by 16, then normalised with the mean and std of the training split.
+- ``"mnist"`` / ``"fashion-mnist"``: the original IDX files ``train-images-idx3-ubyte``,
+  ``train-labels-idx1-ubyte``, ``t10k-images-idx3-ubyte``, ``t10k-labels-idx1-ubyte``, each plain or ``.gz``,
+  read with torchvision's IDX reader. Looked for in ``data_dir``, then torchvision's layout
+  ``data_dir/MNIST/raw`` (``FashionMNIST/raw``), then ``data_dir/mnist`` (``fashion-mnist``), so that a folder
+  holding one subfolder per dataset works too. No augmentation (as in Bartunov et al. 2018).
+- ``"cifar10"``: ``cifar-10-batches-py`` (the python pickle release) in ``data_dir`` or ``data_dir`` itself,
+  read with ``torchvision.datasets.CIFAR10`` (``download=False``). Training augmentation: random 32x32 crops of
+  the image zero-padded by 4 pixels and horizontal flips (the usual reading of the paper's "random crops and
+  flips"; ``augment=False`` turns both off).
+- ``"imagenet"``: an ImageFolder tree ``data_dir/train/<class>/*.JPEG`` and ``data_dir/val/<class>/*.JPEG``.
+  Training: RandomResizedCrop(224) + horizontal flip; evaluation: resize 256 + centre crop 224 (Xiao et al.
+  2019's script, the standard torchvision recipe).
+
+Every image is finally normalised per channel with the dataset's usual mean/std (MNIST 0.1307/0.3081,
+Fashion-MNIST 0.2860/0.3530, CIFAR-10 and ImageNet the standard torchvision constants).
+
+MNIST, Fashion-MNIST, CIFAR-10 and digits are held in memory as one uint8 (digits: float) tensor and augmented
+as tensors, with no per-item PIL conversion. Randomness: shuffling uses a ``torch.Generator`` seeded from
+``build_loaders(seed=...)``; augmentation draws from torch's global generator in the main process
+(``workers=0``; seed it with ``torch.manual_seed``) and, with workers, from per-worker generators that
+DataLoader seeds from the loader's generator, so runs are repeatable for a given seed and worker count.
+"""
+from __future__ import annotations
+
+import gzip
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from typing import Callable, Optional, Sequence, Tuple
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from .errors import UsageError
+
+DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10", "imagenet")
+
+#: per-channel (mean, std) after scaling pixels to [0, 1]
+_NORMALISATION = {
+    "mnist": ((0.1307,), (0.3081,)),
+    "fashion-mnist": ((0.2860,), (0.3530,)),
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+}
+
+DIGITS_TEST_FRACTION = 0.2
+DIGITS_SPLIT_SEED = 0
+
+
+@dataclass
+class DataBundle:
+    """What a training run needs to know about its data."""
+    name: str
+    train: Dataset
+    test: Dataset
+    num_classes: int
+    input_shape: Tuple[int, int, int]  # (C, H, W) of one input as the model receives it
+
+
+class TensorImageDataset(Dataset):
+    """Images held in memory as one tensor [N, C, H, W] (uint8 in 0..255, or float in [0, 1]).
+
+    ``transform`` (optional) maps one [C, H, W] image to another of the same dtype (torchvision transforms work
+    on tensors); the result is scaled to [0, 1] and normalised with ``mean`` / ``std`` (one value per channel).
+    """
+
+    def __init__(self, images: torch.Tensor, targets: torch.Tensor, mean: Sequence[float], std: Sequence[float],
+                 transform: Optional[Callable[[torch.Tensor], torch.Tensor]] = None) -> None:
+        if images.dim() != 4 or targets.shape != (images.shape[0],):
+            raise ValueError(f"TensorImageDataset: expected images [N, C, H, W] and targets [N], got "
+                             f"{tuple(images.shape)} and {tuple(targets.shape)}")
+        self.images = images
+        self.targets = targets.long()
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def __getitem__(self, index: int) -> Tuple[torch.Tensor, int]:
+        img = self.images[index]
+        if self.transform is not None:
+            img = self.transform(img)
+        x = img.float().div_(255.0) if img.dtype == torch.uint8 else img.float()
+        return (x - self.mean) / self.std, int(self.targets[index])
+
+
+# --------------------------------------------------------------------------------------------------- digits
+
+def _digits(augment: bool) -> DataBundle:
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    digits = load_digits()
+    images = torch.from_numpy(digits.images).float().div_(16.0).unsqueeze(1)  # [1797, 1, 8, 8] in [0, 1]
+    labels = torch.from_numpy(digits.target).long()
+    train_idx, test_idx = train_test_split(torch.arange(len(labels)).numpy(), test_size=DIGITS_TEST_FRACTION,
+                                           stratify=labels.numpy(), random_state=DIGITS_SPLIT_SEED)
+    train_idx, test_idx = torch.from_numpy(train_idx), torch.from_numpy(test_idx)
+    mean = images[train_idx].mean().item()
+    std = images[train_idx].std().item()
+    train = TensorImageDataset(images[train_idx], labels[train_idx], (mean,), (std,))
+    test = TensorImageDataset(images[test_idx], labels[test_idx], (mean,), (std,))
+    return DataBundle("digits", train, test, 10, (1, 8, 8))
+
+
+# ---------------------------------------------------------------------------------------------------- loaders
+
+def build_datasets(name: str, data_dir: Optional[str] = None, *, augment: bool = True) -> DataBundle:
+    """The train and test datasets of ``name`` (one of :data:`DATASETS`); see the module docstring for where the
+    files are looked for. ``data_dir`` defaults to ``./data``. ``augment=False`` turns off training
+    augmentation (evaluation transforms are always applied). Missing or unreadable data raises
+    :class:`UsageError` naming the files expected and where."""
+    if name not in _BUILDERS:
+        raise UsageError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+    if name == "digits":
+        return _digits(augment)
+    root = os.path.expanduser(data_dir if data_dir is not None else "data")
+    return _BUILDERS[name](root, augment)
+
+
+def build_loaders(bundle: DataBundle, batch_size: int, *, workers: int = 0, seed: int = 0,
+                  distributed: bool = False, pin_memory: Optional[bool] = None,
+                  test_batch_size: Optional[int] = None) -> Tuple[DataLoader, DataLoader]:
+    """(train_loader, test_loader) for ``bundle``.
+
+    - The training loader shuffles with a ``torch.Generator`` seeded with ``seed`` (same order for the same seed)
+      and keeps incomplete last batches.
+    - ``distributed=True`` (torch.distributed initialised): both loaders use a ``DistributedSampler`` (the train
+      one shuffling with ``seed``, the test one not), so each rank sees its 1/world_size share; ``batch_size``
+      is then the per-rank batch. The training loop must call ``train_loader.sampler.set_epoch(epoch)`` before
+      every epoch, or every epoch repeats the same order. The test sampler pads the last ranks with repeated
+      samples to equal shares (DistributedSampler's behaviour), so a test metric averaged across ranks can count
+      up to world_size - 1 images twice.
+    - ``pin_memory`` defaults to ``torch.cuda.is_available()``; ``workers > 0`` keeps workers alive between
+      epochs.
+    """
+    if batch_size < 1:
+        raise UsageError(f"batch size must be positive, got {batch_size}")
+    test_batch_size = test_batch_size or batch_size
+    if pin_memory is None:
+        pin_memory = torch.cuda.is_available()
+    common = dict(num_workers=workers, pin_memory=pin_memory, persistent_workers=workers > 0)
+    generator = torch.Generator().manual_seed(seed)
+    if distributed:
+        from torch.utils.data.distributed import DistributedSampler
+        train_sampler = DistributedSampler(bundle.train, shuffle=True, seed=seed)
+        test_sampler = DistributedSampler(bundle.test, shuffle=False)
+        train = DataLoader(bundle.train, batch_size, sampler=train_sampler, generator=generator, **common)
+        test = DataLoader(bundle.test, test_batch_size, sampler=test_sampler, **common)
+    else:
+        train = DataLoader(bundle.train, batch_size, shuffle=True, generator=generator, **common)
+        test = DataLoader(bundle.test, test_batch_size, shuffle=False, **common)
+    return train, test
+
+
+_BUILDERS = {"digits": None}
