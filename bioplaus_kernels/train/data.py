@@ -104,7 +104,7 @@ class TensorImageDataset(Dataset):
 
 # --------------------------------------------------------------------------------------------------- digits
 
-def _digits(augment: bool) -> DataBundle:
+def _digits() -> DataBundle:
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
@@ -250,7 +250,7 @@ def build_datasets(name: str, data_dir: Optional[str] = None, *, augment: bool =
     if name not in _BUILDERS:
         raise UsageError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
     if name == "digits":
-        return _digits(augment)
+        return _digits()  # no augmentation for digits
     root = os.path.expanduser(data_dir if data_dir is not None else "data")
     return _BUILDERS[name](root, augment)
 
