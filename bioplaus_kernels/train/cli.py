@@ -1,0 +1,376 @@
+"""The ``bioplaus`` command line (also ``python -m bioplaus_kernels.train``).
+
+    bioplaus train                      # the embedded quickstart: FC net on scikit-learn's digits,
+                                        # bp, fa, usf, dtp and sdtp compared in one table
+    bioplaus train --dataset mnist --data-dir DIR --arch fc --algo bp fa dtp --preset bartunov2018:mnist-fc
+    bioplaus train --resume --out RUN   # continue a run exactly where it stopped
+    bioplaus reproduce bartunov2018 --dataset mnist --arch fc --algo bp fa dtp sdtp --max-minutes 10
+
+A run folder (--out) holds config.json, one sub-folder per rule (checkpoint.pt, metrics.csv, metrics.jsonl,
+curves.png, tensorboard/), and the comparison: summary.md, summary.json, curves.png.
+
+Distributed: launch with torchrun (``torchrun --nproc_per_node 8 -m bioplaus_kernels.train train ...``). Each
+process joins the default process group (NCCL on GPUs, gloo on CPUs), reads its share of the data through a
+DistributedSampler (set_epoch every epoch) and trains with --batch-size / world_size samples per step, so
+--batch-size is the global batch. Feedback rules (bp, fa, dfa, usf, frsf, brsf) are wrapped in
+DistributedDataParallel: the rules change only what a layer sends downwards, DDP's all-reduce hooks act on
+the parameters' gradients after every backward hook (DFA's too), so the update equals the single-process
+update on the global batch. Target propagation is not wrapped in DDP: its losses are local per layer, and
+bioplaus_kernels.tp.Trainer all-reduces (averages) the gradients of the forward and of the inverse parameters
+itself before each optimizer step. Only rank 0 prints, writes metrics and checkpoints; every rank reads the
+checkpoint on --resume (multi-node resume needs the run folder on a shared filesystem). Evaluation sums
+across ranks.
+
+Bad input (unknown names, missing data, an architecture that does not fit, a bad checkpoint) prints one line
+on stderr and exits with status 2; an interrupted run (SIGINT/SIGTERM) saves its checkpoint and exits with
+128 + the signal number.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import time
+
+from .errors import UsageError
+from .presets import OPTIMIZERS, PRESETS, RULES, SCHEDULES, TP_RULES, Hyper, resolve
+
+QUICKSTART_RULES = ["bp", "fa", "usf", "dtp", "sdtp"]
+
+# Options whose default depends on the preset: None means "not given", and the preset's value is used.
+_HYPER_OPTIONS = {  # option dest -> Hyper field
+    "optimizer": "optimizer", "lr": "lr", "beta1": "beta1", "beta2": "beta2", "eps": "eps", "momentum": "momentum",
+    "weight_decay": "weight_decay", "lr_step": "lr_step", "lr_gamma": "lr_gamma", "alpha": "alpha",
+    "sigma": "sigma", "aux_width": "aux_width", "batch_size": "batch_size", "epochs": "epochs",
+    "last_layer": "last_layer",
+}
+_INVERSE_OPTIONS = {"inverse_lr": "lr", "inverse_beta1": "beta1", "inverse_beta2": "beta2", "inverse_eps": "eps"}
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with errors raised as UsageError so that the CLI prints them as one line."""
+
+    def error(self, message: str):
+        raise UsageError(f"{self.prog}: {message}")
+
+
+def _run_options(p: argparse.ArgumentParser) -> None:
+    """Options shared by train and reproduce."""
+    p.add_argument("--data-dir", help="folder of the dataset's files (default ./data; digits needs none)")
+    p.add_argument("--batch-size", type=int, help="global batch size (split across torchrun processes)")
+    p.add_argument("--epochs", type=int, help="epochs per rule (default: the preset's)")
+    p.add_argument("--seed", type=int, default=0, help="seed of weights, feedback matrices, noise and shuffling")
+    p.add_argument("--deterministic", action="store_true",
+                   help="torch.use_deterministic_algorithms(True) (and cuDNN/cuBLAS settings to match)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (torchrun: this process's GPU)")
+    p.add_argument("--amp", action="store_true", help="bf16 autocast (CUDA only)")
+    p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
+    p.add_argument("--out", help="run folder (default runs/<dataset>-<arch>-<time>)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
+    p.add_argument("--max-minutes", type=float, help="wall-clock budget per rule; stops mid-epoch, resumable")
+    p.add_argument("--steps-per-epoch", type=int, help="train at most this many batches per epoch")
+    p.add_argument("--log-every", type=int, default=10, help="progress-bar update interval in steps")
+    p.add_argument("--tensorboard", action="store_true", help="also write TensorBoard scalars")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    p.add_argument("--no-eval-train", dest="eval_train", action="store_false",
+                   help="report the running training error instead of evaluating the training set each epoch")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="bioplaus", description="Train and compare biologically motivated learning rules.")
+    sub = parser.add_subparsers(dest="command", parser_class=_Parser)
+
+    t = sub.add_parser("train", help="train one or several rules (several: a comparison, same seed)",
+                       description="Train one or several learning rules on one dataset and network. Without "
+                       "arguments: the FC net on scikit-learn's digits with " + ", ".join(QUICKSTART_RULES) + ".",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    t.add_argument("--dataset", default="digits", help="digits, mnist, fashion-mnist, cifar10 or imagenet")
+    t.add_argument("--arch", default="fc",
+                   help="fc, lc (the paper nets), conv (their weight-shared twins), resnet18, alexnet-bn, "
+                   "or path/to/file.py:callable / package.module:callable")
+    t.add_argument("--algo", nargs="+", default=None, metavar="RULE",
+                   help=f"one or several of {', '.join(RULES)} (default: {' '.join(QUICKSTART_RULES)})")
+    t.add_argument("--schedule", choices=SCHEDULES, default="alternating",
+                   help="target propagation: inverse and forward losses on every batch (parallel) or one "
+                   "kind per epoch (alternating)")
+    t.add_argument("--preset", help="named hyperparameters: " + ", ".join(sorted(PRESETS)) + " (default: "
+                   "quickstart:digits on digits, bartunov2018:<dataset>-<arch> for the paper cells, "
+                   "xiao2018:imagenet for resnet18/alexnet-bn on imagenet; plain Adam otherwise)")
+    g = t.add_argument_group("optimizer (default: the preset's)")
+    g.add_argument("--optimizer", choices=OPTIMIZERS, help="adam, sgd (momentum) or bm (Batch-Manhattan)")
+    g.add_argument("--lr", type=float)
+    g.add_argument("--beta1", type=float)
+    g.add_argument("--beta2", type=float)
+    g.add_argument("--eps", type=float)
+    g.add_argument("--momentum", type=float, help="sgd and bm")
+    g.add_argument("--weight-decay", type=float)
+    g.add_argument("--lr-step", type=int, help="multiply the learning rate by --lr-gamma every this many epochs")
+    g.add_argument("--lr-gamma", type=float)
+    g.add_argument("--last-layer", choices=("bp", "convert"),
+                   help="feedback rules: keep the output layer on backprop (Xiao et al.) or convert it too "
+                   "(Bartunov et al.); default: convert for fc/lc/conv, bp otherwise")
+    g = t.add_argument_group("target propagation (default: the preset's)")
+    g.add_argument("--inverse-lr", type=float, help="Adam of the inverse layers")
+    g.add_argument("--inverse-beta1", type=float)
+    g.add_argument("--inverse-beta2", type=float)
+    g.add_argument("--inverse-eps", type=float)
+    g.add_argument("--alpha", type=float, help="DTP: step size of the penultimate target")
+    g.add_argument("--sigma", type=float, help="std of the inverse-loss noise")
+    g.add_argument("--aux-width", type=int, help="AO-SDTP: auxiliary output units")
+    _run_options(t)
+
+    r = sub.add_parser("reproduce", help="run a paper's protocol and print its numbers beside ours",
+                       description="Reproduce the cells of Bartunov et al. 2018's Tables 1-2 with Table 5's "
+                       "presets, under a budget.", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    r.add_argument("paper", help="bartunov2018")
+    r.add_argument("--dataset", default="mnist", help="mnist, cifar10 or imagenet")
+    r.add_argument("--arch", default="fc", help="fc, lc, or conv (the BP ConvNet row)")
+    r.add_argument("--algo", nargs="+", default=None, metavar="RULE",
+                   help="rows to run (default: every row of the cell): " + ", ".join(RULES))
+    r.add_argument("--schedule", nargs="+", choices=SCHEDULES, default=list(SCHEDULES),
+                   help="target-propagation schedules to run")
+    _run_options(r)
+    return parser
+
+
+def _default_preset(dataset: str, arch: str) -> str | None:
+    if dataset == "digits":
+        return "quickstart:digits"
+    if f"bartunov2018:{dataset}-{arch}" in PRESETS:
+        return f"bartunov2018:{dataset}-{arch}"
+    if dataset == "imagenet" and arch in ("resnet18", "alexnet-bn"):
+        return "xiao2018:imagenet"
+    return None
+
+
+def hyper_for(args: argparse.Namespace, rule: str, schedule: str, preset: str | None) -> Hyper:
+    """The preset's hyperparameters for rule, overridden by every option given on the command line."""
+    h = resolve(preset, rule, schedule)
+    given = {field: getattr(args, dest) for dest, field in _HYPER_OPTIONS.items()
+             if getattr(args, dest, None) is not None}
+    inverse = {field: getattr(args, dest) for dest, field in _INVERSE_OPTIONS.items()
+               if getattr(args, dest, None) is not None}
+    if inverse:
+        given["inverse"] = dataclasses.replace(h.inverse, **inverse)
+    h = dataclasses.replace(h, **given)
+    for name in ("batch_size", "epochs"):
+        if getattr(h, name) < 1:
+            raise UsageError(f"--{name.replace('_', '-')} must be positive, got {getattr(h, name)}")
+    return h
+
+
+def _check_rules(algos: list[str]) -> None:
+    for a in algos:
+        if a not in RULES:
+            raise UsageError(f"unknown rule {a!r}; choose from {', '.join(RULES)}")
+    if len(set(algos)) != len(algos):
+        raise UsageError(f"--algo lists a rule twice: {' '.join(algos)}")
+
+
+def _load_config(out: str) -> dict:
+    path = os.path.join(out, "config.json")
+    if not os.path.isfile(path):
+        raise UsageError(f"--resume: {out} is not a run folder (no config.json)")
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError) as e:
+        raise UsageError(f"--resume: cannot read {path} ({e})") from None
+
+
+def _explicit(parser: argparse.ArgumentParser, argv: list[str]) -> set[str]:
+    """The option dests given on the command line (a resumed run keeps its saved values for the others)."""
+    shadow = build_parser()
+    for action in _all_actions(shadow):
+        action.default = argparse.SUPPRESS
+    return set(vars(shadow.parse_args(argv))) - {"command"}
+
+
+def _all_actions(parser: argparse.ArgumentParser):
+    for action in parser._actions:
+        yield action
+        if isinstance(action, argparse._SubParsersAction):
+            for p in action.choices.values():
+                yield from p._actions
+
+
+def _settings(parser, argv: list[str]) -> argparse.Namespace:
+    args = parser.parse_args(argv)
+    if args.command is None:  # `bioplaus` alone: the quickstart is `bioplaus train`
+        parser.print_help()
+        raise SystemExit(0)
+    if args.resume:
+        if args.out is None:
+            raise UsageError("--resume needs --out RUN_FOLDER (the folder of the run to continue)")
+        saved = _load_config(args.out)
+        if saved.get("command") != args.command:
+            raise UsageError(f"--resume: {args.out} holds a '{saved.get('command')}' run, not '{args.command}'")
+        explicit = _explicit(parser, argv)
+        merged = {**vars(args), **{k: v for k, v in saved.items() if k not in explicit}}
+        args = argparse.Namespace(**merged)
+        args.resume = True
+    return args
+
+
+def _prepare(args) -> tuple:
+    import torch
+
+    from . import distributed
+    if args.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+    ctx, device = distributed.setup(args.device)
+    if args.amp and device.type != "cuda":
+        raise UsageError("--amp (bf16 autocast) needs a CUDA device")
+    if args.out is None:
+        args.out = os.path.join("runs", f"{args.dataset}-{args.arch}-{time.strftime('%Y%m%d-%H%M%S')}")
+        if ctx.distributed:  # every rank must write into rank 0's folder
+            import torch.distributed as dist
+            box = [args.out]
+            dist.broadcast_object_list(box, src=0)
+            args.out = box[0]
+    return ctx, device
+
+
+def _options(args, schedule: str):
+    from .loop import RunOptions
+    return RunOptions(dataset=args.dataset, arch=args.arch, schedule=schedule, seed=args.seed, amp=args.amp,
+                      workers=args.workers, max_minutes=args.max_minutes, steps_per_epoch=args.steps_per_epoch,
+                      log_every=max(1, args.log_every), tensorboard=args.tensorboard, progress=args.progress,
+                      eval_train=args.eval_train)
+
+
+def _save_config(args, ctx) -> None:
+    if ctx.is_main:
+        os.makedirs(args.out, exist_ok=True)
+        config = {k: v for k, v in vars(args).items() if k != "resume"}
+        with open(os.path.join(args.out, "config.json"), "w") as f:
+            json.dump(config, f, indent=2)
+
+
+def _summary(results, args, folder: str) -> str:
+    from .plots import learning_curves
+    lines = [f"{args.dataset}/{args.arch}: error in %", "",
+             "| rule | epochs | train error | test error | best test error | test top-5 error | minutes | stopped by |",
+             "|---|---|---|---|---|---|---|---|"]
+    for res in results:
+        f = res.final or {}
+        train = f.get("train_error", f.get("train_error_running"))
+        best = (res.best or {}).get("test_error")
+        cells = [res.label, f"{res.epochs:.2f}"] + ["-" if v is None else f"{v:.2f}" for v in
+                                                   (train, f.get("test_error"), best, f.get("test_top5_error"))]
+        lines.append("| " + " | ".join(cells + [f"{res.seconds / 60:.2f}", res.status]) + " |")
+    text = "\n".join(lines) + "\n"
+    with open(os.path.join(folder, "summary.md"), "w") as fh:
+        fh.write(text)
+    with open(os.path.join(folder, "summary.json"), "w") as fh:
+        json.dump([{"rule": r.rule, "label": r.label, "status": r.status, "epochs": r.epochs,
+                    "seconds": r.seconds, "final": r.final, "best": r.best} for r in results], fh, indent=2)
+    learning_curves({r.label: r.rows for r in results}, os.path.join(folder, "curves.png"),
+                    f"{args.dataset}/{args.arch}")
+    return text
+
+
+def _run_all(args, plan, ctx, device, bundle) -> list:
+    """Train every (label, rule, schedule, hyper, preset) of plan one after the other; stop at a signal."""
+    from .loop import StopFlag, run_rule
+    from .plots import learning_curves
+    results = []
+    with StopFlag() as stop:
+        for label, rule, schedule, h, preset in plan:
+            folder = os.path.join(args.out, label)
+            if ctx.is_main:
+                print(f"== {label}: {args.dataset}/{args.arch}, preset {preset or 'none'}, {h.optimizer} "
+                      f"lr {h.lr:g}, batch {h.batch_size}, {h.epochs} epochs -> {folder}", flush=True)
+            res = run_rule(_options(args, schedule), rule, label, h, bundle, folder, ctx=ctx, device=device,
+                           resume=args.resume, stop=stop)
+            results.append(res)
+            if ctx.is_main and res.rows:
+                learning_curves({label: res.rows}, os.path.join(folder, "curves.png"), f"{label} on "
+                                f"{args.dataset}/{args.arch}")
+            if res.status == "interrupted":
+                return results, stop.signum
+    return results, None
+
+
+def _interrupted(args, signum, ctx) -> int:
+    import signal
+    if ctx.is_main:
+        print(f"bioplaus: stopped by {signal.Signals(signum).name}; checkpoint saved. Continue with: bioplaus "
+              f"{args.command} --resume --out {args.out}", file=sys.stderr)
+    return 128 + signum
+
+
+def cmd_train(args) -> int:
+    from .data import build_datasets
+    algos = args.algo or QUICKSTART_RULES
+    _check_rules(algos)
+    preset = args.preset if args.preset is not None else _default_preset(args.dataset, args.arch)
+    if preset is not None and preset not in PRESETS:
+        raise UsageError(f"unknown preset {preset!r}; known: {', '.join(sorted(PRESETS))}")
+    plan = []
+    for rule in algos:
+        label = f"{rule}-{args.schedule}" if rule in TP_RULES else rule
+        plan.append((label, rule, args.schedule, hyper_for(args, rule, args.schedule, preset), preset))
+    bundle = build_datasets(args.dataset, args.data_dir)
+    ctx, device = _prepare(args)
+    _save_config(args, ctx)
+    results, signum = _run_all(args, plan, ctx, device, bundle)
+    if signum is not None:
+        return _interrupted(args, signum, ctx)
+    if ctx.is_main:
+        print(_summary(results, args, args.out))
+        print(f"run folder: {args.out}")
+    return 0
+
+
+def cmd_reproduce(args) -> int:
+    from . import reproduce
+    from .data import build_datasets
+    if args.paper != reproduce.PAPER:
+        raise UsageError(f"unknown paper {args.paper!r}; known: {reproduce.PAPER}")
+    if args.algo is not None:
+        _check_rules(args.algo)
+    rows = reproduce.rows_for(args.dataset, args.arch, args.algo, args.schedule)
+    preset = reproduce.preset_cell(args.dataset, args.arch)
+    plan = []
+    for key, rule, schedule in rows:
+        plan.append((key, rule, schedule, hyper_for(args, rule, schedule, preset), preset))
+    bundle = build_datasets(args.dataset, args.data_dir)
+    ctx, device = _prepare(args)
+    _save_config(args, ctx)
+    results, signum = _run_all(args, plan, ctx, device, bundle)
+    if signum is not None:
+        return _interrupted(args, signum, ctx)
+    if ctx.is_main:
+        epochs = plan[0][3].epochs
+        budget = f"up to {epochs} epochs" + (f" or {args.max_minutes:g} minutes" if args.max_minutes else "") + \
+            f" per rule, batch {plan[0][3].batch_size}, seed {args.seed}, device {device}"
+        print(reproduce.report(args.dataset, args.arch, [(k, r) for (k, *_), r in zip(plan, results)], budget,
+                               args.out))
+        print(f"run folder: {args.out}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    try:
+        args = _settings(parser, argv)
+        return cmd_train(args) if args.command == "train" else cmd_reproduce(args)
+    except UsageError as e:
+        print(f"bioplaus: error: {e}", file=sys.stderr)
+        return 2
+    except FileNotFoundError as e:
+        print(f"bioplaus: error: {e.filename or e}: not found", file=sys.stderr)
+        return 2
+    finally:
+        from . import distributed
+        distributed.teardown()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
