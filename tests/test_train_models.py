@@ -223,3 +223,14 @@ def test_paper_nets_listing():
     assert "lc cifar10: LC(5x5,64,2), LC(5x5,128,2), LC(3x3,256,1), FC1024, softmax" in lines
     assert any(line.startswith("lc imagenet: LC(9x9,48,4)") for line in lines)
     assert not any(line.startswith("fc imagenet") for line in lines)
+
+
+def test_user_file_with_a_dataclass_loads(tmp_path):
+    """The file is registered as a module while it runs (dataclasses look their module up in sys.modules)."""
+    path = tmp_path / "dc_model.py"
+    path.write_text("from __future__ import annotations\nimport dataclasses\nimport torch.nn as nn\n\n"
+                    "@dataclasses.dataclass\nclass Cfg:\n    width: int = 5\n\n"
+                    "def make(num_classes, input_shape):\n"
+                    "    return nn.Sequential(nn.Flatten(), nn.Linear(64, Cfg().width), nn.Linear(5, num_classes))\n")
+    model = build_model(f"{path}:make", dataset="digits", num_classes=3, input_shape=(1, 8, 8))
+    assert model(torch.randn(2, 1, 8, 8)).shape == (2, 3)

@@ -17,7 +17,9 @@ DataLoaders. Names and where their files are looked for:
   read with ``torchvision.datasets.CIFAR10`` (``download=False``). Training augmentation: random 32x32 crops of
   the image zero-padded by 4 pixels and horizontal flips (the usual reading of the paper's "random crops and
   flips"; ``augment=False`` turns both off).
-- ``"imagenet"``: an ImageFolder tree ``data_dir/train/<class>/*.JPEG`` and ``data_dir/val/<class>/*.JPEG``.
+- ``"imagenet"``: an ImageFolder tree ``data_dir/train/<class>/*.JPEG`` and ``data_dir/val/<class>/*.JPEG``
+  (the validation images sorted into class folders, as torchvision's and most ImageNet scripts expect);
+  ``num_classes`` is the number of class folders, which must be the same in both.
   Training: RandomResizedCrop(224) + horizontal flip; evaluation: resize 256 + centre crop 224 (Xiao et al.
   2019's script, the standard torchvision recipe).
 

@@ -11,7 +11,8 @@
   ``nn.Conv2d`` with the same kernel, stride and channels; SAME padding (see :func:`_conv_same`).
 - ``"resnet18"``: ``torchvision.models.resnet18(weights=None, num_classes=...)``; for inputs smaller than 64
   pixels (digits, MNIST, CIFAR) the stem is the usual small-image variant: a 3x3 stride-1 first convolution
-  and no max-pool (a 7x7/2 conv + pool would shrink 32x32 to 8x8 before the first block).
+  and no max-pool (a 7x7/2 conv + pool would shrink 32x32 to 8x8 before the first block). Inputs with other
+  than 3 channels get a first convolution with that many input channels.
 - ``"alexnet-bn"``: AlexNet (torchvision's layout) with BatchNorm before every ReLU and no dropout (Xiao et al.
   2019). ImageNet-sized inputs only (it needs 63x63 pixels or more).
 - ``"path/to/file.py:callable"`` or ``"package.module:callable"``: a user's model, called as
@@ -25,6 +26,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import os
+import sys
 from typing import Dict, List, Sequence, Tuple, Union
 
 import torch
@@ -215,9 +217,12 @@ def _user_model(spec: str, num_classes: int, input_shape: Tuple[int, int, int]) 
         module_name = "bioplaus_user_model_" + os.path.splitext(os.path.basename(where))[0]
         loader_spec = importlib.util.spec_from_file_location(module_name, where)
         module = importlib.util.module_from_spec(loader_spec)
+        # registered like an imported module, so that dataclasses and pickling inside the file work
+        sys.modules[module_name] = module
         try:
             loader_spec.loader.exec_module(module)
         except Exception as e:  # the user's file: report its error on one line
+            del sys.modules[module_name]
             raise UsageError(f"user model {spec!r}: loading {where} failed: {type(e).__name__}: {e}") from e
     else:
         try:
