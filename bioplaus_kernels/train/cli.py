@@ -69,7 +69,7 @@ def _run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
     p.add_argument("--out", help="run folder (default runs/<dataset>-<arch>-<time>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
-    p.add_argument("--max-minutes", type=float, help="wall-clock budget per rule; stops mid-epoch, resumable")
+    p.add_argument("--max-minutes", type=float, help="wall-clock budget per rule (0: none); stops mid-epoch, resumable")
     p.add_argument("--steps-per-epoch", type=int, help="train at most this many batches per epoch")
     p.add_argument("--log-every", type=int, default=10, help="progress-bar update interval in steps")
     p.add_argument("--tensorboard", action="store_true", help="also write TensorBoard scalars")
@@ -162,9 +162,11 @@ def hyper_for(args: argparse.Namespace, rule: str, schedule: str, preset: str | 
 
 
 def _check_rules(algos: list[str]) -> None:
+    from .rules import check_available
     for a in algos:
         if a not in RULES:
             raise UsageError(f"unknown rule {a!r}; choose from {', '.join(RULES)}")
+        check_available(a)
     if len(set(algos)) != len(algos):
         raise UsageError(f"--algo lists a rule twice: {' '.join(algos)}")
 
@@ -238,7 +240,7 @@ def _prepare(args) -> tuple:
 def _options(args, schedule: str):
     from .loop import RunOptions
     return RunOptions(dataset=args.dataset, arch=args.arch, schedule=schedule, seed=args.seed, amp=args.amp,
-                      workers=args.workers, max_minutes=args.max_minutes, steps_per_epoch=args.steps_per_epoch,
+                      workers=args.workers, max_minutes=args.max_minutes or None, steps_per_epoch=args.steps_per_epoch,
                       log_every=max(1, args.log_every), tensorboard=args.tensorboard, progress=args.progress,
                       eval_train=args.eval_train)
 
@@ -304,8 +306,22 @@ def _interrupted(args, signum, ctx) -> int:
     return 128 + signum
 
 
-def cmd_train(args) -> int:
+def _execute(args, plan, report) -> int:
+    """Load the data, join the process group, train every entry of plan, then let rank 0 report."""
     from .data import build_datasets
+    bundle = build_datasets(args.dataset, args.data_dir)
+    ctx, device = _prepare(args)
+    _save_config(args, ctx)
+    results, signum = _run_all(args, plan, ctx, device, bundle)
+    if signum is not None:
+        return _interrupted(args, signum, ctx)
+    if ctx.is_main:
+        print(report(results, device))
+        print(f"run folder: {args.out}")
+    return 0
+
+
+def cmd_train(args) -> int:
     algos = args.algo or QUICKSTART_RULES
     _check_rules(algos)
     preset = args.preset if args.preset is not None else _default_preset(args.dataset, args.arch)
@@ -315,44 +331,26 @@ def cmd_train(args) -> int:
     for rule in algos:
         label = f"{rule}-{args.schedule}" if rule in TP_RULES else rule
         plan.append((label, rule, args.schedule, hyper_for(args, rule, args.schedule, preset), preset))
-    bundle = build_datasets(args.dataset, args.data_dir)
-    ctx, device = _prepare(args)
-    _save_config(args, ctx)
-    results, signum = _run_all(args, plan, ctx, device, bundle)
-    if signum is not None:
-        return _interrupted(args, signum, ctx)
-    if ctx.is_main:
-        print(_summary(results, args, args.out))
-        print(f"run folder: {args.out}")
-    return 0
+    return _execute(args, plan, lambda results, device: _summary(results, args, args.out))
 
 
 def cmd_reproduce(args) -> int:
     from . import reproduce
-    from .data import build_datasets
     if args.paper != reproduce.PAPER:
         raise UsageError(f"unknown paper {args.paper!r}; known: {reproduce.PAPER}")
     if args.algo is not None:
         _check_rules(args.algo)
-    rows = reproduce.rows_for(args.dataset, args.arch, args.algo, args.schedule)
     preset = reproduce.preset_cell(args.dataset, args.arch)
-    plan = []
-    for key, rule, schedule in rows:
-        plan.append((key, rule, schedule, hyper_for(args, rule, schedule, preset), preset))
-    bundle = build_datasets(args.dataset, args.data_dir)
-    ctx, device = _prepare(args)
-    _save_config(args, ctx)
-    results, signum = _run_all(args, plan, ctx, device, bundle)
-    if signum is not None:
-        return _interrupted(args, signum, ctx)
-    if ctx.is_main:
-        epochs = plan[0][3].epochs
-        budget = f"up to {epochs} epochs" + (f" or {args.max_minutes:g} minutes" if args.max_minutes else "") + \
-            f" per rule, batch {plan[0][3].batch_size}, seed {args.seed}, device {device}"
-        print(reproduce.report(args.dataset, args.arch, [(k, r) for (k, *_), r in zip(plan, results)], budget,
-                               args.out))
-        print(f"run folder: {args.out}")
-    return 0
+    plan = [(key, rule, schedule, hyper_for(args, rule, schedule, preset), preset)
+            for key, rule, schedule in reproduce.rows_for(args.dataset, args.arch, args.algo, args.schedule)]
+
+    def report(results, device) -> str:
+        h = plan[0][3]
+        budget = f"up to {h.epochs} epochs" + (f" or {args.max_minutes:g} minutes" if args.max_minutes else "") + \
+            f" per rule, batch {h.batch_size}, seed {args.seed}, device {device}"
+        return reproduce.report(args.dataset, args.arch, [(p[0], r) for p, r in zip(plan, results)], budget,
+                                args.out)
+    return _execute(args, plan, report)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -114,11 +114,8 @@ class TPLearner:
 
     def __init__(self, model: nn.Module, rule: str, h: Hyper, *, arch: str, schedule: str, seed: int,
                  device: torch.device, amp: bool) -> None:
-        try:
-            from .. import tp
-        except ImportError:
-            raise UsageError(f"rule {rule} is not available in this build yet (bioplaus_kernels.tp is missing)") \
-                from None
+        check_available(rule)
+        from .. import tp
         if not isinstance(model, nn.Sequential):
             raise UsageError(f"rule {rule} trains an nn.Sequential of Linear/LocallyConnected2d/activation/Flatten "
                              f"layers (--arch fc or lc); --arch {arch} is not one")
@@ -169,11 +166,8 @@ class TPLearner:
 
 
 def _convert(model: nn.Module, rule: str, h: Hyper, *, arch: str, num_classes: int, seed: int) -> nn.Module:
-    try:
-        from .. import convert
-    except ImportError:
-        raise UsageError(f"rule {rule} is not available in this build yet (bioplaus_kernels.convert is missing)") \
-            from None
+    check_available(rule)
+    from .. import convert
     last_layer = h.last_layer or ("convert" if arch in PAPER_ARCHS else "bp")
     kwargs = dict(seed=seed, last_layer=last_layer)
     if rule == "dfa":
@@ -182,6 +176,20 @@ def _convert(model: nn.Module, rule: str, h: Hyper, *, arch: str, num_classes: i
         return convert(model, rule, **kwargs)
     except (ValueError, TypeError, NotImplementedError) as e:
         raise UsageError(f"rule {rule} cannot convert --arch {arch}: {e}") from None
+
+
+def check_available(rule: str) -> None:
+    """Fail before any training when a rule's implementation is not in this build."""
+    import importlib
+    if rule == "bp":
+        return
+    module, attr = ("bioplaus_kernels.tp", "Trainer") if rule in TP_RULES else ("bioplaus_kernels", "convert")
+    try:
+        ok = hasattr(importlib.import_module(module), attr)
+    except ImportError:
+        ok = False
+    if not ok:
+        raise UsageError(f"rule {rule} is not available in this build yet ({module}.{attr} is missing)")
 
 
 def make_learner(rule: str, model: nn.Module, h: Hyper, *, arch: str, schedule: str, num_classes: int,
