@@ -14,3 +14,7 @@ __version__ = "0.1.0"
 with_cuda: bool = bool(_C.with_cuda)
 
 __all__ = ["nn", "ops", "optim", "reference", "with_cuda", "__version__"]
+
+from . import tp  # noqa: E402,F401  (target propagation: bioplaus_kernels.tp.Trainer)
+
+__all__ += ["tp"]

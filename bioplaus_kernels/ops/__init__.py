@@ -4,3 +4,7 @@ from .lc2d import lc2d, lc2d_backward_input, lc2d_backward_weight
 from .philox import philox
 
 __all__ = ["lc2d", "lc2d_backward_input", "lc2d_backward_weight", "philox"]
+from .difference_target import difference_target, difference_target_lc2d
+from .inverse_loss import inverse_loss, inverse_loss_lc2d, noisy
+
+__all__ += ["difference_target", "difference_target_lc2d", "inverse_loss", "inverse_loss_lc2d", "noisy"]

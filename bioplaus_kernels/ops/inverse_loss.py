@@ -1,0 +1,125 @@
+"""Inverse losses of target propagation: ``torch.ops.bioplaus.inverse_loss[_lc2d]``, noise drawn in the kernel.
+
+With ``eps = noise(h, sigma, seed, stream, step)`` (Philox normals, element e of h's row-major order; exactly
+``torch.ops.bioplaus.philox_fill(h, seed, stream, step, "normal", sigma)``) and ``y = f(h + eps)`` computed by
+the caller's forward layer::
+
+    x_hat    = act(V y + c)                      (the inverse layer, as in difference_target)
+    residual = x_hat - (h + eps)  if preserve_noise   (DTP, noise-preserving:  ||g(f(h~)) - h~||^2)
+             = x_hat - h          otherwise            (SDTP, de-noising:       ||g(f(h + eps)) - h||^2)
+    loss     = sum(residual ** 2) / N           (sum over a sample's units, mean over the batch)
+
+Returns ``(loss, x_hat, residual)``; loss is differentiable in y, h, V and c (registered autograd, the
+gradient wrt h being that of a constant-noise target), x_hat and residual are not.
+"""
+from __future__ import annotations
+
+import math
+from typing import Tuple
+
+import torch
+
+from .._geometry import IntPair, Padding, pair, resolve_padding
+from . import _tp
+
+_ops = torch.ops.bioplaus
+
+
+def _check_noise(op, activation, sigma, seed, stream, step):
+    _tp.check_activation(op, activation)
+    torch._check(math.isfinite(sigma) and sigma >= 0, lambda: f"{op}: sigma must be a finite number >= 0, got {sigma}")
+    torch._check(seed >= 0, lambda: f"{op}: seed must be >= 0, got {seed}")
+    torch._check(stream >= 0, lambda: f"{op}: stream must be >= 0, got {stream}")
+    torch._check(step >= 0, lambda: f"{op}: step must be >= 0, got {step}")
+
+
+def _outputs(h):
+    return h.new_empty(()), h.new_empty(h.shape), h.new_empty(h.shape)
+
+
+@torch.library.register_fake("bioplaus::inverse_loss")
+def _inverse_loss_fake(y, h, weight, bias, activation, sigma, seed, stream, step, preserve_noise):
+    op = "inverse_loss"
+    _check_noise(op, activation, sigma, seed, stream, step)
+    _tp.check_like_weight(op, weight, (("y", y), ("h", h), ("bias", bias)))
+    _tp.check_linear_inverse_geometry(op, h, "h", y, "y", weight, bias)
+    return _outputs(h)
+
+
+@torch.library.register_fake("bioplaus::inverse_loss_lc2d")
+def _inverse_loss_lc2d_fake(y, h, weight, bias, stride, padding, dilation, activation, sigma, seed, stream, step,
+                            preserve_noise):
+    op = "inverse_loss_lc2d"
+    _check_noise(op, activation, sigma, seed, stream, step)
+    _tp.check_like_weight(op, weight, (("y", y), ("h", h), ("bias", bias)))
+    _tp.check_lc2d_inverse_geometry(op, h, "h", y, "y", weight, bias, stride, padding, dilation)
+    return _outputs(h)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Autograd: d loss / d residual = (2/N) residual; d loss / d pre = that times act'(x_hat). From there the
+# Linear inverse's gradients are GEMMs, the LC inverse's are the LC forward (grad y: the transpose of a
+# transposed LC layer) and lc2d_backward_weight with the roles swapped (grad_y := y, x := d loss / d pre).
+# ---------------------------------------------------------------------------------------------------
+def _setup_context(ctx, inputs, output):
+    _, x_hat, residual = output
+    ctx.mark_non_differentiable(x_hat, residual)
+    ctx.save_for_backward(inputs[0], inputs[2], x_hat, residual)
+    ctx.lc_geometry = tuple(list(v) for v in inputs[4:7]) if len(inputs) == 13 else None
+    ctx.activation = inputs[7] if ctx.lc_geometry else inputs[4]
+
+
+def _backward(ctx, grad_loss, grad_x_hat, grad_residual):
+    y, weight, x_hat, residual = ctx.saved_tensors
+    d_res = residual * (grad_loss * (2.0 / max(residual.shape[0], 1)))
+    d_pre = d_res * _tp.activation_grad(ctx.activation, x_hat)
+    need = ctx.needs_input_grad
+    grad_y = grad_h = grad_w = grad_b = None
+    if ctx.lc_geometry is None:
+        if need[0]:
+            grad_y = d_pre @ weight
+        if need[2]:
+            grad_w = d_pre.t() @ y
+    else:
+        stride, padding, dilation = ctx.lc_geometry
+        if need[0]:
+            grad_y = _ops.lc2d_forward(d_pre, weight, None, stride, padding, dilation)
+        if need[2]:
+            grad_w = _ops.lc2d_backward_weight(y, d_pre, list(weight.shape[4:]), stride, padding, dilation)[0]
+    if need[1]:
+        grad_h = -d_res
+    if need[3]:
+        grad_b = d_pre.sum(0)
+    nones = (None,) * (9 if ctx.lc_geometry else 6)
+    return (grad_y, grad_h, grad_w, grad_b) + nones
+
+
+torch.library.register_autograd("bioplaus::inverse_loss", _backward, setup_context=_setup_context)
+torch.library.register_autograd("bioplaus::inverse_loss_lc2d", _backward, setup_context=_setup_context)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Public functional API
+# ---------------------------------------------------------------------------------------------------
+def noisy(h: torch.Tensor, sigma: float, seed: int, stream: int, step: int) -> torch.Tensor:
+    """``h + eps``: the noisy input whose forward image the inverse losses reconstruct (same eps as theirs)."""
+    return h + _ops.philox_fill(h.detach(), int(seed), int(stream), int(step), "normal", float(sigma))
+
+
+def inverse_loss(y: torch.Tensor, h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, *, sigma: float,
+                 seed: int, stream: int, step: int, preserve_noise: bool, activation: str = "tanh"
+                 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(loss, x_hat, residual) of a Linear inverse (V ``[D_in, D_out]``, c ``[D_in]``); see the module doc."""
+    return _ops.inverse_loss(y, h, weight, bias, activation, float(sigma), int(seed), int(stream), int(step),
+                             bool(preserve_noise))
+
+
+def inverse_loss_lc2d(y: torch.Tensor, h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+                      stride: IntPair = 1, padding: Padding = 0, dilation: IntPair = 1, *, sigma: float, seed: int,
+                      stream: int, step: int, preserve_noise: bool, activation: str = "tanh"
+                      ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(loss, x_hat, residual) of a transposed LC inverse (V of the forward weight's shape, c ``[C_in, H, W]``)."""
+    s, d = pair(stride, "stride"), pair(dilation, "dilation")
+    p = resolve_padding(padding, tuple(h.shape[-2:]), tuple(weight.shape[-2:]), s, d)
+    return _ops.inverse_loss_lc2d(y, h, weight, bias, list(s), list(p), list(d), activation, float(sigma),
+                                  int(seed), int(stream), int(step), bool(preserve_noise))

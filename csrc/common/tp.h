@@ -1,0 +1,188 @@
+// Shared pieces of the target-propagation ops (difference_target, inverse_loss): the activation of an
+// inverse layer g(y) = act(pre) and its derivative, the element noise of the inverse losses, and (host
+// only) the transposed locally connected layer through the dispatcher.
+//
+// Activations are evaluated in the accumulation type T (float for float32/float16/bfloat16, double for
+// float64). The derivative is written in terms of the output a = act(pre), which is what the backward
+// keeps: tanh 1 - a^2, sigmoid a (1 - a), relu [a > 0], identity 1.
+#pragma once
+
+#include "philox.h"
+
+#include <math.h>
+#include <stdint.h>
+
+namespace bioplaus {
+namespace tp {
+
+enum class Activation : int { kIdentity = 0, kTanh = 1, kSigmoid = 2, kRelu = 3 };
+
+template <typename T>
+BIOPLAUS_HD T activate(Activation a, T pre) {
+  switch (a) {
+    case Activation::kTanh:
+      return tanh(pre);
+    case Activation::kSigmoid:
+      return T(1) / (T(1) + exp(-pre));
+    case Activation::kRelu:
+      return pre > T(0) ? pre : T(0);
+    default:
+      return pre;
+  }
+}
+
+// Noise of element e (row-major flat index in h's shape) of an inverse loss: the float32 Philox normal
+// sample times float32(sigma), exactly as philox_fill(h, seed, stream, step, "normal", sigma) draws it,
+// so that the caller's noisy input h + philox_fill(...) and the kernel's target see the same eps.
+BIOPLAUS_HD float noise(philox::Key key, uint64_t step, int64_t e, float sigma) {
+  const philox::Words v = philox::block_words(key, static_cast<uint64_t>(e) >> 2, step);
+  return philox::mul_rn(sigma, philox::sample(v, static_cast<int>(e & 3), philox::Distribution::kNormal));
+}
+
+}  // namespace tp
+}  // namespace bioplaus
+
+// Host-only glue shared by the op files and the CPU/CUDA kernels (inline: csrc/common/ holds headers only).
+#if !defined(__CUDA_ARCH__)
+#include <ATen/core/Tensor.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <ATen/core/stack.h>
+#include <c10/util/ArrayRef.h>
+#include <c10/util/Exception.h>
+#include <c10/util/string_view.h>
+
+#include <initializer_list>
+#include <sstream>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace bioplaus {
+namespace tp {
+
+inline std::string shape_str(c10::IntArrayRef s) {
+  std::ostringstream os;
+  os << "[";
+  for (size_t i = 0; i < s.size(); ++i) os << (i ? ", " : "") << s[i];
+  os << "]";
+  return os.str();
+}
+
+// "identity" | "tanh" | "sigmoid" | "relu"; any other name is an error naming the op and the value.
+inline Activation parse_activation(const char* op, c10::string_view name) {
+  if (name == "tanh") return Activation::kTanh;
+  if (name == "identity") return Activation::kIdentity;
+  if (name == "sigmoid") return Activation::kSigmoid;
+  if (name == "relu") return Activation::kRelu;
+  TORCH_CHECK(false, op, ": activation must be 'tanh', 'sigmoid', 'relu' or 'identity', got '", std::string(name),
+              "'");
+}
+
+inline void check_float(const char* op, const char* name, const at::Tensor& t) {
+  const auto dt = t.scalar_type();
+  const bool cpu_ok = dt == at::kFloat || dt == at::kDouble;
+  if (t.is_cuda()) {
+    TORCH_CHECK(cpu_ok || dt == at::kHalf || dt == at::kBFloat16, op, ": ", name,
+                " must be float32, float64, float16 or bfloat16 on CUDA, got ", dt);
+  } else {
+    TORCH_CHECK(cpu_ok, op, ": ", name, " must be float32 or float64 on the CPU, got ", dt);
+  }
+}
+
+// Every tensor argument of a TP op on weight's device with weight's dtype.
+inline void check_like_weight(const char* op, const at::Tensor& weight,
+                              std::initializer_list<std::pair<const char*, const at::Tensor*>> tensors) {
+  check_float(op, "weight", weight);
+  for (const auto& nt : tensors) {
+    const at::Tensor& t = *nt.second;
+    TORCH_CHECK(t.device() == weight.device(), op, ": ", nt.first, " is on ", t.device(), " but weight is on ",
+                weight.device(), "; they must be on the same device");
+    TORCH_CHECK(t.scalar_type() == weight.scalar_type(), op, ": ", nt.first, " has dtype ", t.scalar_type(),
+                " but weight has dtype ", weight.scalar_type(), "; they must match");
+  }
+}
+
+inline void check_shape(const char* op, const char* name, const at::Tensor& t, const std::vector<int64_t>& want,
+                        const char* layout) {
+  TORCH_CHECK(t.sizes() == c10::IntArrayRef(want), op, ": ", name, " must have shape ", layout, " = ",
+              shape_str(want), ", got ", shape_str(t.sizes()));
+}
+
+// Linear inverse g(y) = act(y V^T + c): weight V [D_in, D_out], `above` [N, D_out], `below` [N, D_in],
+// bias [D_in].
+inline void check_linear_inverse_geometry(const char* op, const at::Tensor& below, const char* below_name,
+                                          const at::Tensor& above, const char* above_name,
+                                          const at::Tensor& weight, const at::Tensor& bias) {
+  TORCH_CHECK(weight.dim() == 2, op, ": weight must be 2-D [D_in, D_out] (the shape of the forward weight's "
+              "transpose), got shape ", shape_str(weight.sizes()));
+  TORCH_CHECK(above.dim() == 2, op, ": ", above_name, " must be 2-D [N, D_out], got shape ",
+              shape_str(above.sizes()));
+  const int64_t N = above.size(0), D_in = weight.size(0), D_out = weight.size(1);
+  check_shape(op, above_name, above, {N, D_out}, "[N, D_out]");
+  check_shape(op, below_name, below, {N, D_in}, "[N, D_in]");
+  check_shape(op, "bias", bias, {D_in}, "[D_in]");
+}
+
+// LC inverse (transposed LC layer with bias over the input grid): weight [H_out, W_out, C_out, C_in, kH,
+// kW], `above` [N, C_out, H_out, W_out], `below` [N, C_in, H, W], bias [C_in, H, W]; stride, padding and
+// dilation are the forward layer's and must map H x W onto H_out x W_out.
+inline void check_lc2d_inverse_geometry(const char* op, const at::Tensor& below, const char* below_name,
+                                        const at::Tensor& above, const char* above_name, const at::Tensor& weight,
+                                        const at::Tensor& bias, c10::IntArrayRef stride, c10::IntArrayRef padding,
+                                        c10::IntArrayRef dilation) {
+  TORCH_CHECK(weight.dim() == 6, op, ": weight must be 6-D [H_out, W_out, C_out, C_in, kH, kW], got shape ",
+              shape_str(weight.sizes()));
+  for (int64_t d = 0; d < 6; ++d) {
+    TORCH_CHECK(weight.size(d) >= 1, op, ": weight sizes must be positive, got ", shape_str(weight.sizes()));
+  }
+  TORCH_CHECK(stride.size() == 2 && padding.size() == 4 && dilation.size() == 2, op,
+              ": stride, padding and dilation must have 2, 4 and 2 values, got ", stride.size(), ", ",
+              padding.size(), " and ", dilation.size());
+  for (int64_t v : stride) TORCH_CHECK(v >= 1, op, ": stride values must be >= 1, got ", shape_str(stride));
+  for (int64_t v : dilation) TORCH_CHECK(v >= 1, op, ": dilation values must be >= 1, got ", shape_str(dilation));
+  for (int64_t v : padding) TORCH_CHECK(v >= 0, op, ": padding values must be >= 0, got ", shape_str(padding));
+  TORCH_CHECK(below.dim() == 4, op, ": ", below_name, " must be 4-D [N, C_in, H, W], got shape ",
+              shape_str(below.sizes()));
+  const int64_t N = below.size(0), H = below.size(2), W = below.size(3);
+  const int64_t H_out = weight.size(0), W_out = weight.size(1), C_out = weight.size(2), C_in = weight.size(3);
+  TORCH_CHECK(H >= 1 && W >= 1, op, ": ", below_name, " spatial size must be positive, got ", H, "x", W);
+  check_shape(op, below_name, below, {N, C_in, H, W}, "[N, C_in, H, W]");
+  check_shape(op, above_name, above, {N, C_out, H_out, W_out}, "[N, C_out, H_out, W_out]");
+  check_shape(op, "bias", bias, {C_in, H, W}, "[C_in, H, W]");
+  const int64_t spans[2] = {dilation[0] * (weight.size(4) - 1) + 1, dilation[1] * (weight.size(5) - 1) + 1};
+  const int64_t padded[2] = {H + padding[0] + padding[1], W + padding[2] + padding[3]};
+  TORCH_CHECK(spans[0] <= padded[0] && spans[1] <= padded[1], op, ": the kernel spans ", spans[0], "x", spans[1],
+              " which is larger than the padded input ", padded[0], "x", padded[1]);
+  const int64_t got_h = (padded[0] - spans[0]) / stride[0] + 1, got_w = (padded[1] - spans[1]) / stride[1] + 1;
+  TORCH_CHECK(got_h == H_out && got_w == W_out, op, ": input ", H, "x", W, " with this kernel, stride and padding gives a ",
+              got_h, "x", got_w, " output, but weight has ", H_out, "x", W_out, " output positions");
+}
+
+// The transposed LC layer x[N, C_in, H, W] = LC^T(y; weight) (no bias): lc2d_backward_input with `weight`
+// in place of W, through the dispatcher. The call is boxed and fills trailing defaulted arguments from the
+// op's schema, so it stays valid when arguments (a feedback spec) are appended to that schema.
+inline at::Tensor lc2d_transposed(const at::Tensor& y, const at::Tensor& weight, c10::IntArrayRef input_size,
+                                  c10::IntArrayRef stride, c10::IntArrayRef padding, c10::IntArrayRef dilation) {
+  static const c10::OperatorHandle op =
+      c10::Dispatcher::singleton().findSchemaOrThrow("bioplaus::lc2d_backward_input", "");
+  torch::jit::Stack stack;
+  stack.reserve(op.schema().arguments().size());
+  stack.emplace_back(y);
+  stack.emplace_back(weight);
+  stack.emplace_back(input_size.vec());
+  stack.emplace_back(stride.vec());
+  stack.emplace_back(padding.vec());
+  stack.emplace_back(dilation.vec());
+  const auto& args = op.schema().arguments();
+  for (size_t i = stack.size(); i < args.size(); ++i) {
+    TORCH_INTERNAL_ASSERT(args[i].default_value().has_value(), "lc2d_backward_input: argument ", args[i].name(),
+                          " has no default");
+    stack.push_back(*args[i].default_value());
+  }
+  op.callBoxed(&stack);
+  return stack.back().toTensor();
+}
+
+}  // namespace tp
+}  // namespace bioplaus
+#endif

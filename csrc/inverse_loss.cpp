@@ -1,0 +1,56 @@
+// Inverse loss: operator schemas and the one input check per op (contract in inverse_loss.h).
+// Kernels: cpu/inverse_loss_kernel.cpp, cuda/inverse_loss_kernel.cu; fake kernels and autograd in
+// bioplaus_kernels/ops/inverse_loss.py.
+#include "inverse_loss.h"
+
+#include <torch/library.h>
+
+#include <cmath>
+
+namespace bioplaus {
+namespace {
+
+InverseLossArgs check_noise(const char* op, c10::string_view activation, double sigma, int64_t seed, int64_t stream,
+                            int64_t step, bool preserve_noise) {
+  const tp::Activation act = tp::parse_activation(op, activation);
+  TORCH_CHECK(std::isfinite(sigma) && sigma >= 0, op, ": sigma must be a finite number >= 0, got ", sigma);
+  TORCH_CHECK(seed >= 0, op, ": seed must be >= 0, got ", seed);
+  TORCH_CHECK(stream >= 0, op, ": stream must be >= 0, got ", stream);
+  TORCH_CHECK(step >= 0, op, ": step must be >= 0, got ", step);
+  return InverseLossArgs{act, philox::make_key(static_cast<uint64_t>(seed), static_cast<uint64_t>(stream)),
+                         static_cast<uint64_t>(step), static_cast<float>(sigma), preserve_noise};
+}
+
+}  // namespace
+
+InverseLossArgs check_inverse_loss_inputs(const at::Tensor& y, const at::Tensor& h, const at::Tensor& weight,
+                                          const at::Tensor& bias, c10::string_view activation, double sigma,
+                                          int64_t seed, int64_t stream, int64_t step, bool preserve_noise) {
+  constexpr const char* op = "inverse_loss";
+  const InverseLossArgs args = check_noise(op, activation, sigma, seed, stream, step, preserve_noise);
+  tp::check_like_weight(op, weight, {{"y", &y}, {"h", &h}, {"bias", &bias}});
+  tp::check_linear_inverse_geometry(op, h, "h", y, "y", weight, bias);
+  return args;
+}
+
+InverseLossArgs check_inverse_loss_lc2d_inputs(const at::Tensor& y, const at::Tensor& h, const at::Tensor& weight,
+                                               const at::Tensor& bias, c10::IntArrayRef stride,
+                                               c10::IntArrayRef padding, c10::IntArrayRef dilation,
+                                               c10::string_view activation, double sigma, int64_t seed,
+                                               int64_t stream, int64_t step, bool preserve_noise) {
+  constexpr const char* op = "inverse_loss_lc2d";
+  const InverseLossArgs args = check_noise(op, activation, sigma, seed, stream, step, preserve_noise);
+  tp::check_like_weight(op, weight, {{"y", &y}, {"h", &h}, {"bias", &bias}});
+  tp::check_lc2d_inverse_geometry(op, h, "h", y, "y", weight, bias, stride, padding, dilation);
+  return args;
+}
+
+TORCH_LIBRARY_FRAGMENT(bioplaus, m) {
+  m.def("inverse_loss(Tensor y, Tensor h, Tensor weight, Tensor bias, str activation, float sigma, int seed, "
+        "int stream, int step, bool preserve_noise) -> (Tensor, Tensor, Tensor)");
+  m.def("inverse_loss_lc2d(Tensor y, Tensor h, Tensor weight, Tensor bias, int[2] stride, int[4] padding, "
+        "int[2] dilation, str activation, float sigma, int seed, int stream, int step, bool preserve_noise) "
+        "-> (Tensor, Tensor, Tensor)");
+}
+
+}  // namespace bioplaus
