@@ -44,7 +44,7 @@ _HYPER_OPTIONS = {  # option dest -> Hyper field
     "optimizer": "optimizer", "lr": "lr", "beta1": "beta1", "beta2": "beta2", "eps": "eps", "momentum": "momentum",
     "weight_decay": "weight_decay", "lr_step": "lr_step", "lr_gamma": "lr_gamma", "alpha": "alpha",
     "sigma": "sigma", "aux_width": "aux_width", "batch_size": "batch_size", "epochs": "epochs",
-    "last_layer": "last_layer",
+    "last_layer": "last_layer", "output_inverse": "output_inverse",
 }
 _INVERSE_OPTIONS = {"inverse_lr": "lr", "inverse_beta1": "beta1", "inverse_beta2": "beta2", "inverse_eps": "eps"}
 
@@ -67,6 +67,8 @@ def _run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (torchrun: this process's GPU)")
     p.add_argument("--amp", action="store_true", help="bf16 autocast (CUDA only)")
     p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: 1 on digits, whose tiny layers run "
+                   "slower when split across threads; torch's default otherwise)")
     p.add_argument("--out", help="run folder (default runs/<dataset>-<arch>-<time>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
     p.add_argument("--max-minutes", type=float, help="wall-clock budget per rule (0: none); stops mid-epoch, resumable")
@@ -119,6 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--alpha", type=float, help="DTP: step size of the penultimate target")
     g.add_argument("--sigma", type=float, help="std of the inverse-loss noise")
     g.add_argument("--aux-width", type=int, help="AO-SDTP: auxiliary output units")
+    g.add_argument("--output-inverse", choices=("probabilities", "logits"),
+                   help="SDTP/AO-SDTP: what the output layer's inverse reads (the paper leaves it open; "
+                   "default probabilities)")
     _run_options(t)
 
     r = sub.add_parser("reproduce", help="run a paper's protocol and print its numbers beside ours",
@@ -224,6 +229,11 @@ def _prepare(args) -> tuple:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True)
         torch.backends.cudnn.benchmark = False
+    threads = args.threads if args.threads is not None else (1 if args.dataset == "digits" else None)
+    if threads is not None:
+        if threads < 1:
+            raise UsageError(f"--threads must be positive, got {threads}")
+        torch.set_num_threads(threads)
     ctx, device = distributed.setup(args.device)
     if args.amp and device.type != "cuda":
         raise UsageError("--amp (bf16 autocast) needs a CUDA device")

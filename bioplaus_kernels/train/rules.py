@@ -135,7 +135,8 @@ class TPLearner:
 
         try:
             self.trainer = tp.Trainer(self.module, rule, schedule=schedule, alpha=h.alpha, sigma=h.sigma,
-                                      aux_width=h.aux_width, forward_optimizer=forward_opt,
+                                      aux_width=h.aux_width, output_inverse=h.output_inverse,
+                                      forward_optimizer=forward_opt,
                                       inverse_optimizer=inverse_opt, seed=seed)
         except (ValueError, TypeError) as e:
             raise UsageError(f"rule {rule} cannot train --arch {arch}: {e}") from None
