@@ -34,8 +34,9 @@ def _angle(a: torch.Tensor, b: torch.Tensor) -> float:
     na, nb = a.norm(), b.norm()
     if na == 0 or nb == 0:
         return math.nan
-    cos = (a @ b / (na * nb)).clamp(-1.0, 1.0)
-    return math.degrees(math.acos(float(cos)))
+    ua, ub = a / na, b / nb
+    # 2 atan2(|u - v|, |u + v|): accurate near 0 and 180 degrees, where acos of the cosine is not
+    return math.degrees(2.0 * math.atan2(float((ua - ub).norm()), float((ua + ub).norm())))
 
 
 def _input_grads(model: torch.nn.Module, layers: List[Tuple[str, torch.nn.Module]], x: torch.Tensor,

@@ -116,16 +116,14 @@ class FeedbackMixin:
                 self.feedback_step = value
 
     def _feedback_repr(self) -> str:
-        if self.feedback == "bp":
-            return ""
+        if self.feedback in ("bp", "dfa"):
+            return "" if self.feedback == "bp" else ", feedback='dfa'"
         s = f", feedback={self.feedback!r}"
         if self.feedback != "usf":
             s += f", seed={self.seed!r}"
         if self.stream:
             s += f", stream={self.stream}"
-        if self.feedback != "dfa":
-            s += f", scale={self.feedback_scale!r}"
-        return s
+        return s + f", scale={self.feedback_scale!r}"
 
 
 @contextlib.contextmanager
