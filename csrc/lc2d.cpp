@@ -3,22 +3,15 @@
 // registered from Python (bioplaus_kernels/ops/lc2d.py).
 #include "lc2d.h"
 
+#include "common/checks.h"
+
 #include <ATen/autocast_mode.h>
 #include <torch/library.h>
 
-#include <sstream>
 #include <string>
 
 namespace bioplaus {
 namespace {
-
-std::string shape_str(c10::IntArrayRef s) {
-  std::ostringstream os;
-  os << "[";
-  for (size_t i = 0; i < s.size(); ++i) os << (i ? ", " : "") << s[i];
-  os << "]";
-  return os.str();
-}
 
 void check_int_list(const char* op, const char* name, c10::IntArrayRef v, size_t len, int64_t min) {
   TORCH_CHECK(v.size() == len, op, ": ", name, " must have ", len, " values, got ", v.size(), " (",
@@ -33,26 +26,6 @@ void check_hyper(const char* op, c10::IntArrayRef stride, c10::IntArrayRef paddi
   check_int_list(op, "stride", stride, 2, 1);
   check_int_list(op, "padding", padding, 4, 0);
   check_int_list(op, "dilation", dilation, 2, 1);
-}
-
-void check_dtype(const char* op, const char* name, const at::Tensor& t) {
-  const auto dt = t.scalar_type();
-  const bool cpu_ok = dt == at::kFloat || dt == at::kDouble;
-  const bool cuda_ok = cpu_ok || dt == at::kHalf || dt == at::kBFloat16;
-  if (t.is_cuda()) {
-    TORCH_CHECK(cuda_ok, op, ": ", name, " must be float32, float64, float16 or bfloat16 on CUDA, got ",
-                dt);
-  } else {
-    TORCH_CHECK(cpu_ok, op, ": ", name, " must be float32 or float64 on the CPU, got ", dt);
-  }
-}
-
-void check_same(const char* op, const char* a_name, const at::Tensor& a, const char* b_name,
-                const at::Tensor& b) {
-  TORCH_CHECK(a.device() == b.device(), op, ": ", a_name, " is on ", a.device(), " but ", b_name,
-              " is on ", b.device(), "; they must be on the same device");
-  TORCH_CHECK(a.scalar_type() == b.scalar_type(), op, ": ", a_name, " has dtype ", a.scalar_type(),
-              " but ", b_name, " has dtype ", b.scalar_type(), "; they must match");
 }
 
 void check_dim(const char* op, const char* name, const at::Tensor& t, int64_t dim, const char* layout) {
@@ -101,7 +74,7 @@ void check_weight(const char* op, const char* name, const at::Tensor& weight) {
     TORCH_CHECK(weight.size(d) >= 1, op, ": ", name, " sizes must be positive, got ",
                 shape_str(weight.sizes()));
   }
-  check_dtype(op, name, weight);
+  check_float_dtype(op, name, weight);
 }
 
 }  // namespace
@@ -131,10 +104,12 @@ Lc2dGeometry check_lc2d_forward_inputs(const at::Tensor& x, const at::Tensor& we
   return g;
 }
 
-Lc2dGeometry check_lc2d_backward_input_inputs(const at::Tensor& grad_y, const at::Tensor& weight,
-                                              c10::IntArrayRef input_size, c10::IntArrayRef stride,
-                                              c10::IntArrayRef padding, c10::IntArrayRef dilation) {
+std::pair<Lc2dGeometry, FeedbackSpec> check_lc2d_backward_input_inputs(
+    const at::Tensor& grad_y, const at::Tensor& weight, c10::IntArrayRef input_size, c10::IntArrayRef stride,
+    c10::IntArrayRef padding, c10::IntArrayRef dilation, c10::string_view feedback, int64_t seed, int64_t stream,
+    int64_t step, c10::string_view distribution, double scale) {
   constexpr const char* op = "lc2d_backward_input";
+  const FeedbackSpec spec = check_feedback_spec(op, feedback, seed, stream, step, distribution, scale);
   check_hyper(op, stride, padding, dilation);
   check_int_list(op, "input_size", input_size, 2, 1);
   check_dim(op, "grad_y", grad_y, 4, "[N, C_out, H_out, W_out]");
@@ -150,7 +125,7 @@ Lc2dGeometry check_lc2d_backward_input_inputs(const at::Tensor& grad_y, const at
   TORCH_CHECK(grad_y.size(1) == g.C_out, op, ": grad_y has ", grad_y.size(1),
               " channels but weight expects C_out=", g.C_out);
   check_weight_grid(op, g, grad_y.size(2), grad_y.size(3), "grad_y");
-  return g;
+  return {g, spec};
 }
 
 Lc2dGeometry check_lc2d_backward_weight_inputs(const at::Tensor& grad_y, const at::Tensor& x,
@@ -161,7 +136,7 @@ Lc2dGeometry check_lc2d_backward_weight_inputs(const at::Tensor& grad_y, const a
   check_int_list(op, "kernel_size", kernel_size, 2, 1);
   check_dim(op, "grad_y", grad_y, 4, "[N, C_out, H_out, W_out]");
   check_dim(op, "x", x, 4, "[N, C_in, H, W]");
-  check_dtype(op, "x", x);
+  check_float_dtype(op, "x", x);
   check_same(op, "grad_y", grad_y, "x", x);
   TORCH_CHECK(grad_y.size(0) == x.size(0), op, ": grad_y has batch size ", grad_y.size(0),
               " but x has batch size ", x.size(0));
@@ -201,13 +176,17 @@ at::Tensor lc2d_forward_autocast(const at::Tensor& x, const at::Tensor& weight,
 
 at::Tensor lc2d_backward_input_autocast(const at::Tensor& grad_y, const at::Tensor& weight,
                                         c10::IntArrayRef input_size, c10::IntArrayRef stride,
-                                        c10::IntArrayRef padding, c10::IntArrayRef dilation) {
+                                        c10::IntArrayRef padding, c10::IntArrayRef dilation,
+                                        c10::string_view feedback, int64_t seed, int64_t stream, int64_t step,
+                                        c10::string_view distribution, double scale) {
   c10::impl::ExcludeDispatchKeyGuard guard(kAutocast);
   static auto op = c10::Dispatcher::singleton()
                        .findSchemaOrThrow("bioplaus::lc2d_backward_input", "")
                        .typed<at::Tensor(const at::Tensor&, const at::Tensor&, c10::IntArrayRef,
-                                         c10::IntArrayRef, c10::IntArrayRef, c10::IntArrayRef)>();
-  return op.call(cast(grad_y), cast(weight), input_size, stride, padding, dilation);
+                                         c10::IntArrayRef, c10::IntArrayRef, c10::IntArrayRef, c10::string_view,
+                                         int64_t, int64_t, int64_t, c10::string_view, double)>();
+  return op.call(cast(grad_y), cast(weight), input_size, stride, padding, dilation, feedback, seed, stream, step,
+                 distribution, scale);
 }
 
 std::tuple<at::Tensor, at::Tensor> lc2d_backward_weight_autocast(
@@ -230,7 +209,8 @@ TORCH_LIBRARY_FRAGMENT(bioplaus, m) {
       "int[2] dilation) -> Tensor");
   m.def(
       "lc2d_backward_input(Tensor grad_y, Tensor weight, int[2] input_size, int[2] stride, "
-      "int[4] padding, int[2] dilation) -> Tensor");
+      "int[4] padding, int[2] dilation, str feedback=\"weight\", int seed=0, int stream=0, int step=0, "
+      "str distribution=\"uniform\", float scale=1.0) -> Tensor");
   m.def(
       "lc2d_backward_weight(Tensor grad_y, Tensor x, int[2] kernel_size, int[2] stride, "
       "int[4] padding, int[2] dilation) -> (Tensor, Tensor)");

@@ -19,8 +19,13 @@
 #include <ATen/core/Tensor.h>
 #include <c10/util/ArrayRef.h>
 #include <c10/util/Optional.h>
+#include <c10/util/string_view.h>
 
 #include <tuple>
+#include <utility>
+
+#define BIOPLAUS_FEEDBACK_OP_DECLS
+#include "common/feedback.h"
 
 namespace bioplaus {
 
@@ -46,15 +51,22 @@ Lc2dGeometry check_lc2d_forward_inputs(
     c10::IntArrayRef padding,
     c10::IntArrayRef dilation);
 
-// grad_x[N, C_in, H, W] = transposed LC of grad_y through `weight` (W for backprop, any
-// feedback matrix of W's shape otherwise).
-Lc2dGeometry check_lc2d_backward_input_inputs(
+// grad_x[N, C_in, H, W] = transposed LC of grad_y through the feedback matrix B of weight's shape that
+// the spec (feedback, seed, stream, step, distribution, scale) names (common/feedback.h): B = weight for
+// backprop, a stored FA matrix or TP's inverse weight V; regenerated or sign-transformed otherwise.
+std::pair<Lc2dGeometry, FeedbackSpec> check_lc2d_backward_input_inputs(
     const at::Tensor& grad_y,
     const at::Tensor& weight,
     c10::IntArrayRef input_size,
     c10::IntArrayRef stride,
     c10::IntArrayRef padding,
-    c10::IntArrayRef dilation);
+    c10::IntArrayRef dilation,
+    c10::string_view feedback,
+    int64_t seed,
+    int64_t stream,
+    int64_t step,
+    c10::string_view distribution,
+    double scale);
 
 // (grad_weight, grad_bias) from grad_y and the forward input x.
 Lc2dGeometry check_lc2d_backward_weight_inputs(

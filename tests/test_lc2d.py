@@ -5,11 +5,12 @@ import pytest
 import torch
 from torch.testing._internal.optests import opcheck
 
-from bioplaus_kernels import ops
+from bioplaus_kernels import ops, reference
 from bioplaus_kernels._geometry import output_size, pair, resolve_padding
 from bioplaus_kernels.reference import lc2d as ref
 
 from conftest import DEVICES
+from feedback_cases import FEEDBACK_SPECS, assert_rejected, spec_id
 
 LOW_PRECISION_TOL = {torch.float16: 1e-2, torch.bfloat16: 4e-2}
 
@@ -258,15 +259,8 @@ BAD_FORWARD = {
 
 @pytest.mark.parametrize("name", list(BAD_FORWARD))
 def test_bad_forward_input_is_rejected_with_a_clear_message(name):
-    args, message = BAD_FORWARD[name]
-    with pytest.raises(RuntimeError, match=message):
-        torch.ops.bioplaus.lc2d_forward(*args)
     # The fake kernel (torch.compile, FakeTensor tracing) rejects it with the same message.
-    from torch._subclasses.fake_tensor import FakeTensorMode
-    with FakeTensorMode(allow_non_fake_inputs=True) as mode:
-        fake_args = [mode.from_tensor(a) if isinstance(a, torch.Tensor) else a for a in args]
-        with pytest.raises(RuntimeError, match=message):
-            torch.ops.bioplaus.lc2d_forward(*fake_args)
+    assert_rejected(torch.ops.bioplaus.lc2d_forward, *BAD_FORWARD[name])
 
 
 BAD_BACKWARD_INPUT = {
@@ -317,3 +311,104 @@ def test_device_mismatch_is_rejected():
 def test_bad_padding_string():
     with pytest.raises(ValueError, match=r"padding must be an int, a pair, a 4-tuple, 'same' or 'valid', got 'full'"):
         ops.lc2d(torch.randn(1, 1, 4, 4), torch.randn(2, 2, 1, 1, 3, 3), padding="full")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Feedback spec of lc2d_backward_input: B built on the fly from the weight (sign) or the generator.
+# ---------------------------------------------------------------------------------------------------
+FEEDBACK_SEEDS = dict(seed=5, stream=2, step=3, scale=0.43)
+FEEDBACK_CASES = CASES[:4] + [dict(N=9, C_in=6, C_out=20, hw=(12, 12), k=(5, 5), stride=(1, 1), padding="same",
+                                   dilation=(1, 1))]
+
+
+def fb(s):
+    return {**FEEDBACK_SEEDS, **s}
+
+
+def feedback_ref_grad_x(x, B, gy, c):
+    """grad_x of the float64 reference layer whose weight is B (the transposed LC of gy through B)."""
+    x64 = x.detach().cpu().double().requires_grad_()
+    (gx,) = torch.autograd.grad(ref.lc2d(x64, B.cpu().double(), None, **hp(c)), x64, gy.cpu().double())
+    return gx
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("spec", FEEDBACK_SPECS, ids=spec_id)
+@pytest.mark.parametrize("c", FEEDBACK_CASES, ids=case_id)
+def test_feedback_input_gradient_matches_reference(c, spec, device):
+    for dtype in dtypes_for(device):
+        x, w, b, out = make_tensors(c, dtype, device, seed=7)
+        gy = torch.randn(c["N"], c["C_out"], *out, dtype=torch.float64).to(dtype=dtype, device=device)
+        got = ops.lc2d_backward_input(gy, w, c["hw"], **hp(c), **fb(spec))
+        want = feedback_ref_grad_x(x, reference.feedback_source(w.cpu(), **fb(spec)), gy, c)
+        if spec.get("distribution") == "normal" and dtype == torch.float64:
+            # the reference's float32 log/cos/sin may differ from libm's in the last ulp
+            torch.testing.assert_close(got.cpu(), want, rtol=2e-6, atol=2e-6 * want.abs().max().item())
+        else:
+            assert_close_to_ref(got, want, dtype)
+        # on the fly equals "weight" mode on the materialised B, bit for bit
+        B = ops.feedback_source(w, **fb(spec))
+        assert torch.equal(got, ops.lc2d_backward_input(gy, B, c["hw"], **hp(c)))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("spec", FEEDBACK_SPECS[1:], ids=spec_id)
+def test_feedback_lc2d_backward(spec, device):
+    c = FEEDBACK_CASES[1]
+    x, w, b, out = make_tensors(c, device=device, seed=8)
+    x.requires_grad_(), w.requires_grad_(), b.requires_grad_()
+    y = ops.lc2d(x, w, b, **hp(c), **fb(spec))
+    assert torch.equal(y, ops.lc2d(x, w, b, **hp(c)))
+    gy = torch.randn_like(y)
+    gx, gw, gb = torch.autograd.grad(y, (x, w, b), gy)
+    assert torch.equal(gx, ops.lc2d_backward_input(gy, w.detach(), c["hw"], **hp(c), **fb(spec)))
+    x64, w64, b64 = (t.detach().cpu().requires_grad_() for t in (x, w, b))
+    _, gw_ref, gb_ref = torch.autograd.grad(ref.lc2d(x64, w64, b64, **hp(c)), (x64, w64, b64), gy.cpu())
+    assert_close_to_ref(gw, gw_ref, torch.float64)
+    assert_close_to_ref(gb, gb_ref, torch.float64)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_feedback_random_never_reads_weight(device):
+    c = FEEDBACK_CASES[4]
+    x, w, b, out = make_tensors(c, torch.float32, device)
+    gy = torch.randn(c["N"], c["C_out"], *out, device=device)
+    like = torch.empty((), device=device).expand(w.shape)
+    spec = fb(FEEDBACK_SPECS[1])
+    assert torch.equal(ops.lc2d_backward_input(gy, like, c["hw"], **hp(c), **spec),
+                       ops.lc2d_backward_input(gy, w, c["hw"], **hp(c), **spec))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("spec", FEEDBACK_SPECS, ids=spec_id)
+def test_feedback_opcheck(spec, device):
+    c = GRADCHECK_CASES[0]
+    x, w, b, out = make_tensors(c, dtype=torch.float32, device=device)
+    p4 = list(resolve_padding(c["padding"], c["hw"], c["k"], c["stride"], c["dilation"]))
+    gy = torch.randn(c["N"], c["C_out"], *out, device=device)
+    s = fb(spec)
+    opcheck(torch.ops.bioplaus.lc2d_backward_input,
+            (gy, w, list(c["hw"]), list(c["stride"]), p4, list(c["dilation"]), s["feedback"], s["seed"], s["stream"],
+             s["step"], s.get("distribution", "uniform"), s["scale"]))
+
+
+BAD_FEEDBACK = {
+    "feedback": (dict(feedback="usf"), r"lc2d_backward_input: feedback must be 'weight', 'random', 'sign' or "
+                                       r"'random_sign', got 'usf'"),
+    "distribution": (dict(distribution="gauss"), r"lc2d_backward_input: distribution must be 'uniform' or 'normal', "
+                                                 r"got 'gauss'"),
+    "seed": (dict(seed=-1), r"lc2d_backward_input: seed must be >= 0, got -1"),
+    "stream": (dict(stream=-1), r"lc2d_backward_input: stream must be >= 0, got -1"),
+    "step": (dict(step=-4), r"lc2d_backward_input: step must be >= 0, got -4"),
+}
+
+
+@pytest.mark.parametrize("name", list(BAD_FEEDBACK))
+def test_bad_feedback_spec_is_rejected(name):
+    spec, message = BAD_FEEDBACK[name]
+    s = dict(feedback="random", seed=0, stream=0, step=0, distribution="uniform", scale=1.0)
+    s.update(spec)
+    args = (torch.randn(2, 4, 8, 8), torch.randn(8, 8, 4, 3, 3, 3), [8, 8], [1, 1], [1, 1, 1, 1], [1, 1], *s.values())
+    assert_rejected(torch.ops.bioplaus.lc2d_backward_input, args, message)
+    with pytest.raises(RuntimeError, match=message.replace("lc2d_backward_input", "lc2d")):
+        ops.lc2d(torch.randn(2, 3, 8, 8), torch.randn(8, 8, 4, 3, 3, 3), padding=1, **s)

@@ -2,14 +2,19 @@
 from __future__ import annotations
 
 import math
+from typing import Optional
+
 import torch
 from torch import nn
 
 from .. import ops
 from .._geometry import IntPair, Padding, output_size, pair, resolve_padding
+from ..feedback import Fans, Scale
+from ._autograd import LC2dWithMatrix
+from ._feedback import FeedbackMixin
 
 
-class LocallyConnected2d(nn.Module):
+class LocallyConnected2d(FeedbackMixin, nn.Module):
     """Locally connected 2D layer on NCHW inputs of a fixed spatial size.
 
     Args:
@@ -21,6 +26,11 @@ class LocallyConnected2d(nn.Module):
             TensorFlow (output = ceil(input / stride), the odd pad row/column at the bottom/right), as in
             Bartunov et al. 2018, for any stride.
         bias: learn an untied bias of shape [C_out, H_out, W_out].
+        feedback, seed, stream, scale (keyword-only): the feedback rule of the input gradient, as for
+            bioplaus_kernels.nn.Linear. Paths: "bp" and every seeded rule go through ``ops.lc2d`` with the
+            rule's spec (the input-gradient kernel computes B from the seed and/or sign(W) as it gathers;
+            nothing is materialised); "fa" with seed=None passes the stored buffer ``feedback_matrix`` to
+            the same kernel. Weight and bias gradients are the true ones.
 
     Parameters:
         weight: [H_out, W_out, C_out, C_in, kH, kW], Glorot-uniform with the convolution fans
@@ -36,7 +46,8 @@ class LocallyConnected2d(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int, input_size: IntPair, kernel_size: IntPair,
                  stride: IntPair = 1, padding: Padding = 0, dilation: IntPair = 1, bias: bool = True,
-                 device=None, dtype=None) -> None:
+                 device=None, dtype=None, *, feedback: str = "bp", seed: Optional[int] = None, stream: int = 0,
+                 scale: Scale = "glorot") -> None:
         super().__init__()
         for name, v in (("in_channels", in_channels), ("out_channels", out_channels)):
             if not isinstance(v, int) or v < 1:
@@ -66,6 +77,10 @@ class LocallyConnected2d(nn.Module):
                                                **factory))
         self.bias = nn.Parameter(torch.empty(out_channels, *self.output_size, **factory)) if bias else None
         self.reset_parameters()
+        self._init_feedback(feedback, seed, stream, scale)
+
+    def _fans(self) -> Fans:
+        return Fans.conv(self.in_channels, self.out_channels, self.kernel_size)
 
     def reset_parameters(self) -> None:
         receptive = self.kernel_size[0] * self.kernel_size[1]
@@ -76,19 +91,27 @@ class LocallyConnected2d(nn.Module):
             nn.init.zeros_(self.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return ops.lc2d(x, self.weight, self.bias, self.stride, self.padding4, self.dilation)
+        if self._uses_backprop():
+            return ops.lc2d(x, self.weight, self.bias, self.stride, self.padding4, self.dilation)
+        if self.feedback == "dfa" or self.feedback_matrix is not None:
+            return LC2dWithMatrix.apply(x, self.weight, self.bias, self.feedback_matrix, list(self.stride),
+                                        list(self.padding4), list(self.dilation))
+        return ops.lc2d(x, self.weight, self.bias, self.stride, self.padding4, self.dilation,
+                        **self._forward_spec().kwargs())
 
     def extra_repr(self) -> str:
         s = (f"{self.in_channels}, {self.out_channels}, input_size={self.input_size}, "
              f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding!r}")
         if self.dilation != (1, 1):
             s += f", dilation={self.dilation}"
-        return s + f", output_size={self.output_size}, bias={self.bias is not None}"
+        return s + f", output_size={self.output_size}, bias={self.bias is not None}" + self._feedback_repr()
 
     @classmethod
-    def from_conv2d(cls, conv: nn.Conv2d, input_size: IntPair) -> "LocallyConnected2d":
+    def from_conv2d(cls, conv: nn.Conv2d, input_size: IntPair, *, feedback: str = "bp", seed: Optional[int] = None,
+                    stream: int = 0, scale: Scale = "glorot") -> "LocallyConnected2d":
         """Untie a Conv2d: every output position starts from the conv's shared filter (and bias), so the new
-        layer computes the same outputs as ``conv`` at creation. Supports groups=1 and zero padding."""
+        layer computes the same outputs as ``conv`` at creation. Supports groups=1 and zero padding.
+        ``feedback``, ``seed``, ``stream``, ``scale``: the new layer's rule (see the class docstring)."""
         if not isinstance(conv, nn.Conv2d):
             raise TypeError(f"LocallyConnected2d.from_conv2d: expected an nn.Conv2d, got {type(conv).__name__}")
         if conv.groups != 1:
@@ -105,7 +128,8 @@ class LocallyConnected2d(nn.Module):
             padding = tuple(conv.padding)
         w = conv.weight.detach()
         lc = cls(conv.in_channels, conv.out_channels, input_size, conv.kernel_size, conv.stride, padding,
-                 conv.dilation, bias=conv.bias is not None, device=w.device, dtype=w.dtype)
+                 conv.dilation, bias=conv.bias is not None, device=w.device, dtype=w.dtype, feedback=feedback,
+                 seed=seed, stream=stream, scale=scale)
         with torch.no_grad():
             lc.weight.copy_(w.expand(*lc.output_size, *w.shape))
             if conv.bias is not None:

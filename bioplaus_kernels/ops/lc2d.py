@@ -7,9 +7,11 @@ Shapes (see csrc/lc2d.h for the index maps)::
     bias   [C_out, H_out, W_out] or None
     y      [N, C_out, H_out, W_out]
 
-The input gradient is ``lc2d_backward_input(grad_y, weight, ...)``: it takes the matrix it multiplies by as
-an argument, so the same kernel serves backprop (the layer's own weight), feedback rules (a feedback
-matrix of the same shape) and the transposed LC layers of target propagation.
+The input gradient is ``lc2d_backward_input(grad_y, weight, ..., feedback=..., seed=..., ...)``: it multiplies
+by the matrix B of weight's shape that the feedback spec names (``ops.feedback_source``), so the same kernel
+serves backprop and stored feedback matrices (``feedback="weight"``: B = weight), regenerated random and
+sign-symmetric feedback (B built on the fly, never stored) and the transposed LC layers of target
+propagation.
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 
 from .._geometry import IntPair, Padding, output_size, pair, resolve_padding
+from .feedback_source import check_feedback_spec
 
 _ops = torch.ops.bioplaus
 
@@ -121,8 +124,10 @@ def _lc2d_forward_fake(x, weight, bias, stride, padding, dilation):
 
 
 @torch.library.register_fake("bioplaus::lc2d_backward_input")
-def _lc2d_backward_input_fake(grad_y, weight, input_size, stride, padding, dilation):
+def _lc2d_backward_input_fake(grad_y, weight, input_size, stride, padding, dilation, feedback="weight", seed=0,
+                              stream=0, step=0, distribution="uniform", scale=1.0):
     op = "lc2d_backward_input"
+    check_feedback_spec(op, feedback, seed, stream, step, distribution)
     _check_hyper(op, stride, padding, dilation)
     _check_int_list(op, "input_size", input_size, 2, 1)
     _check_dim(op, "grad_y", grad_y, 4, "[N, C_out, H_out, W_out]")
@@ -201,6 +206,34 @@ _no_double_backward("lc2d_backward_input")
 _no_double_backward("lc2d_backward_weight")
 
 
+class _Lc2dFeedback(torch.autograd.Function):
+    """lc2d with a feedback spec other than "weight": the forward op; backward with the input gradient
+    through B and the true weight/bias gradients."""
+
+    @staticmethod
+    def forward(x, weight, bias, stride, padding, dilation, spec):
+        return _ops.lc2d_forward(x, weight, bias, stride, padding, dilation)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, weight, bias, stride, padding, dilation, spec = inputs
+        _setup_context(ctx, (x, weight, bias, stride, padding, dilation), output)
+        ctx.spec = spec
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        x, weight = ctx.saved_tensors
+        stride, padding, dilation = ctx.hparams
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:
+            grad_x = _ops.lc2d_backward_input(grad_y, weight, ctx.input_size, stride, padding, dilation, *ctx.spec)
+        if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
+            grad_w, grad_b = _ops.lc2d_backward_weight(grad_y, x, ctx.kernel_size, stride, padding, dilation)
+            grad_w = grad_w if ctx.needs_input_grad[1] else None
+            grad_b = grad_b if ctx.needs_input_grad[2] else None
+        return grad_x, grad_w, grad_b, None, None, None, None
+
+
 # ---------------------------------------------------------------------------------------------------
 # Public functional API
 # ---------------------------------------------------------------------------------------------------
@@ -211,25 +244,36 @@ def _hparams(input_size, kernel_size, stride: IntPair, padding: Padding, dilatio
 
 
 def lc2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None, stride: IntPair = 1,
-         padding: Padding = 0, dilation: IntPair = 1) -> torch.Tensor:
+         padding: Padding = 0, dilation: IntPair = 1, *, feedback: str = "weight", seed: int = 0, stream: int = 0,
+         step: int = 0, distribution: str = "uniform", scale: float = 1.0) -> torch.Tensor:
     """Locally connected 2D layer: a convolution whose every output position has its own filter bank.
 
     ``y[n, o, i, j] = bias[o, i, j] + sum_{c,r,s} weight[i, j, o, c, r, s] * x[n, c, i*sH - pT + r*dH, j*sW - pL + s*dW]``
 
     padding: int, (h, w), (top, bottom, left, right), "valid", or "same" (TensorFlow semantics).
-    Differentiable in x, weight and bias; no im2col buffer for the whole batch is ever built.
+    Differentiable in x, weight and bias; no im2col buffer for the whole batch is ever built. The feedback
+    spec (``ops.feedback_source``) picks the matrix B the input gradient goes through; weight and bias always
+    get their true gradients. ``feedback="weight"`` is backprop.
     """
     s, p, d = _hparams(tuple(x.shape[-2:]), tuple(weight.shape[-2:]), stride, padding, dilation)
-    return _ops.lc2d_forward(x, weight, bias, s, p, d)
+    check_feedback_spec("lc2d", feedback, seed, stream, step, distribution)
+    if feedback == "weight":  # backprop: the forward op's own autograd formula
+        return _ops.lc2d_forward(x, weight, bias, s, p, d)
+    spec = (feedback, int(seed), int(stream), int(step), distribution, float(scale))
+    return _Lc2dFeedback.apply(x, weight, bias, s, p, d, spec)
 
 
 def lc2d_backward_input(grad_y: torch.Tensor, weight: torch.Tensor, input_size: IntPair, stride: IntPair = 1,
-                        padding: Padding = 0, dilation: IntPair = 1) -> torch.Tensor:
-    """Input gradient of lc2d through ``weight`` (the layer's weight for backprop, or any matrix of its shape:
-    a feedback matrix, or the weight V of a transposed LC layer). Returns [N, C_in, H, W]."""
+                        padding: Padding = 0, dilation: IntPair = 1, *, feedback: str = "weight", seed: int = 0,
+                        stream: int = 0, step: int = 0, distribution: str = "uniform",
+                        scale: float = 1.0) -> torch.Tensor:
+    """Input gradient of lc2d through the feedback matrix B of the spec (``ops.feedback_source``): with
+    ``feedback="weight"``, B = ``weight``, the layer's weight for backprop or any matrix of its shape (a stored
+    feedback matrix, the weight V of a transposed LC layer). Returns [N, C_in, H, W]."""
     hw = pair(input_size, "input_size")
     s, p, d = _hparams(hw, tuple(weight.shape[-2:]), stride, padding, dilation)
-    return _ops.lc2d_backward_input(grad_y, weight, list(hw), s, p, d)
+    return _ops.lc2d_backward_input(grad_y, weight, list(hw), s, p, d, feedback, int(seed), int(stream), int(step),
+                                    distribution, float(scale))
 
 
 def lc2d_backward_weight(grad_y: torch.Tensor, x: torch.Tensor, kernel_size: IntPair, stride: IntPair = 1,

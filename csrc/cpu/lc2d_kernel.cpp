@@ -3,7 +3,10 @@
 // An LC layer is one small GEMM per output position p = i * W_out + j:
 //   forward        Y_p[C_out x N]  = W_p[C_out x K] * X_p^T[K x N]
 //   weight grad    dW_p[C_out x K] = dY_p^T[C_out x N] * X_p[N x K]
-//   input grad     dX_p[N x K]     = dY_p[N x C_out] * W_p[C_out x K], then added into grad_x
+//   input grad     dX_p[N x K]     = dY_p[N x C_out] * B_p[C_out x K], then added into grad_x
+// (B = weight, or the feedback matrix of the spec: its chunk of positions, the contiguous run of
+// elements p0 * C_out * K .. (p0 + np) * C_out * K, is built in the thread's buffer before the GEMM, so the
+// GEMMs see the same shapes in every mode and B is never materialised)
 // where X_p is the patch matrix of p (row n, column k = (c * kH + r) * kW + s) and W_p = weight[i, j]
 // viewed as [C_out, K]. The patches are gathered straight from x (any strides, implicit zero padding)
 // into a per-thread buffer that holds a bounded chunk of positions, never the whole im2col; the GEMMs
@@ -12,6 +15,8 @@
 // two threads write the same element (positions for forward and weight grad, samples for input grad),
 // so results need no atomics and are bit-identical run to run.
 #include "lc2d.h"
+
+#include "cpu/feedback_source.h"
 
 #include <ATen/Dispatch.h>
 #include <ATen/core/LegacyTypeDispatch.h>
@@ -186,24 +191,37 @@ void backward_weight_kernel(const at::Tensor& grad_y, const at::Tensor& x, at::T
 }
 
 template <typename scalar_t>
-void backward_input_kernel(const at::Tensor& grad_y, const at::Tensor& w, at::Tensor& gx, const Lc2dGeometry& g) {
+void backward_input_kernel(const at::Tensor& grad_y, const at::Tensor& w, at::Tensor& gx, const Lc2dGeometry& g,
+                           const FeedbackSpec& f) {
   const int64_t P = g.positions(), K = g.patch(), N = g.N, C_out = g.C_out;
   const scalar_t* dy = grad_y.const_data_ptr<scalar_t>();  // [N, C_out, P], contiguous
-  const at::Tensor w3 = w.view({P, C_out, K});
+  // "random" never reads w (it may be an expanded zero-stride tensor): only the other modes view it.
+  const bool transformed = f.mode != FeedbackMode::kWeight;
+  const at::Tensor w3 = f.reads_weight() ? w.view({P, C_out, K}) : at::Tensor();
+  const scalar_t* wp = f.reads_weight() ? w.const_data_ptr<scalar_t>() : nullptr;
   scalar_t* out = gx.mutable_data_ptr<scalar_t>();  // [N, C_in, H, W], zero-initialised
   // Threads own disjoint sample ranges (their grad_x rows); each walks every position in chunks.
   at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
     const Chunk ch = plan_chunk(g, sizeof(scalar_t), end - begin);
-    const auto opts = w.options().memory_format(at::MemoryFormat::Contiguous);
+    const auto opts = grad_y.options().memory_format(at::MemoryFormat::Contiguous);
     at::Tensor dyq = at::empty({ch.np, ch.nb, C_out}, opts), dcols = at::empty({ch.np, ch.nb, K}, opts);
+    at::Tensor bbuf = transformed ? at::empty({ch.np, C_out, K}, opts) : at::Tensor();
     for (int64_t p0 = 0; p0 < P; p0 += ch.np) {
       const int64_t np = std::min(ch.np, P - p0);
+      at::Tensor b_c;  // B_p for the chunk's positions, [np, C_out, K]
+      if (transformed) {
+        b_c = bbuf.view({-1}).narrow(0, 0, np * C_out * K).view({np, C_out, K});
+        const int64_t e0 = p0 * C_out * K;
+        fill_feedback<scalar_t>(f, wp ? wp + e0 : nullptr, e0, np * C_out * K, b_c.mutable_data_ptr<scalar_t>());
+      } else {
+        b_c = w3.narrow(0, p0, np);
+      }
       for (int64_t n0 = begin; n0 < end; n0 += ch.nb) {
         const int64_t nb = std::min(ch.nb, end - n0);
         at::Tensor dyq_c = dyq.view({-1}).narrow(0, 0, np * nb * C_out).view({np, nb, C_out});
         at::Tensor dcols_c = dcols.view({-1}).narrow(0, 0, np * nb * K).view({np, nb, K});
         gather_positions(dy, C_out, P, p0, np, n0, nb, /*n_inner=*/true, dyq_c.mutable_data_ptr<scalar_t>());
-        at::bmm_out(dcols_c, dyq_c, w3.narrow(0, p0, np));  // [np, nb, K]
+        at::bmm_out(dcols_c, dyq_c, b_c);  // [np, nb, K]
         // col2im for this chunk: grad_x[n, c, ih, iw] += dcols[q][n][(c, r, s)], skipping padding.
         const scalar_t* src = dcols_c.const_data_ptr<scalar_t>();
         for (int64_t q = 0; q < np; ++q) {
@@ -244,16 +262,19 @@ at::Tensor lc2d_forward_cpu(const at::Tensor& x, const at::Tensor& weight, const
 }
 
 at::Tensor lc2d_backward_input_cpu(const at::Tensor& grad_y, const at::Tensor& weight, c10::IntArrayRef input_size,
-                                   c10::IntArrayRef stride, c10::IntArrayRef padding, c10::IntArrayRef dilation) {
+                                   c10::IntArrayRef stride, c10::IntArrayRef padding, c10::IntArrayRef dilation,
+                                   c10::string_view feedback, int64_t seed, int64_t stream, int64_t step,
+                                   c10::string_view distribution, double scale) {
   // The GEMMs below go through the dispatcher: keep them out of autograd (inputs may require grad).
   at::AutoDispatchBelowADInplaceOrView below_autograd;
-  const Lc2dGeometry g = check_lc2d_backward_input_inputs(grad_y, weight, input_size, stride, padding, dilation);
-  at::Tensor gx = at::zeros({g.N, g.C_in, g.H, g.W}, weight.options().memory_format(at::MemoryFormat::Contiguous));
+  const auto [g, f] = check_lc2d_backward_input_inputs(grad_y, weight, input_size, stride, padding, dilation,
+                                                       feedback, seed, stream, step, distribution, scale);
+  at::Tensor gx = at::zeros({g.N, g.C_in, g.H, g.W}, grad_y.options().memory_format(at::MemoryFormat::Contiguous));
   if (g.N == 0) return gx;
-  const at::Tensor w = weight.contiguous();
+  const at::Tensor w = f.reads_weight() ? weight.contiguous() : weight;
   const at::Tensor dy = grad_y.contiguous();
   AT_DISPATCH_FLOATING_TYPES(dy.scalar_type(), "lc2d_backward_input_cpu",
-                             [&] { backward_input_kernel<scalar_t>(dy, w, gx, g); });
+                             [&] { backward_input_kernel<scalar_t>(dy, w, gx, g, f); });
   return gx;
 }
 

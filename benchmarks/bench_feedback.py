@@ -1,0 +1,351 @@
+#!/usr/bin/env python3
+"""Benchmark of the feedback rules: one layer's training step under each rule against "bp" on the same layer,
+and against a BioTorch-style pure-PyTorch implementation of the same rule.
+
+Step = forward + backward to x, W and b with a fixed grad_y (``torch.autograd.grad``), the layer as a module:
+  ours   bioplaus_kernels.nn.Linear / Conv2d / LocallyConnected2d with feedback = "bp" (the baseline: torch's
+         own Linear/Conv2d, our LC kernels), "fa" (stored B), "fa-seed" (B regenerated, nothing stored),
+         "usf", "frsf", "brsf" (M redrawn every step).
+  bt-*   "BioTorch style" (Linear and Conv2d; BioTorch has no LC): a torch.autograd.Function per rule whose
+         forward rebuilds its dense feedback tensor in Python on every step, as BioTorch 0.0.16 does
+         (usf: scale * sign(W); frsf: |M| * sign(W) with M stored; brsf: M drawn with torch.randn on the CPU,
+         copied to the layer's device, then |M| * sign(W); fa: the stored B) and whose backward calls
+         F.linear / conv2d_input / conv2d_weight.
+Reported per (shape, impl): median time, ratio to "bp" on the same shape (the issue's target: every rule
+within 10% of bp, i.e. ratio <= 1.10) and the bytes the layer stores for its feedback (buffers).
+
+Shapes: the layers of the reference networks (papers.md section 1: MNIST/CIFAR FC nets, the FC1024 heads of
+the LC nets, the LC layers, and their weight-shared conv twins, SAME padding) at --batch (128), and
+ResNet-18's convolutions at 224x224 input (stem, one 3x3 conv per stage, fc) at --resnet-batch (8 on the CPU:
+2 cores). Timing: benchmarks/common.py (perf_counter on the CPU, CUDA events on CUDA), all impls of a shape
+interleaved, median of --repeats after --warmup.
+
+Examples:
+  python3 benchmarks/bench_feedback.py --device cpu                       # all groups (~5 min on 2 cores)
+  python3 benchmarks/bench_feedback.py --device cpu --groups linear,lc --repeats 5
+  python3 benchmarks/bench_feedback.py --table-from benchmarks/results/feedback-cpu-float32-2core.json
+  python3 -m pytest benchmarks/bench_feedback.py                          # pytest-benchmark cases
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass
+from typing import Callable, Dict, List, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import common  # noqa: E402
+
+from bioplaus_kernels.feedback import magnitude  # noqa: E402
+from bioplaus_kernels.nn import Conv2d, Linear, LocallyConnected2d  # noqa: E402
+
+RULES = ("bp", "fa", "fa-seed", "usf", "frsf", "brsf")
+BT_RULES = ("bt-fa", "bt-usf", "bt-frsf", "bt-brsf")
+
+
+@dataclass(frozen=True)
+class Shape:
+    name: str
+    group: str
+    kind: str  # "linear", "conv", "lc"
+    c_in: int
+    c_out: int
+    size: int = 0  # input H = W (conv, lc)
+    k: int = 1
+    stride: int = 1
+    padding: object = "same"
+    resnet: bool = False
+
+
+SHAPES: List[Shape] = [
+    Shape("mnist-fc1", "linear", "linear", 784, 256), Shape("mnist-fc2", "linear", "linear", 256, 256),
+    Shape("cifar-fc1", "linear", "linear", 3072, 1024), Shape("cifar-fc2", "linear", "linear", 1024, 1024),
+    Shape("mnist-lc-fc", "linear", "linear", 3136, 1024), Shape("cifar-lc-fc", "linear", "linear", 16384, 1024),
+    Shape("mnist-c1", "conv", "conv", 1, 32, 28, 3, 2), Shape("mnist-c2", "conv", "conv", 32, 64, 14, 3, 2),
+    Shape("cifar-c1", "conv", "conv", 3, 64, 32, 5, 2), Shape("cifar-c2", "conv", "conv", 64, 128, 16, 5, 2),
+    Shape("cifar-c3", "conv", "conv", 128, 256, 8, 3, 1),
+    Shape("mnist-lc1", "lc", "lc", 1, 32, 28, 3, 2), Shape("mnist-lc2", "lc", "lc", 32, 64, 14, 3, 2),
+    Shape("cifar-lc1", "lc", "lc", 3, 64, 32, 5, 2), Shape("cifar-lc2", "lc", "lc", 64, 128, 16, 5, 2),
+    Shape("cifar-lc3", "lc", "lc", 128, 256, 8, 3, 1),
+    Shape("r18-stem", "resnet", "conv", 3, 64, 224, 7, 2, 3, True),
+    Shape("r18-l1", "resnet", "conv", 64, 64, 56, 3, 1, 1, True),
+    Shape("r18-l2", "resnet", "conv", 128, 128, 28, 3, 1, 1, True),
+    Shape("r18-l3", "resnet", "conv", 256, 256, 14, 3, 1, 1, True),
+    Shape("r18-l4", "resnet", "conv", 512, 512, 7, 3, 1, 1, True),
+    Shape("r18-fc", "resnet", "linear", 512, 1000, resnet=True),
+]
+GROUPS = ("linear", "conv", "lc", "resnet")
+
+
+def _conv_padding(shape: Shape):
+    # TF SAME for stride 2 is asymmetric; torch's Conv2d takes "same" only for stride 1. The conv twins use
+    # the symmetric k//2 padding (same output size for these odd kernels).
+    return shape.k // 2 if shape.padding == "same" else shape.padding
+
+
+def build(shape: Shape, rule: str, device: str, dtype: torch.dtype) -> torch.nn.Module:
+    fb = {"feedback": "fa" if rule == "fa-seed" else rule, "seed": 1 if rule == "fa-seed" else None,
+          "device": device, "dtype": dtype}
+    if rule.startswith("bt-"):
+        fb.update(feedback="bp", seed=None)
+    if shape.kind == "linear":
+        return Linear(shape.c_in, shape.c_out, **fb)
+    if shape.kind == "conv":
+        return Conv2d(shape.c_in, shape.c_out, shape.k, shape.stride, _conv_padding(shape), bias=not shape.resnet, **fb)
+    return LocallyConnected2d(shape.c_in, shape.c_out, shape.size, shape.k, shape.stride, shape.padding, **fb)
+
+
+# ---------------------------------------------------------------------------------------------------
+# BioTorch-style baseline: dense feedback tensors rebuilt in Python every step
+# ---------------------------------------------------------------------------------------------------
+class _BTLinear(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, w, b, B):
+        ctx.save_for_backward(x, w, B)
+        return F.linear(x, w, b)
+
+    @staticmethod
+    def backward(ctx, g):
+        x, w, B = ctx.saved_tensors
+        return g.mm(B), g.t().mm(x), g.sum(0), None
+
+
+class _BTConv(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, w, b, B, stride, padding):
+        ctx.save_for_backward(x, w, B)
+        ctx.hp = (stride, padding)
+        return F.conv2d(x, w, b, stride, padding)
+
+    @staticmethod
+    def backward(ctx, g):
+        x, w, B = ctx.saved_tensors
+        s, p = ctx.hp
+        gx = torch.nn.grad.conv2d_input(x.shape, B, g, s, p)
+        gw = torch.nn.grad.conv2d_weight(x, w.shape, g, s, p)
+        gb = g.sum((0, 2, 3)) if ctx.needs_input_grad[2] else None
+        return gx, gw, gb, None, None, None
+
+
+class BioTorchStyle:
+    """The per-step work of BioTorch's layers for one rule, around module ``m`` (which holds W and b)."""
+
+    def __init__(self, m: torch.nn.Module, rule: str):
+        self.m, self.rule = m, rule
+        _, self.scale = magnitude("usf" if rule == "usf" else "fa", "glorot", m._fans())
+        w = m.weight.detach()
+        self.stored = (torch.rand_like(w) * 2 - 1) * self.scale if rule in ("fa", "frsf") else None
+
+    def matrix(self) -> torch.Tensor:
+        w = self.m.weight.detach()
+        if self.rule == "fa":
+            return self.stored
+        if self.rule == "usf":
+            return torch.sign(w) * self.scale
+        if self.rule == "frsf":
+            return self.stored.abs() * torch.sign(w)
+        M = (torch.randn(w.shape) * self.scale).to(w.device)  # drawn on the CPU, copied to the device
+        return M.abs() * torch.sign(w)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        m = self.m
+        if isinstance(m, torch.nn.Linear):
+            return _BTLinear.apply(x, m.weight, m.bias, self.matrix())
+        return _BTConv.apply(x, m.weight, m.bias, self.matrix(), m.stride, m.padding)
+
+
+def stored_bytes(m: torch.nn.Module) -> int:
+    return sum(b.numel() * b.element_size() for b in m.buffers())
+
+
+class Case:
+    """Inputs and every impl's module for one shape; ``step(impl)`` returns the timed closure."""
+
+    def __init__(self, shape: Shape, batch: int, device: str, dtype: torch.dtype, impls: Sequence[str]):
+        g = torch.Generator().manual_seed(0)
+        torch.manual_seed(0)
+        self.shape, self.batch, self.device = shape, batch, device
+        if shape.kind == "linear":
+            x = torch.randn(batch, shape.c_in, generator=g)
+        else:
+            x = torch.randn(batch, shape.c_in, shape.size, shape.size, generator=g)
+        self.x = x.to(device, dtype).requires_grad_(True)
+        self.modules: Dict[str, torch.nn.Module] = {}
+        self.calls: Dict[str, Callable] = {}
+        bp = build(shape, "bp", device, dtype)
+        for impl in impls:
+            m = build(shape, impl[3:] if impl.startswith("bt-") else impl, device, dtype)
+            with torch.no_grad():
+                m.weight.copy_(bp.weight)
+                if m.bias is not None:
+                    m.bias.copy_(bp.bias)
+            self.modules[impl] = m
+            self.calls[impl] = BioTorchStyle(m, impl[3:]) if impl.startswith("bt-") else m
+        with torch.no_grad():
+            y = bp(self.x)
+        self.gy = torch.randn(y.shape, generator=g).to(device, dtype)
+
+    def step(self, impl: str) -> Callable[[], object]:
+        call, m = self.calls[impl], self.modules[impl]
+        params = [self.x] + [p for p in m.parameters()]
+
+        def fn():
+            return torch.autograd.grad(call(self.x), params, self.gy)
+        return fn
+
+    def verify(self) -> None:
+        """Weight gradients of every impl equal bp's (only the input gradient may differ)."""
+        ref = self.step("bp")()
+        for impl in self.calls:
+            got = self.step(impl)()
+            for a, b in zip(got[1:], ref[1:]):
+                torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-3)
+
+
+def bench_shape(shape: Shape, args, log) -> List[Dict]:
+    batch = args.resnet_batch if shape.resnet else args.batch
+    impls = list(RULES) + (list(BT_RULES) if shape.kind != "lc" else [])
+    case = Case(shape, batch, args.device, torch.float32, impls)
+    case.verify()
+    samples = common.time_interleaved([case.step(i) for i in impls], args.device, args.repeats, args.warmup)
+    med = {i: statistics.median(s) for i, s in zip(impls, samples)}
+    rows = []
+    for impl, s in zip(impls, samples):
+        row = {"shape": shape.name, "group": shape.group, "kind": shape.kind, "batch": batch, "impl": impl,
+               "geometry": asdict(shape), "ratio_to_bp": med[impl] / med["bp"],
+               "stored_bytes": stored_bytes(case.modules[impl]) if not impl.startswith("bt-") else
+               stored_bytes(case.modules[impl]) + (case.calls[impl].stored.numel() * 4 if case.calls[impl].stored
+                                                   is not None else 0)}
+        row.update(common.summarize(s))
+        rows.append(row)
+    log(f"{shape.name:12s} b{batch:<4d} " + " ".join(f"{i}={med[i]:.2f}ms({med[i] / med['bp']:.2f})" for i in impls))
+    return rows
+
+
+def format_table(result: Dict) -> str:
+    impls = list(RULES) + list(BT_RULES)
+    rows = result["rows"]
+    lines = [f"feedback rules, one layer's step, {result['settings']['device']}, float32; time ms (ratio to bp); "
+             f"stored B of fa: bytes"]
+    lines.append(f"{'shape':12s} {'batch':>5s} " + " ".join(f"{i:>15s}" for i in impls) + f" {'fa B bytes':>11s} "
+                 f"{'fa-seed':>8s}")
+    for name in dict.fromkeys(r["shape"] for r in rows):
+        by = {r["impl"]: r for r in rows if r["shape"] == name}
+        cells = [f"{by[i]['median_ms']:8.2f} ({by[i]['ratio_to_bp']:.2f})" if i in by else f"{'-':>15s}" for i in impls]
+        lines.append(f"{name:12s} {by['bp']['batch']:5d} " + " ".join(f"{c:>15s}" for c in cells) +
+                     f" {by['fa']['stored_bytes']:11d} {by['fa-seed']['stored_bytes']:8d}")
+    worst = max((r for r in rows if r["impl"] in RULES), key=lambda r: r["ratio_to_bp"])
+    lines.append(f"worst rule/bp ratio: {worst['ratio_to_bp']:.3f} ({worst['impl']} on {worst['shape']}); target <= 1.10")
+    return "\n".join(lines)
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0],
+                                 epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda if available")
+    ap.add_argument("--groups", default=",".join(GROUPS), help=f"comma-separated subset of {GROUPS}")
+    ap.add_argument("--shapes", default=None, help="comma-separated shape names (overrides --groups)")
+    ap.add_argument("--batch", type=int, default=128, help="batch of the reference nets' layers")
+    ap.add_argument("--resnet-batch", type=int, default=None, help="batch of the ResNet-18 shapes (cpu 8, cuda 64)")
+    ap.add_argument("--repeats", type=int, default=None, help="timed steps per impl (cpu 7, cuda 30)")
+    ap.add_argument("--warmup", type=int, default=None, help="untimed steps first (cpu 1, cuda 3)")
+    ap.add_argument("--json", default=None, help="output path (default: benchmarks/results/feedback-<device>-...json)")
+    ap.add_argument("--table-from", default=None, metavar="JSON", help="print the table of a saved result and exit")
+    return ap.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.table_from:
+        with open(args.table_from) as f:
+            print(format_table(json.load(f)))
+        return 0
+    args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    cpu = args.device == "cpu"
+    args.resnet_batch = args.resnet_batch or (8 if cpu else 64)
+    args.repeats = args.repeats or (7 if cpu else 30)
+    args.warmup = args.warmup if args.warmup is not None else (1 if cpu else 3)
+    if args.shapes:
+        wanted = args.shapes.split(",")
+        shapes = [s for s in SHAPES if s.name in wanted]
+    else:
+        groups = args.groups.split(",")
+        shapes = [s for s in SHAPES if s.group in groups]
+    machine = common.machine_info(args.device)
+    t0 = time.time()
+    rows: List[Dict] = []
+    for shape in shapes:
+        rows += bench_shape(shape, args, lambda s: print(s, flush=True))
+    result = {"benchmark": "feedback", "date": common.now_iso(), "command": " ".join(sys.argv), "machine": machine,
+              "versions": common.versions(), "git": common.git_info(),
+              "settings": {"device": args.device, "dtype": "float32", "batch": args.batch,
+                           "resnet_batch": args.resnet_batch, "repeats": args.repeats, "warmup": args.warmup},
+              "rows": rows, "wall_s": time.time() - t0}
+    path = args.json or os.path.join(common.REPO_ROOT, "benchmarks", "results",
+                                     f"feedback-{args.device}-float32-{common.slug(machine['gpu']['name'] if machine['gpu'] else machine['hostname'])}-"
+                                     f"{time.strftime('%Y%m%d-%H%M%S')}.json")
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(result, f, indent=1)
+    print(f"wrote {path}")
+    print(format_table(result))
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------------
+# pytest-benchmark cases (a small subset by default; BIOPLAUS_BENCH_SHAPES=all for every shape)
+# ---------------------------------------------------------------------------------------------------
+if "pytest" in sys.modules:
+    import pytest
+
+    _ENV = os.environ.get("BIOPLAUS_BENCH_SHAPES", "mnist-fc1,mnist-c2,mnist-lc2")
+    _NAMES = [s.name for s in SHAPES] if _ENV == "all" else _ENV.split(",")
+    _CASES: Dict = {}
+
+    def _params():
+        out = []
+        for s in SHAPES:
+            if s.name not in _NAMES:
+                continue
+            for impl in list(RULES) + (list(BT_RULES) if s.kind != "lc" else []):
+                out.append(pytest.param("cpu", s.name, impl))
+                out.append(pytest.param("cuda", s.name, impl, marks=pytest.mark.cuda))
+        return out
+
+    @pytest.mark.parametrize("device,shape,impl", _params())
+    def test_feedback_step(benchmark, device, shape, impl):
+        if device == "cuda" and not torch.cuda.is_available():
+            pytest.skip("no CUDA device visible")
+        key = (device, shape)
+        if key not in _CASES:
+            _CASES.clear()
+            sh = {s.name: s for s in SHAPES}[shape]
+            batch = 8 if sh.resnet else 128
+            _CASES[key] = Case(sh, batch, device, torch.float32,
+                               list(RULES) + (list(BT_RULES) if sh.kind != "lc" else []))
+            _CASES[key].verify()
+        case = _CASES[key]
+        fn = case.step(impl)
+        benchmark.group = f"feedback {device} {shape}"
+        benchmark.extra_info.update({"impl": impl, "batch": case.batch, "stored_bytes": stored_bytes(case.modules[impl])})
+        if device == "cuda":
+            def target():
+                out = fn()
+                torch.cuda.synchronize()
+                return out
+            out = benchmark.pedantic(target, rounds=20, warmup_rounds=3, iterations=1)
+        else:
+            out = benchmark(fn)
+        assert out is not None
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,50 @@
+"""Linear with a feedback rule: a drop-in subclass of torch.nn.Linear."""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .. import ops
+from ..feedback import Fans, Scale
+from ._autograd import LinearWithMatrix
+from ._feedback import FeedbackMixin
+
+
+class Linear(FeedbackMixin, nn.Linear):
+    """``torch.nn.Linear`` (same arguments, parameters, initialisation and forward) whose backward sends the
+    output gradient to the input through a feedback matrix B instead of W (bioplaus_kernels.feedback lists
+    the rules and scales). The weight and bias gradients are always the true local gradients.
+
+    Keyword-only args:
+        feedback: "bp" (default), "fa", "usf", "frsf" or "brsf".
+        seed: None, or an int: see below. stream: the layer id mixed into the generator's key.
+        scale: "glorot" (default), "xiao", or a positive float.
+
+    Paths (all through ``torch.ops.bioplaus.linear_backward_input`` except "bp"):
+        "bp": torch's own F.linear and its backward.
+        "fa", seed=None: B is a buffer ``feedback_matrix`` (saved in the state dict), passed to the kernel as
+            the matrix to multiply by.
+        "fa" with a seed, "usf", "frsf", "brsf": ``ops.linear`` with the rule's spec: the kernel computes B
+            from (seed, stream, step) and/or sign(W) as it goes; no B or sign tensor is materialised.
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None, dtype=None, *,
+                 feedback: str = "bp", seed: Optional[int] = None, stream: int = 0, scale: Scale = "glorot") -> None:
+        super().__init__(in_features, out_features, bias, device=device, dtype=dtype)
+        self._init_feedback(feedback, seed, stream, scale)
+
+    def _fans(self) -> Fans:
+        return Fans.linear(self.in_features, self.out_features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._uses_backprop():
+            return F.linear(x, self.weight, self.bias)
+        if self.feedback == "dfa" or self.feedback_matrix is not None:
+            return LinearWithMatrix.apply(x, self.weight, self.bias, self.feedback_matrix)
+        return ops.linear(x, self.weight, self.bias, **self._forward_spec().kwargs())
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + self._feedback_repr()

@@ -1,0 +1,48 @@
+"""The feedback spec of every input-gradient op, and ``feedback_source``: the matrix B it names, materialised.
+
+An input-gradient op (``linear_backward_input``, ``lc2d_backward_input``) takes ``weight`` plus the spec
+``feedback="weight", seed=0, stream=0, step=0, distribution="uniform", scale=1.0`` and multiplies by B, of
+weight's shape, element ``e`` being the row-major flat index (csrc/common/feedback.h)::
+
+    "weight":      B = weight                       (backprop, a stored FA matrix, TP's inverse weight)
+    "random":      B = R                            (weight's values are never read)
+    "sign":        B = sign(weight) * scale         (sign(0) = 0)
+    "random_sign": B = |R| * sign(weight)
+
+where ``R = philox_fill(weight, seed, stream, step, distribution, scale)`` (see ``ops.philox``). The kernels
+build B tile by tile on the fly; ``feedback_source`` materialises it (for tests, metrics and
+``feedback_weight()``), with the compiled ``philox_fill`` on weight's device.
+"""
+from __future__ import annotations
+
+import torch
+
+_ops = torch.ops.bioplaus
+
+FEEDBACK_MODES = ("weight", "random", "sign", "random_sign")
+FEEDBACK_DISTRIBUTIONS = ("uniform", "normal")
+
+
+def check_feedback_spec(op: str, feedback: str, seed: int, stream: int, step: int, distribution: str) -> None:
+    """The Python mirror of check_feedback_spec (csrc/feedback_source.cpp): same checks, same messages."""
+    torch._check(feedback in FEEDBACK_MODES,
+                 lambda: f"{op}: feedback must be 'weight', 'random', 'sign' or 'random_sign', got '{feedback}'")
+    torch._check(distribution in FEEDBACK_DISTRIBUTIONS,
+                 lambda: f"{op}: distribution must be 'uniform' or 'normal', got '{distribution}'")
+    torch._check(seed >= 0, lambda: f"{op}: seed must be >= 0, got {seed}")
+    torch._check(stream >= 0, lambda: f"{op}: stream must be >= 0, got {stream}")
+    torch._check(step >= 0, lambda: f"{op}: step must be >= 0, got {step}")
+
+
+def feedback_source(weight: torch.Tensor, feedback: str, seed: int = 0, stream: int = 0, step: int = 0,
+                    distribution: str = "uniform", scale: float = 1.0) -> torch.Tensor:
+    """B of the spec, materialised on weight's device in weight's dtype (a new tensor, except that
+    ``"weight"`` returns ``weight`` itself, detached). Not differentiable: B is a feedback matrix."""
+    check_feedback_spec("feedback_source", feedback, seed, stream, step, distribution)
+    w = weight.detach()
+    if feedback == "weight":
+        return w
+    if feedback == "sign":
+        return torch.sign(w) * scale
+    r = _ops.philox_fill(w, int(seed), int(stream), int(step), distribution, float(scale))
+    return r if feedback == "random" else r.abs() * torch.sign(w)

@@ -1,0 +1,98 @@
+// linear_backward_input on the CPU: float32 and float64, both cores, B never materialised.
+//
+// grad_x[M, in] = grad_y[M, out] * B[out, in] is split into column tiles of B (and of grad_x):
+//   grad_x[:, c0 : c0 + tw] = grad_y * B[:, c0 : c0 + tw]
+// one GEMM per tile (at::mm, torch's BLAS), the tiles shared out over the threads. Each element of
+// grad_x is one dot product over `out` inside one GEMM, and no two threads write the same column, so
+// the result needs no reduction and is bit-identical run to run. The modes differ only in where the
+// tile comes from: "weight" passes a view of weight; "random" / "sign" / "random_sign" build the tile
+// (out x tw, within kTileBytes) in the thread's buffer (fill_feedback) just before its GEMM. The tile
+// width depends on the shapes alone, so a spec run equals a "weight" run on the materialised B.
+#include "linear.h"
+
+#include "cpu/feedback_source.h"
+
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <ATen/core/LegacyTypeDispatch.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/mm.h>
+#include <ATen/ops/zeros.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <vector>
+
+namespace bioplaus {
+namespace {
+
+constexpr int64_t kTileBytes = int64_t{512} << 10;  // one B tile: stays in L2 between its fill and its GEMM
+constexpr int64_t kColAlign = 16;                   // tile widths are whole vector registers / cache lines
+constexpr int64_t kMinTiles = 8;                     // enough tiles to share out on small layers
+
+int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
+
+// Columns per tile: within the byte budget, and at most in / kMinTiles (rounded up to kColAlign) so that
+// small layers still split over the threads.
+int64_t tile_width(int64_t out, int64_t in, int64_t elem_size) {
+  const int64_t by_budget = std::max<int64_t>(kTileBytes / (elem_size * std::max<int64_t>(out, 1)) / kColAlign, 1) * kColAlign;
+  const int64_t by_split = std::max(round_up((in + kMinTiles - 1) / kMinTiles, kColAlign), int64_t{4} * kColAlign);
+  return std::min({by_budget, by_split, in});
+}
+
+template <typename scalar_t>
+void backward_input_kernel(const at::Tensor& gy, const at::Tensor& weight, at::Tensor& gx, const LinearDims& d) {
+  const int64_t tw = tile_width(d.out, d.in, sizeof(scalar_t));
+  const int64_t tiles = (d.in + tw - 1) / tw;
+  const FeedbackSpec& f = d.feedback;
+  // Transformed modes read weight row by row (element (o, i) at o * in + i): a contiguous weight.
+  const at::Tensor w = f.reads_weight() && f.mode != FeedbackMode::kWeight ? weight.contiguous() : weight;
+  const scalar_t* wp = f.reads_weight() && f.mode != FeedbackMode::kWeight ? w.const_data_ptr<scalar_t>() : nullptr;
+  at::parallel_for(0, tiles, 1, [&](int64_t t0, int64_t t1) {
+    at::Tensor buf;
+    if (f.mode != FeedbackMode::kWeight) buf = at::empty({d.out, tw}, gy.options());
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t c0 = t * tw, cw = std::min(tw, d.in - c0);
+      at::Tensor gx_t = gx.narrow(1, c0, cw);
+      if (f.mode == FeedbackMode::kWeight) {
+        at::mm_out(gx_t, gy, weight.narrow(1, c0, cw));
+        continue;
+      }
+      // buf[o][k] = B[o, c0 + k]: row o of the tile is the run of elements o * in + c0 .. + cw.
+      at::Tensor tile = buf.view({-1}).narrow(0, 0, d.out * cw).view({d.out, cw});
+      scalar_t* tp = tile.mutable_data_ptr<scalar_t>();
+      for (int64_t o = 0; o < d.out; ++o) {
+        const int64_t e0 = o * d.in + c0;
+        fill_feedback<scalar_t>(f, wp ? wp + e0 : nullptr, e0, cw, tp + o * cw);
+      }
+      at::mm_out(gx_t, gy, tile);
+    }
+  });
+}
+
+at::Tensor linear_backward_input_cpu(const at::Tensor& grad_y, const at::Tensor& weight, c10::string_view feedback,
+                                     int64_t seed, int64_t stream, int64_t step, c10::string_view distribution,
+                                     double scale) {
+  // The GEMMs below go through the dispatcher: keep them out of autograd (inputs may require grad).
+  at::AutoDispatchBelowADInplaceOrView below_autograd;
+  const LinearDims d =
+      check_linear_backward_input_inputs(grad_y, weight, feedback, seed, stream, step, distribution, scale);
+  std::vector<int64_t> shape(grad_y.sizes().begin(), grad_y.sizes().end());
+  shape.back() = d.in;
+  const auto opts = grad_y.options().memory_format(at::MemoryFormat::Contiguous);
+  if (d.M == 0 || d.in == 0) return at::empty(shape, opts);
+  if (d.out == 0) return at::zeros(shape, opts);  // an empty sum
+  at::Tensor gx = at::empty({d.M, d.in}, opts);
+  const at::Tensor gy = grad_y.reshape({d.M, d.out});
+  AT_DISPATCH_FLOATING_TYPES(grad_y.scalar_type(), "linear_backward_input_cpu",
+                             [&] { backward_input_kernel<scalar_t>(gy, weight, gx, d); });
+  return gx.view(shape);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(bioplaus, CPU, m) {
+  m.impl("linear_backward_input", linear_backward_input_cpu);
+}
+
+}  // namespace bioplaus

@@ -1,0 +1,61 @@
+// Linear input gradient through a feedback matrix: operator schema, the one input check and the CUDA
+// autocast wrapper. Kernels: cpu/linear_kernel.cpp, cuda/linear_kernel.cu; autograd (ops.linear) and the
+// fake kernel: bioplaus_kernels/ops/linear.py.
+#include "linear.h"
+
+#include "common/checks.h"
+
+#include <ATen/autocast_mode.h>
+#include <torch/library.h>
+
+namespace bioplaus {
+
+LinearDims check_linear_backward_input_inputs(const at::Tensor& grad_y, const at::Tensor& weight,
+                                              c10::string_view feedback, int64_t seed, int64_t stream,
+                                              int64_t step, c10::string_view distribution, double scale) {
+  constexpr const char* op = "linear_backward_input";
+  LinearDims d{};
+  d.feedback = check_feedback_spec(op, feedback, seed, stream, step, distribution, scale);
+  TORCH_CHECK(weight.dim() == 2, op, ": weight must be 2-D [out_features, in_features], got a ", weight.dim(),
+              "-D tensor of shape ", shape_str(weight.sizes()));
+  TORCH_CHECK(grad_y.dim() >= 1, op, ": grad_y must have at least 1 dimension [..., out_features], got a 0-D tensor");
+  check_float_dtype(op, "weight", weight);
+  check_same(op, "grad_y", grad_y, "weight", weight);
+  d.out = weight.size(0);
+  d.in = weight.size(1);
+  TORCH_CHECK(grad_y.size(-1) == d.out, op, ": grad_y has ", grad_y.size(-1),
+              " features in its last dimension but weight expects out_features=", d.out);
+  d.M = 1;
+  for (int64_t k = 0; k + 1 < grad_y.dim(); ++k) d.M *= grad_y.size(k);
+  return d;
+}
+
+namespace {
+
+at::Tensor linear_backward_input_autocast(const at::Tensor& grad_y, const at::Tensor& weight,
+                                          c10::string_view feedback, int64_t seed, int64_t stream, int64_t step,
+                                          c10::string_view distribution, double scale) {
+  c10::impl::ExcludeDispatchKeyGuard guard(c10::DispatchKey::AutocastCUDA);
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("bioplaus::linear_backward_input", "")
+                       .typed<at::Tensor(const at::Tensor&, const at::Tensor&, c10::string_view, int64_t, int64_t,
+                                         int64_t, c10::string_view, double)>();
+  const auto dt = at::autocast::get_autocast_dtype(at::kCUDA);
+  return op.call(at::autocast::cached_cast(dt, grad_y, c10::DeviceType::CUDA),
+                 at::autocast::cached_cast(dt, weight, c10::DeviceType::CUDA), feedback, seed, stream, step,
+                 distribution, scale);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(bioplaus, m) {
+  m.def(
+      "linear_backward_input(Tensor grad_y, Tensor weight, str feedback=\"weight\", int seed=0, int stream=0, "
+      "int step=0, str distribution=\"uniform\", float scale=1.0) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(bioplaus, AutocastCUDA, m) {
+  m.impl("linear_backward_input", linear_backward_input_autocast);
+}
+
+}  // namespace bioplaus

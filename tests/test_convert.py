@@ -1,0 +1,159 @@
+"""convert(): identical forwards, exclusion, the last layer, seeds and streams, untying, torchvision models."""
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import bioplaus_kernels
+from bioplaus_kernels import convert
+from bioplaus_kernels.nn import Conv2d, Linear, LocallyConnected2d
+
+torchvision = pytest.importorskip("torchvision")
+
+
+def small_cnn():
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(8, 8, 3, stride=2, padding="valid", bias=False), nn.Tanh(),
+        nn.Flatten(), nn.Linear(8 * 3 * 3, 16), nn.Tanh(), nn.Linear(16, 5))
+
+
+@pytest.mark.parametrize("rule", ["bp", "fa", "usf", "frsf", "brsf", "dfa"])
+@pytest.mark.parametrize("seed", [None, 3])
+def test_forward_outputs_identical_with_copied_weights(rule, seed):
+    torch.manual_seed(0)
+    net = small_cnn().eval()
+    x = torch.randn(4, 3, 14, 14)
+    want = net(x)
+    got = convert(copy.deepcopy(net), rule, seed=seed, output_dim=5, last_layer="convert")
+    assert torch.equal(got(x), want)
+    kinds = [type(m) for m in got.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+    assert kinds == [Conv2d, Conv2d, Linear, Linear]
+
+
+def test_in_place_last_layer_and_exclude():
+    torch.manual_seed(1)
+    net = small_cnn()
+    out = convert(net, "usf")
+    assert out is net  # in place
+    assert [m.feedback for m in net.modules() if isinstance(m, (Linear, Conv2d))] == ["usf", "usf", "usf", "bp"]
+    net = convert(small_cnn(), "fa", last_layer="convert", exclude=["0", nn.Linear])
+    assert type(net[0]) is nn.Conv2d and type(net[7]) is nn.Linear and type(net[9]) is nn.Linear
+    assert net[4].feedback == "fa"
+    net = convert(small_cnn(), "frsf", exclude="[47]")  # fnmatch patterns
+    assert type(net[4]) is nn.Conv2d and type(net[7]) is nn.Linear and net[0].feedback == "frsf"
+
+
+def test_seed_gives_streams_and_no_storage():
+    torch.manual_seed(2)
+    net = convert(small_cnn(), "fa", seed=5, last_layer="convert")
+    layers = [m for m in net.modules() if isinstance(m, (Linear, Conv2d))]
+    assert [m.stream for m in layers] == [0, 1, 2, 3]
+    assert all(m.seed == 5 and m.feedback_matrix is None for m in layers)
+    assert not any("feedback_matrix" in k for k in net.state_dict())
+    stored = convert(small_cnn(), "fa", last_layer="convert")
+    assert all(m.feedback_matrix is not None for m in stored.modules() if isinstance(m, (Linear, Conv2d)))
+
+
+def test_copy_weights_false_keeps_fresh_weights_and_flags():
+    torch.manual_seed(3)
+    net = small_cnn()
+    net[7].weight.requires_grad_(False)
+    net.eval()
+    old = net[7].weight.detach().clone()
+    convert(net, "usf", copy_weights=False)
+    assert not torch.equal(net[7].weight, old)
+    assert not net[7].weight.requires_grad and not net[7].training
+
+
+def test_untie_finds_input_sizes_by_a_dry_run():
+    torch.manual_seed(4)
+    net = small_cnn().eval()
+    x = torch.randn(2, 3, 14, 14)
+    want = net(x)
+    lc = convert(copy.deepcopy(net), "fa", seed=1, untie=True, input_size=(3, 14, 14))
+    assert isinstance(lc[0], LocallyConnected2d) and lc[0].input_size == (14, 14) and lc[0].feedback == "fa"
+    assert isinstance(lc[4], LocallyConnected2d) and lc[4].input_size == (7, 7)
+    assert not lc.training  # training flags restored after the dry run
+    torch.testing.assert_close(lc(x), want, rtol=1e-4, atol=1e-5)
+    lc.train()
+    F.cross_entropy(lc(x), torch.tensor([0, 1])).backward()
+    assert lc[0].weight.grad is not None
+
+
+def test_errors():
+    net = small_cnn()
+    with pytest.raises(ValueError, match="convert: feedback: unknown feedback rule 'sf'"):
+        convert(net, "sf")
+    with pytest.raises(ValueError, match="feedback='dfa' needs output_dim"):
+        convert(net, "dfa")
+    with pytest.raises(ValueError, match="untie=True needs input_size"):
+        convert(net, "fa", untie=True)
+    with pytest.raises(ValueError, match="last_layer must be 'bp' or 'convert', got 'keep'"):
+        convert(net, "fa", last_layer="keep")
+    with pytest.raises(ValueError, match="layer '0': Conv2d: feedback='usf' supports padding_mode='zeros' only"):
+        convert(nn.Sequential(nn.Conv2d(3, 3, 3, padding=1, padding_mode="circular"), nn.Conv2d(3, 3, 1)), "usf")
+
+    class Skip(nn.Module):  # its second conv never runs
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Conv2d(3, 3, 1), nn.Conv2d(3, 3, 1)
+
+        def forward(self, x):
+            return self.a(x)
+    with pytest.raises(ValueError, match="did not run the Conv2d 'b'"):
+        convert(Skip(), "fa", untie=True, input_size=(3, 4, 4))
+
+
+def _train_step(model, loss_fn):
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    loss = loss_fn(model)
+    loss.backward()
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    opt.step()
+    return loss, grads
+
+
+@pytest.mark.parametrize("rule", ["usf", "brsf", "dfa"])
+def test_resnet18_trains_a_step(rule):
+    torch.manual_seed(5)
+    model = torchvision.models.resnet18(weights=None, num_classes=10)
+    model = convert(model, rule, seed=7, output_dim=10)
+    x, y = torch.randn(2, 3, 32, 32), torch.tensor([1, 2])
+    loss, grads = _train_step(model, lambda m: F.cross_entropy(m(x), y))
+    assert torch.isfinite(loss)
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    convs = [m for m in model.modules() if isinstance(m, Conv2d)]
+    assert len(convs) == 20
+
+
+def test_alexnet_untied_trains_a_step():
+    torch.manual_seed(6)
+    model = torchvision.models.alexnet(weights=None, num_classes=10)
+    model = convert(model, "frsf", seed=1, untie=True, input_size=(3, 64, 64))
+    assert sum(isinstance(m, LocallyConnected2d) for m in model.modules()) == 5
+    x, y = torch.randn(2, 3, 64, 64), torch.tensor([3, 4])
+    model.eval()  # no dropout: compare against the same forward again
+    loss, grads = _train_step(model, lambda m: F.cross_entropy(m(x), y))
+    assert torch.isfinite(loss) and all(g is not None for g in grads)
+
+
+def test_retinanet_trains_a_step():
+    torch.manual_seed(7)
+    model = torchvision.models.detection.retinanet_resnet50_fpn(weights=None, weights_backbone=None, num_classes=3,
+                                                                min_size=64, max_size=64)
+    model = convert(model, "usf", seed=2)
+    assert sum(isinstance(m, Conv2d) for m in model.modules()) > 50
+    images = [torch.rand(3, 64, 64), torch.rand(3, 64, 64)]
+    targets = [{"boxes": torch.tensor([[4.0, 4.0, 30.0, 40.0]]), "labels": torch.tensor([1])},
+               {"boxes": torch.tensor([[10.0, 8.0, 50.0, 60.0]]), "labels": torch.tensor([2])}]
+    model.train()
+    loss, _ = _train_step(model, lambda m: sum(m(images, targets).values()))
+    assert torch.isfinite(loss)
+    assert model.head.classification_head.conv[0][0].weight.grad is not None
+
+
+def test_exported_from_the_package():
+    assert bioplaus_kernels.convert is convert

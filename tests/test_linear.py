@@ -1,0 +1,281 @@
+"""linear_backward_input and ops.linear: every feedback mode against the float64 reference built with
+reference.feedback_source; on-the-fly B equal to the materialised B; true weight/bias gradients."""
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.testing._internal.optests import opcheck
+
+from bioplaus_kernels import ops
+from bioplaus_kernels import reference
+from bioplaus_kernels.reference import linear as ref
+
+from conftest import DEVICES
+from feedback_cases import FEEDBACK_SPECS, assert_rejected, spec_id
+
+SEEDS = dict(seed=11, stream=3, step=7, scale=0.37)
+LOW_PRECISION_TOL = {torch.float16: 1e-2, torch.bfloat16: 4e-2}
+# (leading dims of grad_y, out_features, in_features): odd sizes, several column tiles, > 1 tile rows.
+SHAPES = [((7,), 5, 9), ((2, 3), 37, 53), ((65,), 130, 301), ((4,), 600, 1000)]
+
+
+def full_spec(s):
+    return {**SEEDS, **s}
+
+
+def dtypes_for(device):
+    return [torch.float32, torch.float64] + ([torch.float16, torch.bfloat16] if device == "cuda" else [])
+
+
+def make(lead, out, inp, dtype=torch.float64, device="cpu", seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    gy = torch.randn(*lead, out, generator=gen, dtype=torch.float64)
+    w = torch.randn(out, inp, generator=gen, dtype=torch.float64)
+    w[0, :3] = 0.0  # sign(0) = 0
+    return gy.to(dtype=dtype, device=device), w.to(dtype=dtype, device=device)
+
+
+def assert_close_to_ref(got, want, dtype, spec=None):
+    got, want = got.to(device="cpu", dtype=torch.float64), want.to(device="cpu", dtype=torch.float64)
+    if dtype in LOW_PRECISION_TOL:
+        err = (got - want).norm() / want.norm().clamp_min(1e-12)
+        assert err < LOW_PRECISION_TOL[dtype], f"relative error {err:.3g}"
+    else:
+        tol = 1e-12 if dtype == torch.float64 else 2e-5
+        if spec is not None and spec.get("distribution") == "normal":
+            tol = max(tol, 2e-6)  # the reference's float32 log/cos/sin may differ from libm's in the last ulp
+        torch.testing.assert_close(got, want, rtol=tol, atol=tol * max(1.0, want.abs().max().item()))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("spec", FEEDBACK_SPECS, ids=spec_id)
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_backward_input_matches_reference(shape, spec, device):
+    for dtype in dtypes_for(device):
+        gy, w = make(*shape, dtype=dtype, device=device)
+        got = ops.linear_backward_input(gy, w, **full_spec(spec))
+        assert got.shape == (*shape[0], shape[2]) and got.dtype == dtype and got.is_contiguous()
+        # B in weight's dtype (as the kernels define it), the product in float64 on the CPU.
+        B = reference.feedback_source(w.cpu(), **full_spec(spec)).double()
+        assert_close_to_ref(got, gy.cpu().double() @ B, dtype, spec)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("spec", FEEDBACK_SPECS[1:], ids=spec_id)
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_on_the_fly_B_equals_materialised_B_bit_for_bit(shape, spec, device):
+    # The kernels run the same GEMMs on the same tiles in every mode, so building B on the fly gives
+    # exactly what "weight" mode gives on ops.feedback_source's B.
+    for dtype in dtypes_for(device):
+        gy, w = make(*shape, dtype=dtype, device=device, seed=1)
+        B = ops.feedback_source(w, **full_spec(spec))
+        assert B.dtype == dtype and B.device == w.device
+        got = ops.linear_backward_input(gy, w, **full_spec(spec))
+        assert torch.equal(got, ops.linear_backward_input(gy, B))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("spec", FEEDBACK_SPECS, ids=spec_id)
+def test_ops_feedback_source_equals_reference(spec, device):
+    for dtype in dtypes_for(device):
+        _, w = make((1,), 33, 47, dtype=dtype, device=device)
+        got = ops.feedback_source(w, **full_spec(spec))
+        want = reference.feedback_source(w.cpu(), **full_spec(spec))
+        assert got.shape == w.shape and got.dtype == dtype
+        if spec.get("distribution") == "normal":
+            # libm's and torch's log/cos/sin may differ in the last ulp of the float32 sample.
+            torch.testing.assert_close(got.cpu(), want, rtol=4e-7 if dtype != torch.bfloat16 else 1e-2, atol=1e-6)
+        else:
+            assert torch.equal(got.cpu(), want)
+
+
+def test_feedback_source_semantics():
+    w = torch.tensor([[1.5, -2.0, 0.0], [-0.0, 3.0, -1e-30]])
+    assert torch.equal(ops.feedback_source(w, "weight"), w)
+    assert torch.equal(ops.feedback_source(w, "sign", scale=0.5), torch.tensor([[0.5, -0.5, 0.0], [0.0, 0.5, -0.5]]))
+    r = ops.philox(w.shape, 4, 2, 9, scale=0.25)
+    assert torch.equal(ops.feedback_source(w, "random", seed=4, stream=2, step=9, scale=0.25), r)
+    rs = ops.feedback_source(w, "random_sign", seed=4, stream=2, step=9, scale=0.25)
+    assert torch.equal(rs.abs(), r.abs() * (w != 0)) and torch.equal(torch.sign(rs), torch.sign(w))
+    # a new step redraws, the same step repeats
+    assert not torch.equal(ops.feedback_source(w, "random", seed=4, step=10), ops.feedback_source(w, "random", seed=4))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_random_mode_never_reads_weight(device):
+    gy, w = make((9,), 40, 70, dtype=torch.float32, device=device)
+    like = torch.empty((), device=device).expand(40, 70)  # zero strides: no values to read
+    spec = full_spec(FEEDBACK_SPECS[1])
+    assert torch.equal(ops.linear_backward_input(gy, like, **spec), ops.linear_backward_input(gy, w, **spec))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("spec", FEEDBACK_SPECS, ids=spec_id)
+def test_linear_forward_and_gradients(spec, device):
+    for dtype in dtypes_for(device):
+        gen = torch.Generator().manual_seed(5)
+        x = torch.randn(3, 4, 29, generator=gen, dtype=torch.float64).to(dtype=dtype, device=device).requires_grad_()
+        w = torch.randn(17, 29, generator=gen, dtype=torch.float64).to(dtype=dtype, device=device).requires_grad_()
+        b = torch.randn(17, generator=gen, dtype=torch.float64).to(dtype=dtype, device=device).requires_grad_()
+        y = ops.linear(x, w, b, **full_spec(spec))
+        assert torch.equal(y, F.linear(x, w, b))
+        gy = torch.randn(y.shape, generator=gen, dtype=torch.float64).to(dtype=dtype, device=device)
+        gx, gw, gb = torch.autograd.grad(y, (x, w, b), gy)
+        B = reference.feedback_source(w.detach().cpu(), **full_spec(spec)).double()
+        assert_close_to_ref(gx, gy.cpu().double() @ B, dtype, spec)
+        # weight and bias: the true local gradients
+        x64, w64, b64 = (t.detach().cpu().double().requires_grad_() for t in (x, w, b))
+        gw_ref, gb_ref = torch.autograd.grad(F.linear(x64, w64, b64), (w64, b64), gy.cpu().double())
+        assert_close_to_ref(gw, gw_ref, dtype)
+        assert_close_to_ref(gb, gb_ref, dtype)
+
+
+def test_linear_without_bias_and_partial_requires_grad():
+    x = torch.randn(5, 8, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(6, 8, dtype=torch.float64)
+    y = ops.linear(x, w, feedback="sign", scale=2.0)
+    (gx,) = torch.autograd.grad(y, x, torch.ones_like(y))
+    torch.testing.assert_close(gx, torch.ones(5, 6, dtype=torch.float64) @ (2.0 * torch.sign(w)))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_gradcheck_weight_mode(device):
+    gen = torch.Generator().manual_seed(2)
+    x, w, b = (torch.randn(*s, generator=gen, dtype=torch.float64).to(device).requires_grad_()
+               for s in ((2, 3, 7), (5, 7), (5,)))
+    assert torch.autograd.gradcheck(lambda x, w, b: ops.linear(x, w, b), (x, w, b))
+    assert torch.autograd.gradcheck(lambda x, w: ops.linear(x, w), (x, w))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("spec", FEEDBACK_SPECS, ids=spec_id)
+def test_opcheck(spec, device):
+    gy, w = make((2, 3), 9, 13, dtype=torch.float32, device=device)
+    s = full_spec(spec)
+    args = (gy, w, s["feedback"], s["seed"], s["stream"], s["step"], s.get("distribution", "uniform"), s["scale"])
+    opcheck(torch.ops.bioplaus.linear_backward_input, args)
+
+
+def test_torch_compile_fullgraph():
+    spec = full_spec(FEEDBACK_SPECS[4])
+    x = torch.randn(6, 12, requires_grad=True)
+    w = torch.randn(10, 12, requires_grad=True)
+    b = torch.randn(10, requires_grad=True)
+
+    def step(x, w, b):
+        return ops.linear(torch.tanh(x), w, b, **spec).square().sum()
+
+    compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
+    got = torch.autograd.grad(compiled(x, w, b), (x, w, b))
+    want = torch.autograd.grad(step(x, w, b), (x, w, b))
+    for g, e in zip(got, want):
+        torch.testing.assert_close(g, e)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_empty_and_degenerate_shapes(device):
+    w = torch.randn(4, 6, device=device)
+    for feedback in ("weight", "random", "random_sign"):
+        assert ops.linear_backward_input(torch.randn(0, 4, device=device), w, feedback=feedback).shape == (0, 6)
+    # no output features: an empty sum
+    out = ops.linear_backward_input(torch.randn(3, 0, device=device), torch.randn(0, 6, device=device), feedback="sign")
+    assert torch.equal(out, torch.zeros(3, 6, device=device))
+    # a single sample without batch dims
+    g = ops.linear_backward_input(torch.randn(4, device=device), w, feedback="sign")
+    assert g.shape == (6,)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("spec", FEEDBACK_SPECS, ids=spec_id)
+def test_non_contiguous_inputs(spec, device):
+    gy, w = make((20,), 30, 50, dtype=torch.float64, device=device, seed=3)
+    s = full_spec(spec)
+    want = ops.linear_backward_input(gy, w, **s)
+    gy_nc = torch.stack([gy, torch.zeros_like(gy)], dim=-1)[..., 0]
+    w_nc = w.t().contiguous().t()
+    assert not gy_nc.is_contiguous() and not w_nc.is_contiguous()
+    got = ops.linear_backward_input(gy_nc, w_nc, **s)
+    assert_close_to_ref(got, want, torch.float64)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_bit_identical_across_runs_and_thread_counts(device):
+    gy, w = make((64,), 256, 256, dtype=torch.float32, device=device, seed=4)
+    spec = full_spec(FEEDBACK_SPECS[4])
+    first = ops.linear_backward_input(gy, w, **spec)
+    assert torch.equal(first, ops.linear_backward_input(gy, w, **spec))
+    if device == "cpu":
+        threads = torch.get_num_threads()
+        try:
+            torch.set_num_threads(1)
+            assert torch.equal(first, ops.linear_backward_input(gy, w, **spec))
+        finally:
+            torch.set_num_threads(threads)
+
+
+def test_double_backward_is_a_clear_error():
+    x = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
+    gy = torch.randn(3, 5, dtype=torch.float64, requires_grad=True)
+    gx = ops.linear_backward_input(gy, torch.randn(5, 4, dtype=torch.float64), feedback="sign")
+    with pytest.raises(RuntimeError, match="double backward .* is not supported"):
+        gx.sum().backward()
+    del x
+
+
+# ---------------------------------------------------------------------------------------------------
+# Bad input: the C++ check and the fake kernel reject it with the same message.
+# ---------------------------------------------------------------------------------------------------
+def _args(gy=(4, 5), w=(5, 3), dtype=torch.float32, w_dtype=None, **spec):
+    s = dict(feedback="weight", seed=0, stream=0, step=0, distribution="uniform", scale=1.0)
+    s.update(spec)
+    return (torch.randn(gy).to(dtype), torch.randn(w).to(w_dtype or dtype), *s.values())
+
+
+OP = "linear_backward_input"
+BAD = {
+    "feedback": (_args(feedback="fa"), rf"{OP}: feedback must be 'weight', 'random', 'sign' or 'random_sign', got 'fa'"),
+    "distribution": (_args(feedback="random", distribution="bits"),
+                     rf"{OP}: distribution must be 'uniform' or 'normal', got 'bits'"),
+    "seed": (_args(feedback="random", seed=-1), rf"{OP}: seed must be >= 0, got -1"),
+    "stream": (_args(stream=-2), rf"{OP}: stream must be >= 0, got -2"),
+    "step": (_args(step=-3), rf"{OP}: step must be >= 0, got -3"),
+    "weight ndim": (_args(w=(5, 3, 1)), rf"{OP}: weight must be 2-D \[out_features, in_features\], got a 3-D tensor "
+                                        r"of shape \[5, 3, 1\]"),
+    "grad_y 0-D": (_args(gy=()), rf"{OP}: grad_y must have at least 1 dimension \[..., out_features\], got a 0-D"),
+    "features": (_args(gy=(4, 6)), rf"{OP}: grad_y has 6 features in its last dimension but weight expects "
+                                   r"out_features=5"),
+    "dtype mismatch": (_args(w_dtype=torch.float64), rf"{OP}: grad_y has dtype Float but weight has dtype Double; "
+                                                     r"they must match"),
+    "half on cpu": (_args(dtype=torch.float16), rf"{OP}: weight must be float32 or float64 on the CPU, got Half"),
+    "integer": (_args(dtype=torch.int64), rf"{OP}: weight must be float32 or float64 on the CPU, got Long"),
+}
+
+
+@pytest.mark.parametrize("name", list(BAD))
+def test_bad_input_is_rejected_with_a_clear_message(name):
+    assert_rejected(torch.ops.bioplaus.linear_backward_input, *BAD[name])
+
+
+def test_bad_spec_in_the_functional_forms():
+    with pytest.raises(RuntimeError, match=r"linear: feedback must be .* got 'usf'"):
+        ops.linear(torch.randn(2, 3), torch.randn(4, 3), feedback="usf")
+    with pytest.raises(RuntimeError, match=r"feedback_source: seed must be >= 0, got -5"):
+        ops.feedback_source(torch.randn(2, 3), "random", seed=-5)
+    with pytest.raises(RuntimeError, match=r"feedback_source: distribution must be 'uniform' or 'normal', got 'x'"):
+        reference.feedback_source(torch.randn(2, 3), "random", distribution="x")
+
+
+@pytest.mark.cuda
+def test_device_mismatch_is_rejected():
+    with pytest.raises(RuntimeError, match=rf"{OP}: grad_y is on cpu but weight is on cuda:0; they must be on the same"):
+        ops.linear_backward_input(torch.randn(2, 5), torch.randn(5, 3, device="cuda"))
+
+
+@pytest.mark.cuda
+def test_autocast_runs_in_reduced_precision():
+    gy, w = make((8,), 16, 24, dtype=torch.float32, device="cuda")
+    for dtype in (torch.float16, torch.bfloat16):
+        with torch.autocast("cuda", dtype=dtype):
+            got = ops.linear_backward_input(gy, w, feedback="random_sign", seed=1)
+        assert got.dtype == dtype
+        want = ops.linear_backward_input(gy.to(dtype), w.to(dtype), feedback="random_sign", seed=1)
+        assert torch.equal(got, want)
