@@ -31,6 +31,7 @@ import argparse
 import dataclasses
 import json
 import os
+import re
 import sys
 import time
 
@@ -238,7 +239,8 @@ def _prepare(args) -> tuple:
     if args.amp and device.type != "cuda":
         raise UsageError("--amp (bf16 autocast) needs a CUDA device")
     if args.out is None:
-        args.out = os.path.join("runs", f"{args.dataset}-{args.arch}-{time.strftime('%Y%m%d-%H%M%S')}")
+        arch = re.sub(r"[^\w.-]+", "_", args.arch)  # a user's "path/to/file.py:callable" names no folders
+        args.out = os.path.join("runs", f"{args.dataset}-{arch}-{time.strftime('%Y%m%d-%H%M%S')}")
         if ctx.distributed:  # every rank must write into rank 0's folder
             import torch.distributed as dist
             box = [args.out]
