@@ -19,6 +19,8 @@ def learning_curves(runs: dict[str, list[dict]], path: str, title: str) -> None:
         if any("train_error" in r for r in rows):
             ax.plot(epochs, [r.get("train_error") for r in rows], "--", color=color, label=f"{label} train")
         ax.plot(epochs, [r.get("test_error") for r in rows], "-", color=color, label=f"{label} test")
+    from matplotlib.ticker import MaxNLocator
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
     ax.set_ylabel("error (%)")
     ax.set_title(title)

@@ -84,6 +84,21 @@ def preset_cell(dataset: str, arch: str) -> str:
     return f"bartunov2018:{dataset}-{'lc' if arch == 'conv' else arch}"
 
 
+def _environment() -> dict:
+    """What a recorded result needs to be traced: torch version, CPU threads, git revision, date."""
+    import subprocess
+    import time
+
+    import torch
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10,
+                             cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        rev = "unknown"
+    return {"torch": torch.__version__, "threads": torch.get_num_threads(), "revision": rev,
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+
+
 def _fmt(v) -> str:
     return "-" if v is None else f"{v:.2f}"
 
@@ -109,11 +124,13 @@ def report(dataset: str, arch: str, results: list[tuple[str, object]], budget: s
                                        [f"{res.epochs:.2f}", f"{res.seconds / 60:.1f}", res.status]) + " |")
         records.append({"row": key, "rule": res.rule, "paper": p, "ours": ours, "epochs": res.epochs,
                         "seconds": res.seconds, "status": res.status})
+    env = _environment()
+    lines += ["", f"torch {env['torch']}, {env['threads']} CPU thread(s), revision {env['revision']}, {env['date']}"]
     text = "\n".join(lines) + "\n"
     if folder is not None:
         with open(os.path.join(folder, "results.md"), "w") as f:
             f.write(text)
         with open(os.path.join(folder, "results.json"), "w") as f:
-            json.dump({"paper": PAPER, "dataset": dataset, "arch": arch, "budget": budget, "rows": records}, f,
-                      indent=2)
+            json.dump({"paper": PAPER, "dataset": dataset, "arch": arch, "budget": budget, **env,
+                       "rows": records}, f, indent=2)
     return text
