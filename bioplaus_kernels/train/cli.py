@@ -66,7 +66,7 @@ def _run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--deterministic", action="store_true",
                    help="torch.use_deterministic_algorithms(True) (and cuDNN/cuBLAS settings to match)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (torchrun: this process's GPU)")
-    p.add_argument("--amp", action="store_true", help="bf16 autocast (CUDA only)")
+    p.add_argument("--amp", action="store_true", help="bf16 autocast (CUDA only; target-propagation steps stay float32)")
     p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: 1 on digits, whose tiny layers run "
                    "slower when split across threads; torch's default otherwise)")

@@ -41,7 +41,7 @@ def _forward_optimizer(params, h: Hyper) -> torch.optim.Optimizer:
                           weight_decay=h.weight_decay)
 
 
-def _autocast(device: torch.device, amp: bool):
+def _autocast(amp: bool):
     return torch.autocast("cuda", dtype=torch.bfloat16) if amp else contextlib.nullcontext()
 
 
@@ -67,14 +67,14 @@ class FeedbackLearner:
             from torch.nn.parallel import DistributedDataParallel
             self.net = DistributedDataParallel(self.module, device_ids=[device.index] if device.type == "cuda"
                                                else None)
-        self.rule, self.device, self.amp = rule, device, amp
+        self.rule, self.amp = rule, amp
         self.optimizers = [_forward_optimizer(self.module.parameters(), h)]
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> StepStats:
         self.net.train()
         opt = self.optimizers[0]
         opt.zero_grad(set_to_none=True)
-        with _autocast(self.device, self.amp):
+        with _autocast(self.amp):
             logits = self.net(x)
             loss = F.cross_entropy(logits.float(), y)
         loss.backward()
@@ -110,17 +110,19 @@ class FeedbackLearner:
 
 
 class TPLearner:
-    """dtp, sdtp, ao-sdtp through bioplaus_kernels.tp.Trainer (separate Adam for forward and inverse layers)."""
+    """dtp, sdtp, ao-sdtp through bioplaus_kernels.tp.Trainer (separate Adam for forward and inverse layers).
+
+    Training steps run in float32 even with --amp: the target-propagation kernels have no autocast
+    registrations (evaluation still autocasts)."""
 
     def __init__(self, model: nn.Module, rule: str, h: Hyper, *, arch: str, schedule: str, seed: int,
-                 device: torch.device, amp: bool) -> None:
+                 device: torch.device) -> None:
         check_available(rule)
         from .. import tp
         if not isinstance(model, nn.Sequential):
             raise UsageError(f"rule {rule} trains an nn.Sequential of Linear/LocallyConnected2d/activation/Flatten "
                              f"layers (--arch fc or lc); --arch {arch} is not one")
         self.module = model.to(device)
-        self.device, self.amp = device, amp
         self.optimizers: list[torch.optim.Optimizer] = []
 
         def forward_opt(params):
@@ -143,8 +145,7 @@ class TPLearner:
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> StepStats:
         self.module.train()
-        with _autocast(self.device, self.amp):
-            d = self.trainer.step(x, y)
+        d = self.trainer.step(x, y)
         n = y.shape[0]
         extra = {k: float(v) for k, v in d.items() if k not in ("loss", "accuracy")}
         return StepStats(float(d["loss"]) * n, float(d["accuracy"]) * n, n, extra)
@@ -196,6 +197,6 @@ def check_available(rule: str) -> None:
 def make_learner(rule: str, model: nn.Module, h: Hyper, *, arch: str, schedule: str, num_classes: int,
                  seed: int, device: torch.device, distributed: bool, amp: bool):
     if rule in TP_RULES:
-        return TPLearner(model, rule, h, arch=arch, schedule=schedule, seed=seed, device=device, amp=amp)
+        return TPLearner(model, rule, h, arch=arch, schedule=schedule, seed=seed, device=device)
     return FeedbackLearner(model, rule, h, arch=arch, num_classes=num_classes, seed=seed, device=device,
                            distributed=distributed, amp=amp)
