@@ -60,21 +60,21 @@ class _Parser(argparse.ArgumentParser):
 def _run_options(p: argparse.ArgumentParser) -> None:
     """Options shared by train and reproduce."""
     p.add_argument("--data-dir", help="folder of the dataset's files (default ./data; digits needs none)")
-    p.add_argument("--batch-size", type=int, help="global batch size (split across torchrun processes)")
+    p.add_argument("--batch-size", type=int, help="global batch size, split across torchrun processes (default: the preset's)")
     p.add_argument("--epochs", type=int, help="epochs per rule (default: the preset's)")
-    p.add_argument("--seed", type=int, default=0, help="seed of weights, feedback matrices, noise and shuffling")
+    p.add_argument("--seed", type=int, default=0, help="seed of weights, feedback matrices, noise and shuffling (default: 0)")
     p.add_argument("--deterministic", action="store_true",
                    help="torch.use_deterministic_algorithms(True) (and cuDNN/cuBLAS settings to match)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (torchrun: this process's GPU)")
+    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N (torchrun: this process's GPU)")
     p.add_argument("--amp", action="store_true", help="bf16 autocast (CUDA only; target-propagation steps stay float32)")
-    p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
+    p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (default: 0)")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: 1 on digits, whose tiny layers run "
                    "slower when split across threads; torch's default otherwise)")
     p.add_argument("--out", help="run folder (default runs/<dataset>-<arch>-<time>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
     p.add_argument("--max-minutes", type=float, help="wall-clock budget per rule (0: none); stops mid-epoch, resumable")
     p.add_argument("--steps-per-epoch", type=int, help="train at most this many batches per epoch")
-    p.add_argument("--log-every", type=int, default=10, help="progress-bar update interval in steps")
+    p.add_argument("--log-every", type=int, default=10, help="progress-bar update interval in steps (default: 10)")
     p.add_argument("--tensorboard", action="store_true", help="also write TensorBoard scalars")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
     p.add_argument("--no-eval-train", dest="eval_train", action="store_false",
@@ -87,17 +87,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train one or several rules (several: a comparison, same seed)",
                        description="Train one or several learning rules on one dataset and network. Without "
-                       "arguments: the FC net on scikit-learn's digits with " + ", ".join(QUICKSTART_RULES) + ".",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    t.add_argument("--dataset", default="digits", help="digits, mnist, fashion-mnist, cifar10 or imagenet")
+                       "arguments: the FC net on scikit-learn's digits with " + ", ".join(QUICKSTART_RULES) + ".")
+    t.add_argument("--dataset", default="digits", help="digits (default), mnist, fashion-mnist, cifar10 or imagenet")
     t.add_argument("--arch", default="fc",
-                   help="fc, lc (the paper nets), conv (their weight-shared twins), resnet18, alexnet-bn, "
+                   help="fc (default), lc (the paper nets), conv (their weight-shared twins), resnet18, alexnet-bn, "
                    "or path/to/file.py:callable / package.module:callable")
     t.add_argument("--algo", nargs="+", default=None, metavar="RULE",
                    help=f"one or several of {', '.join(RULES)} (default: {' '.join(QUICKSTART_RULES)})")
     t.add_argument("--schedule", choices=SCHEDULES, default="alternating",
                    help="target propagation: inverse and forward losses on every batch (parallel) or one "
-                   "kind per epoch (alternating)")
+                   "kind per epoch (alternating, the default)")
     t.add_argument("--preset", help="named hyperparameters: " + ", ".join(sorted(PRESETS)) + " (default: "
                    "quickstart:digits on digits, bartunov2018:<dataset>-<arch> for the paper cells, "
                    "xiao2018:imagenet for resnet18/alexnet-bn on imagenet; plain Adam otherwise)")
@@ -129,14 +128,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("reproduce", help="run a paper's protocol and print its numbers beside ours",
                        description="Reproduce the cells of Bartunov et al. 2018's Tables 1-2 with Table 5's "
-                       "presets, under a budget.", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       "presets, under a budget.")
     r.add_argument("paper", help="bartunov2018")
-    r.add_argument("--dataset", default="mnist", help="mnist, cifar10 or imagenet")
-    r.add_argument("--arch", default="fc", help="fc, lc, or conv (the BP ConvNet row)")
+    r.add_argument("--dataset", default="mnist", help="mnist (default), cifar10 or imagenet")
+    r.add_argument("--arch", default="fc", help="fc (default), lc, or conv (the BP ConvNet row)")
     r.add_argument("--algo", nargs="+", default=None, metavar="RULE",
                    help="rows to run (default: every row of the cell): " + ", ".join(RULES))
     r.add_argument("--schedule", nargs="+", choices=SCHEDULES, default=list(SCHEDULES),
-                   help="target-propagation schedules to run")
+                   help="target-propagation schedules to run (default: both)")
     _run_options(r)
     return parser
 
