@@ -72,7 +72,7 @@ def test_outputs_written(tmp_path):
     assert not [n for n in os.listdir(tmp_path / "bp") if n.startswith(".tmp")]  # atomic writes leave no temp
 
 
-@pytest.mark.parametrize("rule", ["bp", "fa", "sdtp"])
+@pytest.mark.parametrize("rule", ["bp", "fa", "brsf", "sdtp"])
 def test_resume_after_an_epoch_equals_uninterrupted(tmp_path, rule):
     common = ["--algo", rule, "--steps-per-epoch", "6", "--batch-size", "16", "--no-progress"]
     assert run(tmp_path / "a", *common, "--epochs", "3") == 0

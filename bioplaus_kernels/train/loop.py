@@ -5,8 +5,10 @@ the DistributedSampler gets set_epoch(e)); a checkpoint stores the model, the op
 state, the epoch and the batch reached, the global RNG states at the start of that epoch and at the
 checkpoint, and the epoch's running sums. Resuming mid-epoch replays the epoch's order, skips the batches
 already trained (they are loaded, not trained on), then restores the RNG state of the checkpoint. On the CPU
-a resumed run equals an uninterrupted one bit for bit (with workers=0, provided the skipped batches' data
-augmentation does not draw from the generator the training steps draw from; with workers>0 it always holds).
+a resumed run equals an uninterrupted one bit for bit with workers=0 (random augmentation draws from the
+global generator in the main process, which the checkpoint restores). With workers>0 the shuffle order is
+still exact, but random augmentations after a resume differ: persistent workers keep their own generators,
+which a resumed run re-seeds.
 """
 from __future__ import annotations
 
