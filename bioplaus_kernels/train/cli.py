@@ -365,8 +365,11 @@ def cmd_reproduce(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import torch
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
+    # process-wide settings a run changes (--threads, --deterministic), restored for callers of main()
+    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
     try:
         args = _settings(parser, argv)
         return cmd_train(args) if args.command == "train" else cmd_reproduce(args)
@@ -379,6 +382,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         from . import distributed
         distributed.teardown()
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(deterministic)
 
 
 if __name__ == "__main__":
