@@ -355,12 +355,14 @@ def cmd_reproduce(args) -> int:
     plan = [(key, rule, schedule, hyper_for(args, rule, schedule, preset), preset)
             for key, rule, schedule in reproduce.rows_for(args.dataset, args.arch, args.algo, args.schedule)]
 
+    env = reproduce.environment()
+
     def report(results, device) -> str:
         h = plan[0][3]
         budget = f"up to {h.epochs} epochs" + (f" or {args.max_minutes:g} minutes" if args.max_minutes else "") + \
             f" per rule, batch {h.batch_size}, seed {args.seed}, device {device}"
         return reproduce.report(args.dataset, args.arch, [(p[0], r) for p, r in zip(plan, results)], budget,
-                                args.out)
+                                args.out, env)
     return _execute(args, plan, report)
 
 

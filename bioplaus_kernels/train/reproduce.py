@@ -11,6 +11,10 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import time
+
+import torch
 
 from .errors import UsageError
 
@@ -84,18 +88,14 @@ def preset_cell(dataset: str, arch: str) -> str:
     return f"bartunov2018:{dataset}-{'lc' if arch == 'conv' else arch}"
 
 
-def _environment() -> dict:
-    """What a recorded result needs to be traced: torch version, CPU threads, git revision, date."""
-    import subprocess
-    import time
-
-    import torch
+def environment() -> dict:
+    """What a recorded result needs to be traced: torch version, git revision, date."""
     try:
         rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10,
                              cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip() or "unknown"
     except (OSError, subprocess.SubprocessError):
         rev = "unknown"
-    return {"torch": torch.__version__, "threads": torch.get_num_threads(), "revision": rev,
+    return {"torch": torch.__version__, "revision": rev,
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
 
 
@@ -103,8 +103,10 @@ def _fmt(v) -> str:
     return "-" if v is None else f"{v:.2f}"
 
 
-def report(dataset: str, arch: str, results: list[tuple[str, object]], budget: str, folder: str | None) -> str:
-    """Markdown table: paper vs ours per row; also written (with a JSON twin) into folder."""
+def report(dataset: str, arch: str, results: list[tuple[str, object]], budget: str, folder: str | None,
+           env: dict) -> str:
+    """Markdown table: paper vs ours per row; also written (with a JSON twin) into folder. env: environment()
+    taken when the run started."""
     paper = PAPER_RESULTS[(dataset, arch)]
     imagenet = dataset == "imagenet"
     head = ["Method", "paper test", "ours test (best)", "paper top-5", "ours top-5"] if imagenet else \
@@ -124,8 +126,9 @@ def report(dataset: str, arch: str, results: list[tuple[str, object]], budget: s
                                        [f"{res.epochs:.2f}", f"{res.seconds / 60:.1f}", res.status]) + " |")
         records.append({"row": key, "rule": res.rule, "paper": p, "ours": ours, "epochs": res.epochs,
                         "seconds": res.seconds, "status": res.status})
-    env = _environment()
-    lines += ["", f"torch {env['torch']}, {env['threads']} CPU thread(s), revision {env['revision']}, {env['date']}"]
+    env = {**env, "threads": torch.get_num_threads()}  # set by --threads after the run started
+    lines += ["", f"torch {env['torch']}, {env['threads']} CPU thread(s), revision {env['revision']}, "
+              f"started {env['date']}"]
     text = "\n".join(lines) + "\n"
     if folder is not None:
         with open(os.path.join(folder, "results.md"), "w") as f:
