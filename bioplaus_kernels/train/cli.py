@@ -347,6 +347,7 @@ def cmd_train(args) -> int:
 
 def cmd_reproduce(args) -> int:
     from . import reproduce
+    from .plots import learning_curves
     if args.paper != reproduce.PAPER:
         raise UsageError(f"unknown paper {args.paper!r}; known: {reproduce.PAPER}")
     if args.algo is not None:
@@ -361,6 +362,8 @@ def cmd_reproduce(args) -> int:
         h = plan[0][3]
         budget = f"up to {h.epochs} epochs" + (f" or {args.max_minutes:g} minutes" if args.max_minutes else "") + \
             f" per rule, batch {h.batch_size}, seed {args.seed}, device {device}"
+        learning_curves({reproduce.display_name(p[0]): r.rows for p, r in zip(plan, results)},
+                        os.path.join(args.out, "curves.png"), f"{args.paper} {args.dataset}/{args.arch}")
         return reproduce.report(args.dataset, args.arch, [(p[0], r) for p, r in zip(plan, results)], budget,
                                 args.out, env)
     return _execute(args, plan, report)
