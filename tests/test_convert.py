@@ -157,3 +157,27 @@ def test_retinanet_trains_a_step():
 
 def test_exported_from_the_package():
     assert bioplaus_kernels.convert is convert
+
+
+@pytest.mark.parametrize("rule", ["bp", "fa", "usf", "frsf", "brsf", "dfa"])
+def test_every_rule_learns_the_digits(rule):
+    """The plain loop (loss.backward(); opt.step()) trains a converted MLP under every rule (real data)."""
+    datasets = pytest.importorskip("sklearn.datasets")
+    d = datasets.load_digits()
+    X, Y = torch.tensor(d.data, dtype=torch.float32) / 16, torch.tensor(d.target)
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(64, 64), nn.Tanh(), nn.Linear(64, 64), nn.Tanh(), nn.Linear(64, 10))
+    model = convert(net, rule, output_dim=10, last_layer="convert", seed=1)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    with torch.no_grad():
+        before = F.cross_entropy(model(X), Y).item()
+    for _ in range(60):
+        idx = torch.randint(0, len(X), (64,))
+        loss = F.cross_entropy(model(X[idx]), Y[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        after = F.cross_entropy(model(X), Y).item()
+        accuracy = (model(X).argmax(1) == Y).float().mean().item()
+    assert after < 0.5 * before and accuracy > 0.7, (before, after, accuracy)
