@@ -46,6 +46,13 @@ def test_in_place_last_layer_and_exclude():
     assert type(net[4]) is nn.Conv2d and type(net[7]) is nn.Linear and net[0].feedback == "frsf"
 
 
+def test_attention_projections_are_left_alone():
+    net = nn.Sequential(nn.Linear(8, 8))
+    net.attn = nn.MultiheadAttention(8, 2)
+    convert(net, "usf", last_layer="convert")
+    assert isinstance(net[0], Linear) and type(net.attn.out_proj) is not Linear
+
+
 def test_seed_gives_streams_and_no_storage():
     torch.manual_seed(2)
     net = convert(small_cnn(), "fa", seed=5, last_layer="convert")
