@@ -11,6 +11,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <type_traits>
 
 #if defined(__GNUC__) && defined(__x86_64__)
 #include <immintrin.h>
@@ -22,7 +23,7 @@ namespace {
 
 constexpr int kBlocks = 16;  // counter blocks per batch: 64 elements
 
-// Uniform values of the kBlocks blocks b0 .. b0 + 15: out[4 * l + j] = word j of block b0 + l.
+// Uniform values of the kBlocks blocks b0 .. b0 + 15: out[4 * l + j] = word j of block b0 + l (any alignment).
 using UniformBatch = void (*)(philox::Key, uint64_t step, uint64_t b0, float scale, float* out);
 
 void uniform_batch_scalar(philox::Key key, uint64_t step, uint64_t b0, float scale, float* out) {
@@ -37,12 +38,26 @@ void uniform_batch_scalar(philox::Key key, uint64_t step, uint64_t b0, float sca
 bool crosses_hi_word(uint64_t b0) { return static_cast<uint32_t>(b0) > 0xFFFFFFFFu - (kBlocks - 1); }
 
 #if defined(BIOPLAUS_X86_SIMD)
+// GCC's AVX-512 headers initialise their "undefined" vectors from themselves, which -Wmaybe-uninitialized
+// reports at every inlined intrinsic; the vectors are never read.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
+
 // (hi, lo) 32-bit halves of m * c in every 32-bit lane.
 __attribute__((target("avx512f"))) inline void mulhilo_avx512(__m512i m, __m512i c, __m512i& hi, __m512i& lo) {
   const __m512i even = _mm512_mul_epu32(c, m);                         // lanes 0, 2, ...: 64-bit products
   const __m512i odd = _mm512_mul_epu32(_mm512_srli_epi64(c, 32), m);  // lanes 1, 3, ...
   hi = _mm512_mask_blend_epi32(0xAAAA, _mm512_srli_epi64(even, 32), odd);
   lo = _mm512_mask_blend_epi32(0xAAAA, even, _mm512_slli_epi64(odd, 32));
+}
+
+// 64-bit unpacks of float vectors (pairs of floats move together).
+__attribute__((target("avx512f"))) inline __m512 lo64(__m512 a, __m512 b) {
+  return _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(a), _mm512_castps_pd(b)));
+}
+__attribute__((target("avx512f"))) inline __m512 hi64(__m512 a, __m512 b) {
+  return _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(a), _mm512_castps_pd(b)));
 }
 
 __attribute__((target("avx512f"))) void uniform_batch_avx512(philox::Key key, uint64_t step, uint64_t b0,
@@ -67,17 +82,26 @@ __attribute__((target("avx512f"))) void uniform_batch_avx512(philox::Key key, ui
     k0 += philox::kWeyl0;
     k1 += philox::kWeyl1;
   }
-  // philox::uniform then mul_rn(scale, .), word by word.
+  // philox::uniform then mul_rn(scale, .), word by word: f[j] lane l = word j of block b0 + l.
   const __m512i offset = _mm512_set1_epi32(1 << 24);
   const __m512 inv = _mm512_set1_ps(philox::kTwoPow24Inv), s = _mm512_set1_ps(scale);
-  alignas(64) float w[4][kBlocks];
   const __m512i words[4] = {c0, c1, c2, c3};
+  __m512 f[4];
   for (int j = 0; j < 4; ++j) {
-    const __m512 u = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(_mm512_srli_epi32(words[j], 7), offset)), inv);
-    _mm512_store_ps(w[j], _mm512_mul_ps(s, u));
+    f[j] = _mm512_mul_ps(s, _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(_mm512_srli_epi32(words[j], 7), offset)),
+                                          inv));
   }
-  for (int l = 0; l < kBlocks; ++l)
-    for (int j = 0; j < 4; ++j) out[4 * l + j] = w[j][l];
+  // Transpose to element order out[4l + j]. After the two unpack rounds, u[i] holds in its 128-bit lane k the
+  // four words of block 4k + i; the lane shuffles then gather blocks 4q .. 4q + 3 into output vector q.
+  const __m512 t0 = _mm512_unpacklo_ps(f[0], f[1]), t1 = _mm512_unpackhi_ps(f[0], f[1]);
+  const __m512 t2 = _mm512_unpacklo_ps(f[2], f[3]), t3 = _mm512_unpackhi_ps(f[2], f[3]);
+  const __m512 u0 = lo64(t0, t2), u1 = hi64(t0, t2), u2 = lo64(t1, t3), u3 = hi64(t1, t3);
+  const __m512 s0 = _mm512_shuffle_f32x4(u0, u1, 0x44), s1 = _mm512_shuffle_f32x4(u2, u3, 0x44);  // lanes 0, 1
+  const __m512 s2 = _mm512_shuffle_f32x4(u0, u1, 0xEE), s3 = _mm512_shuffle_f32x4(u2, u3, 0xEE);  // lanes 2, 3
+  _mm512_storeu_ps(out + 0, _mm512_shuffle_f32x4(s0, s1, 0x88));   // blocks 0-3: lane 0 of u0, u1, u2, u3
+  _mm512_storeu_ps(out + 16, _mm512_shuffle_f32x4(s0, s1, 0xDD));  // blocks 4-7: lane 1
+  _mm512_storeu_ps(out + 32, _mm512_shuffle_f32x4(s2, s3, 0x88));  // blocks 8-11: lane 2
+  _mm512_storeu_ps(out + 48, _mm512_shuffle_f32x4(s2, s3, 0xDD));  // blocks 12-15: lane 3
 }
 
 __attribute__((target("avx2"))) inline void mulhilo_avx2(__m256i m, __m256i c, __m256i& hi, __m256i& lo) {
@@ -126,6 +150,7 @@ __attribute__((target("avx2"))) void uniform_batch_avx2(philox::Key key, uint64_
       for (int j = 0; j < 4; ++j) out[4 * (half * kLanes + l) + j] = w[j][l];
   }
 }
+#pragma GCC diagnostic pop
 #endif
 
 UniformBatch pick_uniform_batch() {
@@ -178,8 +203,14 @@ void fill_feedback(const FeedbackSpec& f, const scalar_t* w, int64_t e0, int64_t
   alignas(64) float r[4 * kBlocks];
   const int64_t end = e0 + count;
   for (int64_t b0 = e0 / 4; 4 * b0 < end; b0 += kBlocks) {
-    batch(f.key, f.step, static_cast<uint64_t>(b0), f.scale, r);
     const int64_t lo = std::max(e0, 4 * b0), hi = std::min(end, 4 * (b0 + kBlocks));
+    if constexpr (std::is_same_v<scalar_t, float>) {
+      if (lo == 4 * b0 && hi == lo + 4 * kBlocks) {  // the whole batch lies in the run: no staging copy
+        batch(f.key, f.step, static_cast<uint64_t>(b0), f.scale, dst + (lo - e0));
+        continue;
+      }
+    }
+    batch(f.key, f.step, static_cast<uint64_t>(b0), f.scale, r);
     convert_run(r + (lo - 4 * b0), dst + (lo - e0), hi - lo);
   }
   if (f.mode == FeedbackMode::kRandomSign) apply_sign(f, w, dst, count);
