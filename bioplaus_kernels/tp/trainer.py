@@ -40,7 +40,7 @@ keeps identical weights if it starts from identical ones; noise differs per rank
 from __future__ import annotations
 
 import math
-from typing import Callable, Dict, Iterable, List, Optional
+from typing import Callable, Dict, Iterable, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -265,6 +265,16 @@ class Trainer:
         keys = list(stats)
         values = torch.stack([stats[k].detach().float() for k in keys]).tolist()
         return dict(zip(keys, values))
+
+    @torch.no_grad()
+    def targets(self, x: torch.Tensor, y: torch.Tensor) -> Tuple[Dict[int, torch.Tensor], List[torch.Tensor]]:
+        """({l: t_l} for l = 1 .. L-1, [h_0, .., h_L]): the targets this trainer gives the minibatch now and the
+        activations they refer to (t_l has h_l's shape), without updating anything."""
+        hs = [x]
+        for block in self.blocks:
+            hs.append(block(hs[-1]))
+        onehot = F.one_hot(y, self.num_classes).to(hs[-1].dtype)
+        return self._targets(hs, onehot), hs
 
     def end_epoch(self) -> None:
         """Alternating schedule: switch between the inverse and the forward phase (no-op when parallel)."""
