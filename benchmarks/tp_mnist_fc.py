@@ -83,6 +83,8 @@ def main(argv=None) -> int:
     ap.add_argument("--algorithm", choices=sorted(TABLE5), required=True)
     ap.add_argument("--epochs", type=int, default=100)
     ap.add_argument("--time-budget", type=float, default=1500.0, help="seconds of training (checked per epoch)")
+    ap.add_argument("--output-inverse", choices=("probabilities", "logits"), default="probabilities",
+                    help="what SDTP's output inverse reads (papers.md marks it uncertain)")
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
@@ -96,10 +98,12 @@ def main(argv=None) -> int:
     x_test, y_test = load_mnist(args.data, "test")
     model = mnist_fc()
     trainer = Trainer(model, args.algorithm, schedule="alternating", alpha=hp["alpha"], sigma=hp["sigma"],
+                      output_inverse=args.output_inverse,
                       forward_optimizer=adam(*hp["forward"]), inverse_optimizer=adam(*hp["inverse"]),
                       seed=args.seed)
     os.makedirs(args.out_dir, exist_ok=True)
-    stem = os.path.join(args.out_dir, f"tp-mnist-fc-{args.algorithm}-alternating")
+    suffix = "-logits" if args.algorithm != "dtp" and args.output_inverse == "logits" else ""
+    stem = os.path.join(args.out_dir, f"tp-mnist-fc-{args.algorithm}-alternating{suffix}")
     log = open(stem + ".log", "w")
 
     def say(msg: str) -> None:
@@ -107,7 +111,7 @@ def main(argv=None) -> int:
         log.write(msg + "\n")
         log.flush()
 
-    say(f"MNIST FC256x5 tanh, {args.algorithm}-alternating, Table 5 hyperparameters {hp}, batch {args.batch_size}, "
+    say(f"MNIST FC256x5 tanh, {args.algorithm}-alternating (output inverse: {args.output_inverse}), Table 5 hyperparameters {hp}, batch {args.batch_size}, "
         f"{args.threads} thread(s), budget {args.time_budget:.0f} s")
     gen = torch.Generator().manual_seed(args.seed)
     epochs, start = [], time.perf_counter()
@@ -131,6 +135,7 @@ def main(argv=None) -> int:
             break
     best = min(epochs, key=lambda r: r["test_error"])
     result = dict(benchmark="tp_mnist_fc", algorithm=args.algorithm, schedule="alternating",
+                  output_inverse=args.output_inverse if args.algorithm != "dtp" else None,
                   net="FC256x5 tanh, softmax 10", hyperparameters=hp, batch_size=args.batch_size, seed=args.seed,
                   epochs_run=len(epochs), wall_s=epochs[-1]["wall_s"], final_test_error=epochs[-1]["test_error"],
                   best_test_error=best["test_error"], best_epoch=best["epoch"], epochs=epochs,

@@ -15,6 +15,10 @@
 //                       h [N, C_in, H, W], weight V [H_out, W_out, C_out, C_in, kH, kW], bias c [C_in, H, W].
 // Returns (loss [] , x_hat [h's shape], residual [h's shape]); x_hat and residual are what the backward
 // (registered in bioplaus_kernels/ops/inverse_loss.py) needs: d loss / d pre = (2/N) residual act'(x_hat).
+//
+//   inverse_loss_noisy_input(h, sigma, seed, stream, step) = h + eps   (any shape, a new contiguous tensor)
+// the caller's noisy input, with the same eps (bit for bit h + philox_fill(h, ..., "normal", sigma)), drawn
+// in one pass with the add: one Philox call and two Box-Muller radii per four elements.
 #pragma once
 
 #include "common/tp.h"
@@ -42,5 +46,8 @@ InverseLossArgs check_inverse_loss_lc2d_inputs(const at::Tensor& y, const at::Te
                                                c10::IntArrayRef padding, c10::IntArrayRef dilation,
                                                c10::string_view activation, double sigma, int64_t seed,
                                                int64_t stream, int64_t step, bool preserve_noise);
+
+InverseLossArgs check_inverse_loss_noisy_input_inputs(const at::Tensor& h, double sigma, int64_t seed,
+                                                     int64_t stream, int64_t step);
 
 }  // namespace bioplaus

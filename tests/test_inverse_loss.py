@@ -87,6 +87,27 @@ def test_noise_is_philox_fill(dtype):
     assert torch.equal(residual, x_hat - h)
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("shape", [(3, 5), (2, 3, 5, 7), (0, 4), (1,)])
+def test_noisy_input_is_h_plus_philox_fill(shape, dtype, device):
+    h = torch.randn(shape, dtype=dtype, device=device)
+    want = h + torch.ops.bioplaus.philox_fill(h, 7, 3, 11, "normal", 0.3)
+    assert torch.equal(ops.noisy(h, **NOISE), want)
+    g = torch.randn_like(h)
+    hr = h.clone().requires_grad_()
+    ops.noisy(hr, **NOISE).backward(g)
+    assert torch.equal(hr.grad, g)
+
+
+def test_noisy_input_opcheck_and_bad_input():
+    opcheck(torch.ops.bioplaus.inverse_loss_noisy_input.default, (torch.randn(4, 6, requires_grad=True), 0.2, 1, 2, 3))
+    with pytest.raises(RuntimeError, match="inverse_loss_noisy_input: sigma must be a finite number >= 0, got -1"):
+        torch.ops.bioplaus.inverse_loss_noisy_input(torch.randn(3), -1.0, 0, 0, 0)
+    with pytest.raises(RuntimeError, match="inverse_loss_noisy_input: h must be float32 or float64 on the CPU, got Long"):
+        torch.ops.bioplaus.inverse_loss_noisy_input(torch.ones(3, dtype=torch.long), 0.1, 0, 0, 0)
+
+
 def test_noise_depends_on_stream_and_step():
     y, h, V, c = linear_tensors(6, 9, 4)
     base = ops.inverse_loss(y, h, V, c, preserve_noise=True, **NOISE)[0]

@@ -3,3 +3,6 @@ from . import lc2d  # noqa: F401
 from . import philox  # noqa: F401
 
 __all__ = ["lc2d", "philox"]
+from . import difference_target, inverse_loss, tp  # noqa: E402,F401
+
+__all__ += ["difference_target", "inverse_loss", "tp"]

@@ -23,7 +23,11 @@ One ``step(x, y)``:
 3. inverse losses (inverse updates only), for every g_l, l = 2 .. L-1 (DTP) or 2 .. L (SDTP, AO-SDTP), with
    eps ~ N(0, sigma^2) drawn in the kernel (Philox: the trainer's seed, stream = l + 2^20 * rank, step = the
    step counter): DTP noise-preserving ||g_l(f_l(h~)) - h~||^2 with h~ = h_{l-1} + eps; SDTP/AO-SDTP
-   de-noising ||g_l(f_l(h_{l-1} + eps)) - h_{l-1}||^2 (f_L includes the softmax/aux outputs as above);
+   de-noising ||g_l(f_l(h_{l-1} + eps)) - h_{l-1}||^2 (f_L includes the softmax/aux outputs as above).
+   eps is drawn once per layer and step (``ops.noisy``, Philox normals) for the noisy forward f_l(h~); the
+   ``inverse_loss`` kernel then gets h~ as its reconstruction target in DTP rather than redrawing eps
+   in its epilogue (``preserve_noise=True``, bit-identical result): on the CPU a Philox normal costs several
+   times a multiply-add of the layer, so drawing it twice would dominate the step;
 4. forward losses: ||block_l(h_{l-1}) - t_l||^2 for l < L and the task cross-entropy for the last layer
    (delta rule). Squared errors sum over a sample's units and average over the batch.
 
@@ -223,7 +227,9 @@ class Trainer:
                 y = block(h_noisy)
                 if l == len(self.blocks):
                     y = self._output_code(y, h_noisy)
-            losses[l] = inverse.inverse_loss(y, h, preserve_noise=preserve, **noise)[0]
+            # DTP reconstructs h~ itself: the op then needs no second draw of eps (identical result, see
+            # the module doc); SDTP/AO-SDTP reconstruct the clean h.
+            losses[l] = inverse.inverse_loss(y, h_noisy if preserve else h, preserve_noise=False, **noise)[0]
         return losses
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> Dict[str, float]:

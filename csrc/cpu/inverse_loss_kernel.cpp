@@ -1,19 +1,21 @@
 // Inverse loss on the CPU (contract in inverse_loss.h).
 //
-// pre = y V^T (Linear: at::mm, the BLAS torch was built with) or the transposed LC of y (the LC
-// input-gradient kernel through the dispatcher); then one fused epilogue per sample row n:
-//   x_hat[n, e] = act(pre[n, e] + c[e]),  residual[n, e] = x_hat[n, e] - h[n, e] - [preserve] eps[n * E + e],
-//   row_sq[n] = sum_e residual[n, e]^2   (accumulated in double)
-// with eps drawn from Philox in the loop; the loss sums row_sq in row order (so the result does not depend
-// on the thread count) and divides by N.
+// x_hat = act(y V^T + c) (Linear: at::addmm, the BLAS torch was built with; LC: the transposed LC through
+// the LC input-gradient kernel, then the bias), the activation in place with ATen's vectorised kernels.
+// Then, over the flat index i of h (numel = N * E):
+//   pass 1 (noise-preserving only), by Philox block b = i / 4: residual[4b .. 4b+3] = eps (one Philox call
+//           and two Box-Muller radii per block, common/tp.h noise4);
+//   pass 2, by sample row n: residual[i] = x_hat[i] - (h[i] + eps[i]) (or - h[i]),
+//           row_sq[n] = sum of residual^2 over the row (accumulated in double);
+// and loss = (sum of row_sq in row order) / N, independent of the thread count.
+// inverse_loss_noisy_input is pass 1 with the add fused: out[i] = h[i] + eps[i].
 #include "inverse_loss.h"
 
 #include <ATen/Dispatch.h>
-#include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/LegacyTypeDispatch.h>
+#include <ATen/ops/addmm.h>
 #include <ATen/ops/empty.h>
-#include <ATen/ops/mm.h>
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
@@ -26,35 +28,47 @@ namespace {
 
 using Result = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
 
-// pre: [N, E] contiguous (no bias); h: [N, ...E]; bias: E values.
-Result epilogue(const at::Tensor& pre, const at::Tensor& h, const at::Tensor& bias, const InverseLossArgs& a) {
-  const at::Tensor hc = h.contiguous(), c = bias.contiguous();
-  const auto opts = hc.options().memory_format(at::MemoryFormat::Contiguous);
-  at::Tensor x_hat = at::empty(hc.sizes(), opts), residual = at::empty(hc.sizes(), opts);
+// out[i] = (base ? base[i] : 0) + eps[i] in scalar_t (eps rounded to scalar_t first, as philox_fill does).
+template <typename scalar_t>
+void fill_noise(scalar_t* out, const scalar_t* base, int64_t numel, const InverseLossArgs& a) {
+  const int64_t blocks = (numel + 3) / 4;
+  at::parallel_for(0, blocks, 2048, [&](int64_t b0, int64_t b1) {
+    float eps[4];
+    for (int64_t b = b0; b < b1; ++b) {
+      tp::noise4(a.key, a.step, b, a.sigma, eps);
+      const int64_t n = std::min<int64_t>(4, numel - 4 * b);
+      for (int64_t j = 0; j < n; ++j) {
+        const scalar_t e = static_cast<scalar_t>(eps[j]);
+        out[4 * b + j] = base ? static_cast<scalar_t>(base[4 * b + j] + e) : e;
+      }
+    }
+  });
+}
+
+// x_hat: [N, E] contiguous, activated; h: N samples of E elements.
+Result epilogue(const at::Tensor& x_hat, const at::Tensor& h, const InverseLossArgs& a) {
+  const at::Tensor hc = h.contiguous();
+  at::Tensor residual = at::empty(hc.sizes(), hc.options().memory_format(at::MemoryFormat::Contiguous));
   at::Tensor loss = at::zeros({}, hc.options());
   const int64_t N = hc.size(0), E = N ? hc.numel() / N : 0;
-  if (hc.numel() == 0) return {loss, x_hat, residual};
+  if (hc.numel() == 0) return {loss, x_hat.view(hc.sizes()), residual};
   std::vector<double> row_sq(N);
   AT_DISPATCH_FLOATING_TYPES(hc.scalar_type(), "inverse_loss_cpu", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
-    const scalar_t* pp = pre.const_data_ptr<scalar_t>();
+    const scalar_t* xp = x_hat.const_data_ptr<scalar_t>();
     const scalar_t* hp = hc.const_data_ptr<scalar_t>();
-    const scalar_t* cp = c.const_data_ptr<scalar_t>();
-    scalar_t* xp = x_hat.mutable_data_ptr<scalar_t>();
     scalar_t* rp = residual.mutable_data_ptr<scalar_t>();
-    at::parallel_for(0, N, std::max<int64_t>(1, 16384 / E), [&](int64_t n0, int64_t n1) {
+    if (a.preserve_noise) fill_noise<scalar_t>(rp, nullptr, hc.numel(), a);
+    at::parallel_for(0, N, std::max<int64_t>(1, 32768 / E), [&](int64_t n0, int64_t n1) {
       for (int64_t n = n0; n < n1; ++n) {
+        const scalar_t* x = xp + n * E;
+        const scalar_t* hrow = hp + n * E;
+        scalar_t* r = rp + n * E;
         double sq = 0;
         for (int64_t e = 0; e < E; ++e) {
-          const int64_t idx = n * E + e;
-          const scalar_t xh = static_cast<scalar_t>(tp::activate<acc_t>(a.act, acc_t(pp[idx]) + acc_t(cp[e])));
           // The target is formed in scalar_t exactly as the caller's h + philox_fill(...) is.
-          scalar_t target = hp[idx];
-          if (a.preserve_noise) target = target + static_cast<scalar_t>(tp::noise(a.key, a.step, idx, a.sigma));
-          const scalar_t r = xh - target;
-          xp[idx] = xh;
-          rp[idx] = r;
-          sq += static_cast<double>(r) * static_cast<double>(r);
+          const scalar_t target = a.preserve_noise ? static_cast<scalar_t>(hrow[e] + r[e]) : hrow[e];
+          r[e] = x[e] - target;
+          sq += static_cast<double>(r[e]) * static_cast<double>(r[e]);
         }
         row_sq[n] = sq;
       }
@@ -63,7 +77,7 @@ Result epilogue(const at::Tensor& pre, const at::Tensor& h, const at::Tensor& bi
     for (int64_t n = 0; n < N; ++n) total += row_sq[n];
     loss.fill_(static_cast<scalar_t>(total / static_cast<double>(N)));
   });
-  return {loss, x_hat, residual};
+  return {loss, x_hat.view(hc.sizes()), residual};
 }
 
 Result inverse_loss_cpu(const at::Tensor& y, const at::Tensor& h, const at::Tensor& weight, const at::Tensor& bias,
@@ -72,7 +86,9 @@ Result inverse_loss_cpu(const at::Tensor& y, const at::Tensor& h, const at::Tens
   at::AutoDispatchBelowADInplaceOrView below_autograd;
   const InverseLossArgs a =
       check_inverse_loss_inputs(y, h, weight, bias, activation, sigma, seed, stream, step, preserve_noise);
-  return epilogue(at::mm(y, weight.t()).contiguous(), h, bias, a);
+  at::Tensor x_hat = at::addmm(bias, y, weight.t());
+  tp::activate_(x_hat, a.act);
+  return epilogue(x_hat, h, a);
 }
 
 Result inverse_loss_lc2d_cpu(const at::Tensor& y, const at::Tensor& h, const at::Tensor& weight,
@@ -82,9 +98,23 @@ Result inverse_loss_lc2d_cpu(const at::Tensor& y, const at::Tensor& h, const at:
   at::AutoDispatchBelowADInplaceOrView below_autograd;
   const InverseLossArgs a = check_inverse_loss_lc2d_inputs(y, h, weight, bias, stride, padding, dilation, activation,
                                                            sigma, seed, stream, step, preserve_noise);
-  if (h.size(0) == 0) return epilogue(h, h, bias.reshape({-1}), a);
-  const at::Tensor pre = tp::lc2d_transposed(y, weight, {h.size(2), h.size(3)}, stride, padding, dilation);
-  return epilogue(pre.contiguous(), h, bias.reshape({-1}), a);
+  if (h.size(0) == 0) return epilogue(at::empty(h.sizes(), h.options()), h, a);
+  at::Tensor x_hat =
+      tp::lc2d_transposed(y, weight, {h.size(2), h.size(3)}, stride, padding, dilation).contiguous();
+  x_hat.add_(bias);
+  tp::activate_(x_hat, a.act);
+  return epilogue(x_hat, h, a);
+}
+
+at::Tensor inverse_loss_noisy_input_cpu(const at::Tensor& h, double sigma, int64_t seed, int64_t stream, int64_t step) {
+  at::AutoDispatchBelowADInplaceOrView below_autograd;
+  const InverseLossArgs a = check_inverse_loss_noisy_input_inputs(h, sigma, seed, stream, step);
+  const at::Tensor hc = h.contiguous();
+  at::Tensor out = at::empty(hc.sizes(), hc.options().memory_format(at::MemoryFormat::Contiguous));
+  AT_DISPATCH_FLOATING_TYPES(hc.scalar_type(), "inverse_loss_noisy_input_cpu", [&] {
+    fill_noise<scalar_t>(out.mutable_data_ptr<scalar_t>(), hc.const_data_ptr<scalar_t>(), hc.numel(), a);
+  });
+  return out;
 }
 
 }  // namespace
@@ -92,6 +122,7 @@ Result inverse_loss_lc2d_cpu(const at::Tensor& y, const at::Tensor& h, const at:
 TORCH_LIBRARY_IMPL(bioplaus, CPU, m) {
   m.impl("inverse_loss", inverse_loss_cpu);
   m.impl("inverse_loss_lc2d", inverse_loss_lc2d_cpu);
+  m.impl("inverse_loss_noisy_input", inverse_loss_noisy_input_cpu);
 }
 
 }  // namespace bioplaus
