@@ -7,8 +7,10 @@
 //   loss     = (1 / N) sum_{n, e} residual[n, e]^2      (sum over a sample's units, mean over the batch)
 //
 // eps[e] for element e (row-major flat index in h's shape) is the float32 Philox normal sample times
-// float32(sigma), keyed by (seed, stream) at `step`: bit for bit what philox_fill(h, seed, stream, step,
-// "normal", sigma) returns (common/tp.h), so the caller forms h + eps with that op.
+// float32(sigma), keyed by (seed, stream) at `step`: philox_fill(h, seed, stream, step, "normal", sigma)'s
+// generator and conversions (common/philox.h); the CPU kernels evaluate log/cos/sin vectorised, so values
+// may differ from philox_fill's in the last ulp (as CPU and CUDA already do). The caller forms h + eps with
+// inverse_loss_noisy_input, which draws the same eps bit for bit on the same device.
 //
 //   inverse_loss        Linear inverse: y [N, D_out], h [N, D_in], weight V [D_in, D_out], bias c [D_in].
 //   inverse_loss_lc2d   transposed LC inverse (see difference_target.h): y [N, C_out, H_out, W_out],
@@ -17,8 +19,7 @@
 // (registered in bioplaus_kernels/ops/inverse_loss.py) needs: d loss / d pre = (2/N) residual act'(x_hat).
 //
 //   inverse_loss_noisy_input(h, sigma, seed, stream, step) = h + eps   (any shape, a new contiguous tensor)
-// the caller's noisy input, with the same eps (bit for bit h + philox_fill(h, ..., "normal", sigma)), drawn
-// in one pass with the add: one Philox call and two Box-Muller radii per four elements.
+// the caller's noisy input, with the same eps as the inverse_loss kernels of its device.
 #pragma once
 
 #include "common/tp.h"

@@ -1,7 +1,8 @@
 """Inverse losses of target propagation: ``torch.ops.bioplaus.inverse_loss[_lc2d]``, noise drawn in the kernel.
 
-With ``eps = noise(h, sigma, seed, stream, step)`` (Philox normals, element e of h's row-major order; exactly
-``torch.ops.bioplaus.philox_fill(h, seed, stream, step, "normal", sigma)``) and ``y = f(h + eps)`` computed by
+With ``eps = noise(h, sigma, seed, stream, step)`` (Philox normals, element e of h's row-major order: the
+generator, key, counter and conversions of ``torch.ops.bioplaus.philox_fill(h, seed, stream, step, "normal",
+sigma)``, equal to it up to the last ulp of the float32 log/cos/sin, which the CPU kernels vectorise) and ``y = f(h + eps)`` computed by
 the caller's forward layer::
 
     x_hat    = act(V y + c)                      (the inverse layer, as in difference_target)
@@ -121,7 +122,8 @@ torch.library.register_autograd("bioplaus::inverse_loss_lc2d", _backward, setup_
 # ---------------------------------------------------------------------------------------------------
 def noisy(h: torch.Tensor, sigma: float, seed: int, stream: int, step: int) -> torch.Tensor:
     """``h + eps``: the noisy input whose forward image the inverse losses reconstruct, with the eps their
-    kernels draw (bit for bit ``h + philox_fill(h, seed, stream, step, "normal", sigma)``), in one fused pass."""
+    kernels draw on the same device (bit for bit), i.e. ``h + philox_fill(h, seed, stream, step, "normal",
+    sigma)`` up to the last ulp of the transcendentals."""
     return _ops.inverse_loss_noisy_input(h, float(sigma), int(seed), int(stream), int(step))
 
 

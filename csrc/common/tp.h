@@ -31,9 +31,10 @@ BIOPLAUS_HD T activate(Activation a, T pre) {
   }
 }
 
-// Noise of element e (row-major flat index in h's shape) of an inverse loss: the float32 Philox normal
-// sample times float32(sigma), exactly as philox_fill(h, seed, stream, step, "normal", sigma) draws it,
-// so that the caller's noisy input h + philox_fill(...) and the kernel's target see the same eps.
+// Noise of element e (row-major flat index in h's shape) of an inverse loss (CUDA kernels): the float32
+// Philox normal sample times float32(sigma), exactly as philox_fill(h, seed, stream, step, "normal", sigma)
+// draws it on the device. (The CPU kernels draw the same samples with vectorised log/cos/sin instead:
+// cpu/inverse_loss_kernel.cpp normal_noise.)
 BIOPLAUS_HD float noise(philox::Key key, uint64_t step, int64_t e, float sigma) {
   const philox::Words v = philox::block_words(key, static_cast<uint64_t>(e) >> 2, step);
   return philox::mul_rn(sigma, philox::sample(v, static_cast<int>(e & 3), philox::Distribution::kNormal));

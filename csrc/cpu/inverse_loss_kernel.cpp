@@ -3,19 +3,24 @@
 // x_hat = act(y V^T + c) (Linear: at::addmm, the BLAS torch was built with; LC: the transposed LC through
 // the LC input-gradient kernel, then the bias), the activation in place with ATen's vectorised kernels.
 // Then, over the flat index i of h (numel = N * E):
-//   pass 1 (noise-preserving only), by Philox block b = i / 4: residual[4b .. 4b+3] = eps (one Philox call
-//           and two Box-Muller radii per block, common/tp.h noise4);
+//   pass 1 (noise-preserving only): residual = eps (normal_noise below);
 //   pass 2, by sample row n: residual[i] = x_hat[i] - (h[i] + eps[i]) (or - h[i]),
 //           row_sq[n] = sum of residual^2 over the row (accumulated in double);
 // and loss = (sum of row_sq in row order) / N, independent of the thread count.
-// inverse_loss_noisy_input is pass 1 with the add fused: out[i] = h[i] + eps[i].
+// inverse_loss_noisy_input: h + eps with the same normal_noise.
 #include "inverse_loss.h"
 
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/LegacyTypeDispatch.h>
+#include <ATen/ops/add.h>
 #include <ATen/ops/addmm.h>
+#include <ATen/ops/cos.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/log.h>
+#include <ATen/ops/sin.h>
+#include <ATen/ops/sqrt.h>
+#include <ATen/ops/stack.h>
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
@@ -28,21 +33,32 @@ namespace {
 
 using Result = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
 
-// out[i] = (base ? base[i] : 0) + eps[i] in scalar_t (eps rounded to scalar_t first, as philox_fill does).
-template <typename scalar_t>
-void fill_noise(scalar_t* out, const scalar_t* base, int64_t numel, const InverseLossArgs& a) {
+// eps[0 .. numel) as float32: the Philox words of each block (scalar, split across threads), then Box-Muller
+// on whole tensors with ATen's vectorised log/sqrt/cos/sin (runtime-dispatched AVX2/AVX-512; a scalar libm
+// loop costs about 5x more and dominated a training step). Same generator, key, counter and conversions as
+// common/philox.h; the transcendentals may differ from libm's (and from philox_fill's) in the last ulp, as
+// they already do between the CPU and CUDA. Both CPU users of the noise (the noisy input and the
+// noise-preserving residual) call this one function, so they agree bit for bit.
+at::Tensor normal_noise(int64_t numel, const InverseLossArgs& a, const at::TensorOptions& like) {
   const int64_t blocks = (numel + 3) / 4;
-  at::parallel_for(0, blocks, 2048, [&](int64_t b0, int64_t b1) {
-    float eps[4];
+  const auto fopts = like.dtype(at::kFloat).memory_format(at::MemoryFormat::Contiguous);
+  at::Tensor u1 = at::empty({blocks, 2}, fopts), u2 = at::empty({blocks, 2}, fopts);
+  float* p1 = u1.mutable_data_ptr<float>();
+  float* p2 = u2.mutable_data_ptr<float>();
+  at::parallel_for(0, blocks, 4096, [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b) {
-      tp::noise4(a.key, a.step, b, a.sigma, eps);
-      const int64_t n = std::min<int64_t>(4, numel - 4 * b);
-      for (int64_t j = 0; j < n; ++j) {
-        const scalar_t e = static_cast<scalar_t>(eps[j]);
-        out[4 * b + j] = base ? static_cast<scalar_t>(base[4 * b + j] + e) : e;
+      const philox::Words v = philox::block_words(a.key, static_cast<uint64_t>(b), a.step);
+      for (int p = 0; p < 2; ++p) {  // Box-Muller pairs (w0, w1) and (w2, w3)
+        p1[2 * b + p] = static_cast<float>((v.w[2 * p] >> 8) + 1u) * philox::kTwoPow24Inv;
+        p2[2 * b + p] = static_cast<float>(v.w[2 * p + 1] >> 8) * philox::kTwoPow24Inv;
       }
     }
   });
+  const at::Tensor r = at::sqrt(at::log(u1).mul_(-2.0f));
+  const at::Tensor t = u2.mul_(6.28318530717958647692f);
+  // element 4b + 2p + j: r * cos(t) for j = 0, r * sin(t) for j = 1, then times sigma (float multiplies).
+  at::Tensor eps = at::stack({at::cos(t).mul_(r), at::sin(t).mul_(r)}, -1).view({-1}).narrow(0, 0, numel);
+  return eps.mul_(a.sigma);
 }
 
 // x_hat: [N, E] contiguous, activated; h: N samples of E elements.
@@ -57,7 +73,7 @@ Result epilogue(const at::Tensor& x_hat, const at::Tensor& h, const InverseLossA
     const scalar_t* xp = x_hat.const_data_ptr<scalar_t>();
     const scalar_t* hp = hc.const_data_ptr<scalar_t>();
     scalar_t* rp = residual.mutable_data_ptr<scalar_t>();
-    if (a.preserve_noise) fill_noise<scalar_t>(rp, nullptr, hc.numel(), a);
+    if (a.preserve_noise) residual.copy_(normal_noise(hc.numel(), a, hc.options()).view(hc.sizes()));
     at::parallel_for(0, N, std::max<int64_t>(1, 32768 / E), [&](int64_t n0, int64_t n1) {
       for (int64_t n = n0; n < n1; ++n) {
         const scalar_t* x = xp + n * E;
@@ -109,12 +125,8 @@ Result inverse_loss_lc2d_cpu(const at::Tensor& y, const at::Tensor& h, const at:
 at::Tensor inverse_loss_noisy_input_cpu(const at::Tensor& h, double sigma, int64_t seed, int64_t stream, int64_t step) {
   at::AutoDispatchBelowADInplaceOrView below_autograd;
   const InverseLossArgs a = check_inverse_loss_noisy_input_inputs(h, sigma, seed, stream, step);
-  const at::Tensor hc = h.contiguous();
-  at::Tensor out = at::empty(hc.sizes(), hc.options().memory_format(at::MemoryFormat::Contiguous));
-  AT_DISPATCH_FLOATING_TYPES(hc.scalar_type(), "inverse_loss_noisy_input_cpu", [&] {
-    fill_noise<scalar_t>(out.mutable_data_ptr<scalar_t>(), hc.const_data_ptr<scalar_t>(), hc.numel(), a);
-  });
-  return out;
+  // The noise rounded to h's dtype first, then added in it: exactly h + philox_fill(...)'s arithmetic.
+  return at::add(h, normal_noise(h.numel(), a, h.options()).to(h.scalar_type()).view(h.sizes()));
 }
 
 }  // namespace
