@@ -46,6 +46,12 @@ fork + exec it starts at the parent's peak.) The method is validated in the same
 allocation and on an empty step (reported in the JSON and the header).
 "need" is what any step must hold beyond its inputs: y + dx + dW + db.
 
+Feedback modes (--feedback): lc2d_backward_input per feedback spec on the same grad_y and weight, interleaved:
+"weight" (backprop, or a stored B), "random" (B regenerated from the generator while staged, never stored),
+"sign" (B = scale * sign(W) on the fly), "random_sign" (|R| * sign(W)); medians and the ratios mode/weight,
+in the JSON's "feedback_rows" and a second table. Each mode is first checked to equal, bit for bit,
+"weight" mode on the materialised B (ops.feedback_source).
+
 Output: a JSON file (machine, versions, git revision, date, settings, ceilings, memory-method
 validation, shapes, one row per (shape, pass)) and a short table printed last. The same cases are
 pytest-benchmark tests: ``pytest benchmarks/bench_lc2d.py`` (CUDA cases carry the `cuda` mark and are
@@ -56,6 +62,7 @@ Examples:
   python3 benchmarks/bench_lc2d.py --device cpu                       # mnist + cifar, batch 128 (~1 min, 2 cores)
   python3 benchmarks/bench_lc2d.py --device cpu --shapes all --batch 32
   python3 benchmarks/bench_lc2d.py --device cuda --dtype bfloat16 --json out.json --plot out.png
+  python3 benchmarks/bench_lc2d.py --device cpu --feedback       # also the input gradient per feedback mode
   python3 benchmarks/bench_lc2d.py --table-from out.json
 """
 from __future__ import annotations
@@ -76,6 +83,7 @@ import common  # noqa: E402
 import torch  # noqa: E402
 
 import bioplaus_kernels  # noqa: E402
+from bioplaus_kernels import ops  # noqa: E402
 from bioplaus_kernels._geometry import output_size, resolve_padding  # noqa: E402
 from bioplaus_kernels.reference.lc2d import lc2d_unfold_bmm, weight_to_pkc  # noqa: E402
 
@@ -89,6 +97,8 @@ IMPLS = ("ours", "base")
 IMPL_NAMES = {"ours": "bioplaus_kernels (torch.ops.bioplaus.lc2d_*)",
               "base": "unfold+bmm (bioplaus_kernels.reference.lc2d.lc2d_unfold_bmm, weight [P, K, C_out])"}
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+FEEDBACK_MODES = ("weight", "random", "sign", "random_sign")
+FEEDBACK_SPEC = dict(seed=1234, stream=3, step=17, scale=0.05)
 # Sanity check of ours against base before timing: max |ours - base| / max |base| per tensor.
 CHECK_TOL = {torch.float32: 1e-4, torch.bfloat16: 5e-2, torch.float16: 2e-2}
 
@@ -298,6 +308,49 @@ class Case:
             res["dW"]["max_abs_ref"], 1e-30), f"{self.shape.name}: lc2d_backward_weight differs from the step's dW"
         del dx, dw, db, got, want
         return res
+
+
+def feedback_dgrad_fn(case: Case, mode: str) -> Callable[[], torch.Tensor]:
+    """lc2d_backward_input of the case's grad_y through the feedback matrix of `mode` (FEEDBACK_SPEC)."""
+    w, gy, hw = case.w.detach(), case.gy, list(case.shape.hw)
+    spec = (mode, FEEDBACK_SPEC["seed"], FEEDBACK_SPEC["stream"], FEEDBACK_SPEC["step"], "uniform",
+            FEEDBACK_SPEC["scale"])
+    return lambda: _ops.lc2d_backward_input(gy, w, hw, case.stride, case.pad4, case.dil, *spec)
+
+
+def verify_feedback(case: Case) -> None:
+    """Every mode equals "weight" mode on the materialised B, bit for bit."""
+    for mode in FEEDBACK_MODES[1:]:
+        B = ops.feedback_source(case.w.detach(), mode, distribution="uniform", **FEEDBACK_SPEC)
+        want = _ops.lc2d_backward_input(case.gy, B, list(case.shape.hw), case.stride, case.pad4, case.dil)
+        assert torch.equal(feedback_dgrad_fn(case, mode)(), want), f"{case.shape.name}: {mode} != weight mode on B"
+
+
+def bench_feedback(shape: Shape, args, flush: common.Flusher) -> Dict:
+    case = Case(shape, args.batch, args.device, DTYPES[args.dtype], impls=("ours",))
+    verify_feedback(case)
+    samples = common.time_interleaved([feedback_dgrad_fn(case, m) for m in FEEDBACK_MODES], args.device,
+                                      args.repeats, args.warmup, flush)
+    row = {"shape": shape.name, "geometry": shape.geometry(), "batch": args.batch, "dtype": args.dtype}
+    for mode, smp in zip(FEEDBACK_MODES, samples):
+        st = common.summarize(smp)
+        row[f"{mode}_ms"], row[f"{mode}_iqr_ms"], row[f"{mode}_samples_ms"] = (
+            st["median_ms"], [st["q1_ms"], st["q3_ms"]], st["samples_ms"])
+    for mode in FEEDBACK_MODES:
+        row[f"{mode}_over_weight"] = row[f"{mode}_ms"] / row["weight_ms"]
+    return row
+
+
+def format_feedback_table(result: Dict) -> str:
+    rows = result.get("feedback_rows") or []
+    head = f"{'shape':<11} {'geometry':<20} " + " ".join(f"{m:>11}" for m in FEEDBACK_MODES) + " | " + " ".join(
+        f"{m + '/w':>13}" for m in FEEDBACK_MODES[1:])
+    lines = ["lc2d_backward_input per feedback mode: median ms, and the ratio to weight mode (backprop)", head,
+             "-" * len(head)]
+    for r in rows:
+        lines.append(f"{r['shape']:<11} {r['geometry']:<20} " + " ".join(f"{_ms(r[m + '_ms']):>11}" for m in FEEDBACK_MODES)
+                     + " | " + " ".join(f"{r[m + '_over_weight']:13.2f}" for m in FEEDBACK_MODES[1:]))
+    return "\n".join(lines)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -517,6 +570,8 @@ def parse_args(argv=None):
     ap.add_argument("--max-case-seconds", type=float, default=20.0,
                     help="cpu only: fewer repeats (at least 3) where a (shape, pass) would take longer (default 20)")
     ap.add_argument("--no-flush", action="store_true", help="do not write a cache-flush buffer between timed calls")
+    ap.add_argument("--feedback", action="store_true", help="also time lc2d_backward_input per feedback mode "
+                    "(weight, random, sign, random_sign)")
     ap.add_argument("--json", default=None, help="output path (default: benchmarks/results/"
                     "lc2d-<device>-<dtype>-<gpu name or hostname>-<date>.json, a new file each run); an "
                     "existing --json file is replaced and the output says so")
@@ -535,7 +590,11 @@ def main(argv=None) -> int:
         return 0
     if args.table_from:
         with open(args.table_from) as f:
-            print(format_table(json.load(f)))
+            saved = json.load(f)
+        print(format_table(saved))
+        if saved.get("feedback_rows"):
+            print()
+            print(format_feedback_table(saved))
         return 0
     has_cuda = torch.cuda.is_available() and bool(bioplaus_kernels.with_cuda)
     if args.device is None:
@@ -598,6 +657,12 @@ def main(argv=None) -> int:
         info, r = bench_shape(s, args, ceilings, flush, log)
         shape_info.append(info)
         rows += r
+    feedback_rows = []
+    if args.feedback:
+        for s in shapes:
+            feedback_rows.append(bench_feedback(s, args, flush))
+            log(f"  {s.name:<12} dgrad per feedback mode: " + ", ".join(
+                f"{m} x{feedback_rows[-1][m + '_over_weight']:.2f}" for m in FEEDBACK_MODES[1:]))
     del flush
     machine["loadavg_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     result = {
@@ -611,6 +676,7 @@ def main(argv=None) -> int:
                      "statistic": "median", "impls": IMPL_NAMES, "passes": list(PASSES),
                      "shapes": [s.name for s in shapes], "units": "ms, MB = 1e6 bytes, GB/s = 1e9 B/s, GFLOP/s"},
         "ceilings": ceilings, "memory_method": mem_method, "shapes": shape_info, "rows": rows,
+        "feedback_spec": FEEDBACK_SPEC if args.feedback else None, "feedback_rows": feedback_rows,
         "wall_s": time.perf_counter() - t_start,
     }
     path = args.json or default_json_path(args.device, args.dtype, machine)
@@ -625,6 +691,9 @@ def main(argv=None) -> int:
         log(f"wrote {args.plot}")
     print()
     print(format_table(result), flush=True)
+    if feedback_rows:
+        print()
+        print(format_feedback_table(result), flush=True)
     return 0
 
 
@@ -645,17 +714,20 @@ if pytest is not None:
     _ENV_BATCH = int(os.environ.get("BIOPLAUS_BENCH_BATCH", DEFAULT_BATCH))
     _ENV_DTYPE = os.environ.get("BIOPLAUS_BENCH_DTYPE", "float32")
 
-    def _params():
+    def _device_shape_params(variants):
+        """(device, shape name, *variant) for every device, selected shape and variant (a tuple of strings)."""
         out = []
         for dev in ("cpu", "cuda"):
             if dev == "cpu" and _ENV_DTYPE != "float32":
                 continue
             marks = [pytest.mark.cuda, pytest.mark.skipif(not HAS_CUDA, reason=_CUDA_SKIP)] if dev == "cuda" else []
             for s in select_shapes(_ENV_SHAPES, dev):
-                for p in PASSES:
-                    for impl in IMPLS:
-                        out.append(pytest.param(dev, s.name, p, impl, marks=marks, id=f"{dev}-{s.name}-{p}-{impl}"))
+                for v in variants:
+                    out.append(pytest.param(dev, s.name, *v, marks=marks, id="-".join((dev, s.name) + v)))
         return out
+
+    def _params():
+        return _device_shape_params([(p, impl) for p in PASSES for impl in IMPLS])
 
     _CACHE: Dict = {}
 
@@ -701,6 +773,27 @@ if pytest is not None:
             out = benchmark.pedantic(target, setup=setup, rounds=rounds, warmup_rounds=3, iterations=1)
             if pass_ == "step":
                 benchmark.extra_info["peak_extra_mb"] = common.cuda_peak_extra_bytes(fn) / common.MB
+        else:
+            out = benchmark(fn)
+        assert out is not None
+
+    @pytest.mark.parametrize("device,shape,mode", _device_shape_params([(m,) for m in FEEDBACK_MODES]))
+    def test_lc2d_feedback_dgrad(benchmark, device, shape, mode):
+        """lc2d_backward_input per feedback mode (compare within the group: weight is backprop)."""
+        case = _case(device, shape)
+        if mode == FEEDBACK_MODES[1]:
+            verify_feedback(case)
+        fn = feedback_dgrad_fn(case, mode)
+        benchmark.group = f"lc2d {device} {shape} dgrad-feedback"
+        benchmark.extra_info.update({"batch": case.batch, "dtype": _ENV_DTYPE, "feedback": mode,
+                                     "geometry": case.shape.geometry()})
+        if device == "cuda":
+            def target():
+                out = fn()
+                torch.cuda.synchronize()
+                return out
+            out = benchmark.pedantic(target, rounds=int(os.environ.get("BIOPLAUS_BENCH_ROUNDS", 20)),
+                                     warmup_rounds=3, iterations=1)
         else:
             out = benchmark(fn)
         assert out is not None

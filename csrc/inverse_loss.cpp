@@ -45,12 +45,21 @@ InverseLossArgs check_inverse_loss_lc2d_inputs(const at::Tensor& y, const at::Te
   return args;
 }
 
+InverseLossArgs check_inverse_loss_noisy_input_inputs(const at::Tensor& h, double sigma, int64_t seed,
+                                                     int64_t stream, int64_t step) {
+  constexpr const char* op = "inverse_loss_noisy_input";
+  const InverseLossArgs args = check_noise(op, "identity", sigma, seed, stream, step, true);
+  tp::check_float(op, "h", h);
+  return args;
+}
+
 TORCH_LIBRARY_FRAGMENT(bioplaus, m) {
   m.def("inverse_loss(Tensor y, Tensor h, Tensor weight, Tensor bias, str activation, float sigma, int seed, "
         "int stream, int step, bool preserve_noise) -> (Tensor, Tensor, Tensor)");
   m.def("inverse_loss_lc2d(Tensor y, Tensor h, Tensor weight, Tensor bias, int[2] stride, int[4] padding, "
         "int[2] dilation, str activation, float sigma, int seed, int stream, int step, bool preserve_noise) "
         "-> (Tensor, Tensor, Tensor)");
+  m.def("inverse_loss_noisy_input(Tensor h, float sigma, int seed, int stream, int step) -> Tensor");
 }
 
 }  // namespace bioplaus

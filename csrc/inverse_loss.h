@@ -7,14 +7,19 @@
 //   loss     = (1 / N) sum_{n, e} residual[n, e]^2      (sum over a sample's units, mean over the batch)
 //
 // eps[e] for element e (row-major flat index in h's shape) is the float32 Philox normal sample times
-// float32(sigma), keyed by (seed, stream) at `step`: bit for bit what philox_fill(h, seed, stream, step,
-// "normal", sigma) returns (common/tp.h), so the caller forms h + eps with that op.
+// float32(sigma), keyed by (seed, stream) at `step`: philox_fill(h, seed, stream, step, "normal", sigma)'s
+// generator and conversions (common/philox.h); the CPU kernels evaluate log/cos/sin vectorised, so values
+// may differ from philox_fill's in the last ulp (as CPU and CUDA already do). The caller forms h + eps with
+// inverse_loss_noisy_input, which draws the same eps bit for bit on the same device.
 //
 //   inverse_loss        Linear inverse: y [N, D_out], h [N, D_in], weight V [D_in, D_out], bias c [D_in].
 //   inverse_loss_lc2d   transposed LC inverse (see difference_target.h): y [N, C_out, H_out, W_out],
 //                       h [N, C_in, H, W], weight V [H_out, W_out, C_out, C_in, kH, kW], bias c [C_in, H, W].
 // Returns (loss [] , x_hat [h's shape], residual [h's shape]); x_hat and residual are what the backward
 // (registered in bioplaus_kernels/ops/inverse_loss.py) needs: d loss / d pre = (2/N) residual act'(x_hat).
+//
+//   inverse_loss_noisy_input(h, sigma, seed, stream, step) = h + eps   (any shape, a new contiguous tensor)
+// the caller's noisy input, with the same eps as the inverse_loss kernels of its device.
 #pragma once
 
 #include "common/tp.h"
@@ -42,5 +47,8 @@ InverseLossArgs check_inverse_loss_lc2d_inputs(const at::Tensor& y, const at::Te
                                                c10::IntArrayRef padding, c10::IntArrayRef dilation,
                                                c10::string_view activation, double sigma, int64_t seed,
                                                int64_t stream, int64_t step, bool preserve_noise);
+
+InverseLossArgs check_inverse_loss_noisy_input_inputs(const at::Tensor& h, double sigma, int64_t seed,
+                                                     int64_t stream, int64_t step);
 
 }  // namespace bioplaus

@@ -46,6 +46,13 @@ def test_in_place_last_layer_and_exclude():
     assert type(net[4]) is nn.Conv2d and type(net[7]) is nn.Linear and net[0].feedback == "frsf"
 
 
+def test_attention_projections_are_left_alone():
+    net = nn.Sequential(nn.Linear(8, 8))
+    net.attn = nn.MultiheadAttention(8, 2)
+    convert(net, "usf", last_layer="convert")
+    assert isinstance(net[0], Linear) and type(net.attn.out_proj) is not Linear
+
+
 def test_seed_gives_streams_and_no_storage():
     torch.manual_seed(2)
     net = convert(small_cnn(), "fa", seed=5, last_layer="convert")
@@ -157,3 +164,27 @@ def test_retinanet_trains_a_step():
 
 def test_exported_from_the_package():
     assert bioplaus_kernels.convert is convert
+
+
+@pytest.mark.parametrize("rule", ["bp", "fa", "usf", "frsf", "brsf", "dfa"])
+def test_every_rule_learns_the_digits(rule):
+    """The plain loop (loss.backward(); opt.step()) trains a converted MLP under every rule (real data)."""
+    datasets = pytest.importorskip("sklearn.datasets")
+    d = datasets.load_digits()
+    X, Y = torch.tensor(d.data, dtype=torch.float32) / 16, torch.tensor(d.target)
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(64, 64), nn.Tanh(), nn.Linear(64, 64), nn.Tanh(), nn.Linear(64, 10))
+    model = convert(net, rule, output_dim=10, last_layer="convert", seed=1)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    with torch.no_grad():
+        before = F.cross_entropy(model(X), Y).item()
+    for _ in range(60):
+        idx = torch.randint(0, len(X), (64,))
+        loss = F.cross_entropy(model(X[idx]), Y[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        after = F.cross_entropy(model(X), Y).item()
+        accuracy = (model(X).argmax(1) == Y).float().mean().item()
+    assert after < 0.5 * before and accuracy > 0.7, (before, after, accuracy)

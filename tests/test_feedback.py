@@ -298,3 +298,27 @@ def test_torch_compile(layer, rule, seed):
         torch.testing.assert_close(xb.grad, xa.grad)
         torch.testing.assert_close(twin.weight.grad, m.weight.grad)
     assert twin.feedback_step == m.feedback_step
+
+
+# The CPU kernels are float32/float64 only; on the CPU, Conv2d's usf path (torch's bf16 convolution) runs.
+AUTOCAST_CASES = [pytest.param("cuda", layer, rule, seed, marks=pytest.mark.cuda) for layer in ("linear", "conv", "lc")
+                  for rule, seed in (("fa", None), ("fa", 3), ("usf", None), ("brsf", 3))] + [("cpu", "conv", "usf", None)]
+
+
+@pytest.mark.parametrize("device,layer,rule,seed", AUTOCAST_CASES)
+def test_autocast(layer, rule, seed, device):
+    """Under autocast the rule's path runs in autocast's dtype (as torch's layers do) and the parameters'
+    gradients come back in their own dtype, with B of the low-precision weight."""
+    dtype = torch.float16 if device == "cuda" else torch.bfloat16
+    torch.manual_seed(12)
+    m, x = make(layer, rule, seed, device, torch.float32)
+    x.requires_grad_(True)
+    with torch.autocast(device, dtype=dtype):
+        y = m(x)
+    assert y.dtype == dtype
+    g = torch.randn_like(y)
+    y.backward(g)
+    assert m.weight.grad.dtype == torch.float32 and x.grad.dtype == torch.float32
+    gx, gw, _ = reference_grads(layer, m, x, g.float(), m.feedback_weight())
+    torch.testing.assert_close(x.grad.double(), gx, rtol=5e-2, atol=5e-2)
+    torch.testing.assert_close(m.weight.grad.double(), gw, rtol=5e-2, atol=5e-2)

@@ -126,6 +126,19 @@ class FeedbackMixin:
         return s + f", scale={self.feedback_scale!r}"
 
 
+def autocast_inputs(*tensors: Optional[torch.Tensor]):
+    """Under autocast, the floating tensors cast to autocast's dtype (as autocast does for F.linear/conv2d):
+    the rule's ops then see one dtype in the forward and the backward (grad_y in that dtype, the saved
+    tensors too), and the casts' own backward returns the gradients to the parameters' dtype. Unchanged
+    otherwise."""
+    first = next(t for t in tensors if t is not None)
+    device = first.device.type
+    if not torch.is_autocast_enabled(device):
+        return tensors
+    dtype = torch.get_autocast_dtype(device)
+    return tuple(t.to(dtype) if t is not None and t.is_floating_point() else t for t in tensors)
+
+
 @contextlib.contextmanager
 def true_backprop(model: torch.nn.Module) -> Iterator[None]:
     """Inside the block every feedback module of ``model`` (and DFA's error injection) runs plain backprop."""

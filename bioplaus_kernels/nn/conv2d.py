@@ -9,7 +9,7 @@ from torch import nn
 
 from ..feedback import Fans, Scale
 from ._autograd import Conv2dFeedback
-from ._feedback import FeedbackMixin
+from ._feedback import FeedbackMixin, autocast_inputs
 
 
 class Conv2d(FeedbackMixin, nn.Conv2d):
@@ -63,14 +63,14 @@ class Conv2d(FeedbackMixin, nn.Conv2d):
         pad, extra = self._explicit_padding()
         if extra != (0, 0):
             x = F.pad(x, [0, extra[1], 0, extra[0]])
+        x, weight, bias, matrix = autocast_inputs(x, self.weight, self.bias, self.feedback_matrix)
         if self.feedback == "dfa":
             feedback = None
-        elif self.feedback_matrix is not None:
-            feedback = self.feedback_matrix
+        elif matrix is not None:
+            feedback = matrix
         else:
             feedback = tuple(self._forward_spec().kwargs().values())
-        return Conv2dFeedback.apply(x, self.weight, self.bias, feedback, self.stride, pad, self.dilation,
-                                    self.groups)
+        return Conv2dFeedback.apply(x, weight, bias, feedback, self.stride, pad, self.dilation, self.groups)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + self._feedback_repr()

@@ -48,7 +48,8 @@ def convert(model: nn.Module, feedback: str, *, exclude: Exclude = (), copy_weig
         scale: "glorot" (default), "xiao" or a positive float (bioplaus_kernels.feedback).
 
     Every layer's weight and bias gradients remain the true local gradients; only the signal sent to the
-    layer below changes. Modules keep their training flag and parameters their requires_grad.
+    layer below changes. Layers inside nn.MultiheadAttention (which reads their weights without calling
+    them) are left as they are. Modules keep their training flag and parameters their requires_grad.
     """
     rule = check_rule(feedback, RULES, where="convert: feedback")
     if last_layer not in ("bp", "convert"):
@@ -64,7 +65,9 @@ def convert(model: nn.Module, feedback: str, *, exclude: Exclude = (), copy_weig
         raise ValueError(f"convert: seed must be None or a non-negative int, got {seed!r}")
     check_scale(scale, where="convert: scale")
     names, types = _split_exclude(exclude)
-    layers = [(n, m) for n, m in model.named_modules() if isinstance(m, _LAYERS) and n]
+    # nn.MultiheadAttention reads its out_proj's weight directly and never calls its forward: left alone
+    inside_attention = {id(c) for m in model.modules() if isinstance(m, nn.MultiheadAttention) for c in m.modules()}
+    layers = [(n, m) for n, m in model.named_modules() if isinstance(m, _LAYERS) and n and id(m) not in inside_attention]
     if not layers and isinstance(model, _LAYERS):
         raise ValueError("convert: model is itself a single layer; wrap it (e.g. in nn.Sequential) to convert it")
     last_name = layers[-1][0] if layers else None

@@ -11,7 +11,7 @@ from .. import ops
 from .._geometry import IntPair, Padding, output_size, pair, resolve_padding
 from ..feedback import Fans, Scale
 from ._autograd import LC2dWithMatrix
-from ._feedback import FeedbackMixin
+from ._feedback import FeedbackMixin, autocast_inputs
 
 
 class LocallyConnected2d(FeedbackMixin, nn.Module):
@@ -91,13 +91,13 @@ class LocallyConnected2d(FeedbackMixin, nn.Module):
             nn.init.zeros_(self.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x, weight, bias, matrix = autocast_inputs(x, self.weight, self.bias, self.feedback_matrix)
         if self._uses_backprop():
-            return ops.lc2d(x, self.weight, self.bias, self.stride, self.padding4, self.dilation)
-        if self.feedback == "dfa" or self.feedback_matrix is not None:
-            return LC2dWithMatrix.apply(x, self.weight, self.bias, self.feedback_matrix, list(self.stride),
-                                        list(self.padding4), list(self.dilation))
-        return ops.lc2d(x, self.weight, self.bias, self.stride, self.padding4, self.dilation,
-                        **self._forward_spec().kwargs())
+            return ops.lc2d(x, weight, bias, self.stride, self.padding4, self.dilation)
+        if self.feedback == "dfa" or matrix is not None:
+            return LC2dWithMatrix.apply(x, weight, bias, matrix, list(self.stride), list(self.padding4),
+                                        list(self.dilation))
+        return ops.lc2d(x, weight, bias, self.stride, self.padding4, self.dilation, **self._forward_spec().kwargs())
 
     def extra_repr(self) -> str:
         s = (f"{self.in_channels}, {self.out_channels}, input_size={self.input_size}, "

@@ -10,7 +10,7 @@ from torch import nn
 from .. import ops
 from ..feedback import Fans, Scale
 from ._autograd import LinearWithMatrix
-from ._feedback import FeedbackMixin
+from ._feedback import FeedbackMixin, autocast_inputs
 
 
 class Linear(FeedbackMixin, nn.Linear):
@@ -42,9 +42,10 @@ class Linear(FeedbackMixin, nn.Linear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._uses_backprop():
             return F.linear(x, self.weight, self.bias)
-        if self.feedback == "dfa" or self.feedback_matrix is not None:
-            return LinearWithMatrix.apply(x, self.weight, self.bias, self.feedback_matrix)
-        return ops.linear(x, self.weight, self.bias, **self._forward_spec().kwargs())
+        x, weight, bias, matrix = autocast_inputs(x, self.weight, self.bias, self.feedback_matrix)
+        if self.feedback == "dfa" or matrix is not None:
+            return LinearWithMatrix.apply(x, weight, bias, matrix)
+        return ops.linear(x, weight, bias, **self._forward_spec().kwargs())
 
     def extra_repr(self) -> str:
         return super().extra_repr() + self._feedback_repr()

@@ -1,7 +1,8 @@
 """Inverse losses of target propagation: ``torch.ops.bioplaus.inverse_loss[_lc2d]``, noise drawn in the kernel.
 
-With ``eps = noise(h, sigma, seed, stream, step)`` (Philox normals, element e of h's row-major order; exactly
-``torch.ops.bioplaus.philox_fill(h, seed, stream, step, "normal", sigma)``) and ``y = f(h + eps)`` computed by
+With ``eps = noise(h, sigma, seed, stream, step)`` (Philox normals, element e of h's row-major order: the
+generator, key, counter and conversions of ``torch.ops.bioplaus.philox_fill(h, seed, stream, step, "normal",
+sigma)``, equal to it up to the last ulp of the float32 log/cos/sin, which the CPU kernels vectorise) and ``y = f(h + eps)`` computed by
 the caller's forward layer::
 
     x_hat    = act(V y + c)                      (the inverse layer, as in difference_target)
@@ -10,7 +11,8 @@ the caller's forward layer::
     loss     = sum(residual ** 2) / N           (sum over a sample's units, mean over the batch)
 
 Returns ``(loss, x_hat, residual)``; loss is differentiable in y, h, V and c (registered autograd, the
-gradient wrt h being that of a constant-noise target), x_hat and residual are not.
+gradient wrt h being that of a constant-noise target), x_hat and residual are not. ``noisy(h, ...)``
+(``torch.ops.bioplaus.inverse_loss_noisy_input``) returns ``h + eps`` with the same eps in one fused pass.
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ import torch
 
 from .._geometry import IntPair, Padding, pair, resolve_padding
 from . import _tp
+from .lc2d import _check_dtype
 
 _ops = torch.ops.bioplaus
 
@@ -54,6 +57,22 @@ def _inverse_loss_lc2d_fake(y, h, weight, bias, stride, padding, dilation, activ
     _tp.check_like_weight(op, weight, (("y", y), ("h", h), ("bias", bias)))
     _tp.check_lc2d_inverse_geometry(op, h, "h", y, "y", weight, bias, stride, padding, dilation)
     return _outputs(h)
+
+
+@torch.library.register_fake("bioplaus::inverse_loss_noisy_input")
+def _inverse_loss_noisy_input_fake(h, sigma, seed, stream, step):
+    op = "inverse_loss_noisy_input"
+    _check_noise(op, "identity", sigma, seed, stream, step)
+    _check_dtype(op, "h", h)
+    return h.new_empty(h.shape)
+
+
+def _noisy_backward(ctx, grad):
+    return grad, None, None, None, None
+
+
+torch.library.register_autograd("bioplaus::inverse_loss_noisy_input", _noisy_backward,
+                                setup_context=lambda ctx, inputs, output: None)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -102,8 +121,10 @@ torch.library.register_autograd("bioplaus::inverse_loss_lc2d", _backward, setup_
 # Public functional API
 # ---------------------------------------------------------------------------------------------------
 def noisy(h: torch.Tensor, sigma: float, seed: int, stream: int, step: int) -> torch.Tensor:
-    """``h + eps``: the noisy input whose forward image the inverse losses reconstruct (same eps as theirs)."""
-    return h + _ops.philox_fill(h.detach(), int(seed), int(stream), int(step), "normal", float(sigma))
+    """``h + eps``: the noisy input whose forward image the inverse losses reconstruct, with the eps their
+    kernels draw on the same device (bit for bit), i.e. ``h + philox_fill(h, seed, stream, step, "normal",
+    sigma)`` up to the last ulp of the transcendentals."""
+    return _ops.inverse_loss_noisy_input(h, float(sigma), int(seed), int(stream), int(step))
 
 
 def inverse_loss(y: torch.Tensor, h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, *, sigma: float,

@@ -23,7 +23,11 @@ One ``step(x, y)``:
 3. inverse losses (inverse updates only), for every g_l, l = 2 .. L-1 (DTP) or 2 .. L (SDTP, AO-SDTP), with
    eps ~ N(0, sigma^2) drawn in the kernel (Philox: the trainer's seed, stream = l + 2^20 * rank, step = the
    step counter): DTP noise-preserving ||g_l(f_l(h~)) - h~||^2 with h~ = h_{l-1} + eps; SDTP/AO-SDTP
-   de-noising ||g_l(f_l(h_{l-1} + eps)) - h_{l-1}||^2 (f_L includes the softmax/aux outputs as above);
+   de-noising ||g_l(f_l(h_{l-1} + eps)) - h_{l-1}||^2 (f_L includes the softmax/aux outputs as above).
+   eps is drawn once per layer and step (``ops.noisy``, Philox normals) for the noisy forward f_l(h~); the
+   ``inverse_loss`` kernel then gets h~ as its reconstruction target in DTP rather than redrawing eps
+   in its epilogue (``preserve_noise=True``, bit-identical result): on the CPU a Philox normal costs several
+   times a multiply-add of the layer, so drawing it twice would dominate the step;
 4. forward losses: ||block_l(h_{l-1}) - t_l||^2 for l < L and the task cross-entropy for the last layer
    (delta rule). Squared errors sum over a sample's units and average over the batch.
 
@@ -40,7 +44,7 @@ keeps identical weights if it starts from identical ones; noise differs per rank
 from __future__ import annotations
 
 import math
-from typing import Callable, Dict, Iterable, List, Optional
+from typing import Callable, Dict, Iterable, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -223,7 +227,9 @@ class Trainer:
                 y = block(h_noisy)
                 if l == len(self.blocks):
                     y = self._output_code(y, h_noisy)
-            losses[l] = inverse.inverse_loss(y, h, preserve_noise=preserve, **noise)[0]
+            # DTP reconstructs h~ itself: the op then needs no second draw of eps (identical result, see
+            # the module doc); SDTP/AO-SDTP reconstruct the clean h.
+            losses[l] = inverse.inverse_loss(y, h_noisy if preserve else h, preserve_noise=False, **noise)[0]
         return losses
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> Dict[str, float]:
@@ -238,9 +244,8 @@ class Trainer:
                 out = block(hs[-1].detach())
                 outs.append(out)
                 hs.append(out.detach())
-        logits = outs[-1]
-        task_loss = F.cross_entropy(logits, y)
-        stats = {"loss": task_loss.detach(), "accuracy": (hs[-1].argmax(1) == y).float().mean()}
+        with torch.no_grad():
+            stats = {"loss": F.cross_entropy(hs[-1], y), "accuracy": (hs[-1].argmax(1) == y).float().mean()}
         if train_inverse:
             losses = self._inverse_losses(hs)
             self.inverse_optimizer.zero_grad(set_to_none=True)
@@ -250,21 +255,36 @@ class Trainer:
                 self.inverse_optimizer.step()
             stats.update({f"inverse_error/{l}": v.detach() for l, v in losses.items()})
         if train_forward:
+            # The local losses' gradients at the block outputs, in closed form (one backward through the
+            # blocks, no graph for the losses): d/d out_l of ||out_l - t_l||^2 / N is 2 (h_l - t_l) / N, and
+            # the task loss's d/d logits is (softmax - one-hot) / N.
+            n = max(x.shape[0], 1)
             with torch.no_grad():
                 onehot = F.one_hot(y, self.num_classes).to(hs[-1].dtype)
                 targets = self._targets(hs, onehot)
-            total = task_loss
-            for l, t in targets.items():
-                total = total + (outs[l - 1] - t).pow(2).sum() / max(x.shape[0], 1)
-                stats[f"target_distance/{l}"] = (t - hs[l]).pow(2).sum() / max(x.shape[0], 1)
+                grads = [(hs[-1].softmax(-1) - onehot) / n]
+                for l, t in targets.items():
+                    diff = hs[l] - t
+                    grads.append(diff * (2.0 / n))
+                    stats[f"target_distance/{l}"] = diff.pow(2).sum() / n
             self.forward_optimizer.zero_grad(set_to_none=True)
-            total.backward()
+            torch.autograd.backward([outs[-1]] + [outs[l - 1] for l in targets], grads)
             _average_gradients(self.model.parameters())
             self.forward_optimizer.step()
         self.step_count += 1
         keys = list(stats)
         values = torch.stack([stats[k].detach().float() for k in keys]).tolist()
         return dict(zip(keys, values))
+
+    @torch.no_grad()
+    def targets(self, x: torch.Tensor, y: torch.Tensor) -> Tuple[Dict[int, torch.Tensor], List[torch.Tensor]]:
+        """({l: t_l} for l = 1 .. L-1, [h_0, .., h_L]): the targets this trainer gives the minibatch now and the
+        activations they refer to (t_l has h_l's shape), without updating anything."""
+        hs = [x]
+        for block in self.blocks:
+            hs.append(block(hs[-1]))
+        onehot = F.one_hot(y, self.num_classes).to(hs[-1].dtype)
+        return self._targets(hs, onehot), hs
 
     def end_epoch(self) -> None:
         """Alternating schedule: switch between the inverse and the forward phase (no-op when parallel)."""

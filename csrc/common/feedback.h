@@ -30,10 +30,22 @@ struct FeedbackSpec {
   BIOPLAUS_HD bool generates() const { return mode == FeedbackMode::kRandom || mode == FeedbackMode::kRandomSign; }
 };
 
-// torch.sign: +1, -1, or 0 for zeros and NaN.
+// torch.sign: +1, -1, or 0 for zeros and NaN. Branch-free: weight signs are random, so branches mispredict.
 template <typename acc_t>
 BIOPLAUS_HD acc_t sign_of(acc_t w) {
-  return w > acc_t(0) ? acc_t(1) : (w < acc_t(0) ? acc_t(-1) : acc_t(0));
+  return static_cast<acc_t>(w > acc_t(0)) - static_cast<acc_t>(w < acc_t(0));
+}
+
+// The factor of "sign" mode in the accumulation type (see the file comment).
+template <typename acc_t>
+BIOPLAUS_HD acc_t sign_scale(const FeedbackSpec& f) {
+  return sizeof(acc_t) == 8 ? static_cast<acc_t>(f.scale_f64) : static_cast<acc_t>(f.scale);
+}
+
+// |r| * sign(w), exact.
+template <typename acc_t>
+BIOPLAUS_HD acc_t signed_magnitude(acc_t r, acc_t w) {
+  return (r < acc_t(0) ? -r : r) * sign_of(w);
 }
 
 // R[e] as float, before the conversion to weight's dtype.
@@ -51,14 +63,10 @@ BIOPLAUS_HD scalar_t combine_feedback(const FeedbackSpec& f, scalar_t r, scalar_
       return w;
     case FeedbackMode::kRandom:
       return r;
-    case FeedbackMode::kSign: {
-      const acc_t s = sizeof(acc_t) == 8 ? static_cast<acc_t>(f.scale_f64) : static_cast<acc_t>(f.scale);
-      return static_cast<scalar_t>(sign_of(static_cast<acc_t>(w)) * s);
-    }
-    default: {  // kRandomSign
-      const acc_t ra = static_cast<acc_t>(r);
-      return static_cast<scalar_t>((ra < acc_t(0) ? -ra : ra) * sign_of(static_cast<acc_t>(w)));
-    }
+    case FeedbackMode::kSign:
+      return static_cast<scalar_t>(sign_of(static_cast<acc_t>(w)) * sign_scale<acc_t>(f));
+    default:  // kRandomSign
+      return static_cast<scalar_t>(signed_magnitude(static_cast<acc_t>(r), static_cast<acc_t>(w)));
   }
 }
 

@@ -31,19 +31,35 @@ BIOPLAUS_HD T activate(Activation a, T pre) {
   }
 }
 
-// Noise of element e (row-major flat index in h's shape) of an inverse loss: the float32 Philox normal
-// sample times float32(sigma), exactly as philox_fill(h, seed, stream, step, "normal", sigma) draws it,
-// so that the caller's noisy input h + philox_fill(...) and the kernel's target see the same eps.
+// Noise of element e (row-major flat index in h's shape) of an inverse loss (CUDA kernels): the float32
+// Philox normal sample times float32(sigma), exactly as philox_fill(h, seed, stream, step, "normal", sigma)
+// draws it on the device. (The CPU kernels draw the same samples with vectorised log/cos/sin instead:
+// cpu/inverse_loss_kernel.cpp normal_noise.)
 BIOPLAUS_HD float noise(philox::Key key, uint64_t step, int64_t e, float sigma) {
   const philox::Words v = philox::block_words(key, static_cast<uint64_t>(e) >> 2, step);
   return philox::mul_rn(sigma, philox::sample(v, static_cast<int>(e & 3), philox::Distribution::kNormal));
+}
+
+// The noise of the four elements 4 * block .. 4 * block + 3 at once: one Philox call and one Box-Muller
+// radius per pair; bit-identical to noise() element by element (same expressions, same order).
+BIOPLAUS_HD void noise4(philox::Key key, uint64_t step, int64_t block, float sigma, float out[4]) {
+  const philox::Words v = philox::block_words(key, static_cast<uint64_t>(block), step);
+#pragma unroll
+  for (int p = 0; p < 4; p += 2) {
+    const float u1 = static_cast<float>((v.w[p] >> 8) + 1u) * philox::kTwoPow24Inv;
+    const float u2 = static_cast<float>(v.w[p + 1] >> 8) * philox::kTwoPow24Inv;
+    const float r = sqrtf(philox::mul_rn(-2.0f, logf(u1)));
+    const float t = philox::mul_rn(6.28318530717958647692f, u2);
+    out[p] = philox::mul_rn(sigma, philox::mul_rn(r, cosf(t)));
+    out[p + 1] = philox::mul_rn(sigma, philox::mul_rn(r, sinf(t)));
+  }
 }
 
 }  // namespace tp
 }  // namespace bioplaus
 
 // Host-only glue shared by the op files and the CPU/CUDA kernels (inline: csrc/common/ holds headers only).
-#if !defined(__CUDA_ARCH__)
+// Not guarded by __CUDA_ARCH__: nvcc's device pass still parses the host launchers that call it.
 #include <ATen/core/Tensor.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/core/stack.h>
@@ -181,6 +197,35 @@ inline at::Tensor lc2d_transposed(const at::Tensor& y, const at::Tensor& weight,
   }
   op.callBoxed(&stack);
   return stack.back().toTensor();
+}
+
+}  // namespace tp
+}  // namespace bioplaus
+
+// CPU only: the activation applied in place with ATen's vectorised kernels (runtime-dispatched AVX2/AVX-512;
+// this extension is compiled without -mavx flags, so a scalar loop here would be several times slower).
+#if !defined(__CUDACC__)
+#include <ATen/ops/relu.h>
+#include <ATen/ops/sigmoid.h>
+#include <ATen/ops/tanh.h>
+
+namespace bioplaus {
+namespace tp {
+
+inline void activate_(at::Tensor& t, Activation a) {
+  switch (a) {
+    case Activation::kTanh:
+      at::tanh_(t);
+      break;
+    case Activation::kSigmoid:
+      at::sigmoid_(t);
+      break;
+    case Activation::kRelu:
+      at::relu_(t);
+      break;
+    default:
+      break;
+  }
 }
 
 }  // namespace tp

@@ -27,16 +27,15 @@ namespace bioplaus {
 namespace {
 
 constexpr int64_t kTileBytes = int64_t{512} << 10;  // one B tile: stays in L2 between its fill and its GEMM
-constexpr int64_t kColAlign = 16;                   // tile widths are whole vector registers / cache lines
-constexpr int64_t kMinTiles = 8;                     // enough tiles to share out on small layers
+constexpr int64_t kColAlign = 64;   // tile rows of whole generator batches (64 elements when in % 4 == 0)
+constexpr int64_t kMinTiles = 2;    // enough tiles to share out on small layers
 
 int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
 
-// Columns per tile: within the byte budget, and at most in / kMinTiles (rounded up to kColAlign) so that
-// small layers still split over the threads.
+// Columns per tile: in / kMinTiles rounded up to kColAlign, within the byte budget (at least kColAlign).
 int64_t tile_width(int64_t out, int64_t in, int64_t elem_size) {
   const int64_t by_budget = std::max<int64_t>(kTileBytes / (elem_size * std::max<int64_t>(out, 1)) / kColAlign, 1) * kColAlign;
-  const int64_t by_split = std::max(round_up((in + kMinTiles - 1) / kMinTiles, kColAlign), int64_t{4} * kColAlign);
+  const int64_t by_split = round_up((in + kMinTiles - 1) / kMinTiles, kColAlign);
   return std::min({by_budget, by_split, in});
 }
 

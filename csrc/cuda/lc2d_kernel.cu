@@ -2,13 +2,8 @@
 // lc2d.h).
 //
 // Each pass is a set of small GEMMs, one per output position (forward, weight gradient) or per input
-// pixel (input gradient), computed by hand-written register-tiled FFMA kernels that share one shape:
-//   * 256 threads = a 16 x 16 grid, tx = tid % 16, ty = tid / 16;
-//   * a 64 x 64 tile of the GEMM result per block; thread (ty, tx) owns the 4 x 4 elements
-//     (row ty + 16a, column tx + 16b), a, b in [0, 4). The stride-16 spread makes every shared-memory
-//     read of a warp either a broadcast (rows: 2 distinct words) or 16 consecutive words (columns);
-//   * the reduction staged through shared memory 16 steps at a time as A[16][64] and B[16][64],
-//     converted to the accumulation type on the way in: acc[a][b] += A[k][row] * B[k][col].
+// pixel (input gradient), computed by the hand-written register-tiled FFMA step of tile_fma.cuh
+// (256 threads, a 64 x 64 result tile per block, the reduction staged 16 steps at a time).
 // Nothing is materialised in global memory (implicit im2col: patch elements are gathered from x while
 // staging, zero outside the image) and there are no atomics: every output element is written once by
 // one thread after a reduction in a fixed order, so results are bit-identical from run to run.
@@ -19,6 +14,8 @@
 // they fit); the sample and position bases, n * sample and p * block, are 64-bit, so whole tensors
 // may pass 2^31 elements.
 #include "lc2d.h"
+
+#include "cuda/tile_fma.cuh"
 
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -39,26 +36,7 @@
 namespace bioplaus {
 namespace {
 
-constexpr int kThreads = 256;  // per block, seen as a 16 x 16 grid when computing
-constexpr int kTile = 64;      // rows and columns of a block's result tile
-constexpr int kMicro = 4;      // a thread's result is kMicro x kMicro elements, 16 apart
-constexpr int kSpread = 16;    // = kTile / kMicro: the thread grid's side and the spread of a thread's elements
-constexpr int kChunk = 16;     // reduction steps staged in shared memory at a time
-constexpr int kLd = kTile + 1;  // shared row length; the pad spreads column-wise staging stores over banks
-// Staging covers a [kChunk][kTile] operand in kMicro block-wide passes, a thread owning either one
-// reduction step (one of kChunk) and every kStepRows-th tile row, or one tile column (one of kTile)
-// and every kColRows-th reduction step.
-constexpr int kStepRows = kThreads / kChunk;
-constexpr int kColRows = kThreads / kTile;
-static_assert(kSpread * kSpread == kThreads && kSpread * kMicro == kTile, "compute grid must cover the tile");
-static_assert(kStepRows * kMicro == kTile && kColRows * kMicro == kChunk, "staging must cover the operand");
-
-// Blocks per SM the register allocation must allow: 4 (<= 64 registers a thread) with a float
-// accumulator, 2 (<= 128) with a double one, whose 4 x 4 tile and operands take twice the registers.
-// Stating it fixes the budget instead of leaving it to ptxas's occupancy heuristics, which spilled an
-// earlier form of the input-gradient kernel at 48 registers.
-template <typename scalar_t>
-constexpr int kMinBlocks = sizeof(at::opmath_type<scalar_t>) == 8 ? 2 : 4;
+using namespace cuda_tile;
 
 // The geometry in the 32-bit form the kernels use (see make_dims).
 struct Lc2dDims {
@@ -72,26 +50,6 @@ struct Lc2dDims {
   int y_sample;  // C_out * P, elements of one sample of y (and of grad_y)
   int w_block;   // C_out * K, elements of one position's weight block weight[i, j]
 };
-
-// acc[a][b] += A[k][ty + 16a] * B[k][tx + 16b] over the kChunk staged reduction steps.
-template <typename acc_t>
-__device__ __forceinline__ void tile_fma(acc_t (&acc)[kMicro][kMicro], const acc_t (&A)[kChunk][kLd],
-                                         const acc_t (&B)[kChunk][kLd], int ty, int tx) {
-#pragma unroll
-  for (int k = 0; k < kChunk; ++k) {
-    acc_t a[kMicro], b[kMicro];
-#pragma unroll
-    for (int u = 0; u < kMicro; ++u) {
-      a[u] = A[k][ty + kSpread * u];
-      b[u] = B[k][tx + kSpread * u];
-    }
-#pragma unroll
-    for (int u = 0; u < kMicro; ++u) {
-#pragma unroll
-      for (int v = 0; v < kMicro; ++v) acc[u][v] += a[u] * b[v];
-    }
-  }
-}
 
 // Forward. Block (p, o-tile) computes Y_p[n, o] = bias[o, p] + sum_k X_p[n, k] * W_p[o, k] for
 // o in [o0, o0 + 64) and every n, the batch in tiles of 64 rows; X_p[n, k] is the patch element
@@ -272,12 +230,21 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<scalar_t>)
 //   Compute: thread (ty, tx) owns samples n0 + ty + 16a and input channels c0 + tx + 16b.
 //   Staging: thread owns tile column col = tid % 64 and chunk steps q = tid / 64 + 4m, m < 4
 //   (4 = kColRows):
-//     Gs[q][col] = dY[n0 + col, o0 + q, i, j],   Ws[q][col] = Wt_p[o0 + q, c0 + col].
+//     Gs[q][col] = dY[n0 + col, o0 + q, i, j],   Ws[q][col] = Bt_p[o0 + q, c0 + col].
 //   A thread's staging sample and channel are fixed within a batch tile, so are its row bases.
-template <typename scalar_t>
-__global__ void __launch_bounds__(kThreads, kMinBlocks<scalar_t>)
+// Bt_p is the feedback matrix B of the spec `f` (common/feedback.h) at the same places as Wt_p: the
+// staged element is B[e], e = p * C_out * K + o * K + (c * kH + r) * kW + s (64-bit), computed on load
+// from weight[e] (weight, sign) and/or the generator (random, random_sign); B is never stored, and in
+// "random" mode weight is not read (it may be null). kGenerates (f.generates()) compiles the generator in
+// only where it is used: its registers would otherwise spill the other modes at 64 registers; the
+// generating form gets a budget of 3 blocks per SM (<= 80 registers) with a float accumulator instead.
+template <typename scalar_t, bool kGenerates>
+constexpr int kInputMinBlocks = kGenerates && sizeof(at::opmath_type<scalar_t>) == 4 ? 3 : kMinBlocks<scalar_t>;
+
+template <typename scalar_t, bool kGenerates>
+__global__ void __launch_bounds__(kThreads, (kInputMinBlocks<scalar_t, kGenerates>))
     lc2d_backward_input_kernel(const scalar_t* __restrict__ grad_y, const scalar_t* __restrict__ weight,
-                               scalar_t* __restrict__ grad_x, const Lc2dDims d) {
+                               scalar_t* __restrict__ grad_x, const Lc2dDims d, const FeedbackSpec f) {
   using acc_t = at::opmath_type<scalar_t>;
   __shared__ acc_t Gs[kChunk][kLd];
   __shared__ acc_t Ws[kChunk][kLd];
@@ -317,8 +284,8 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<scalar_t>)
         if (tw % d.sW != 0) continue;
         const int j = tw / d.sW;
         const int p = i * d.W_out + j;
-        // Wt_p[o, c] = W_p[o * K + (c * kH + r) * kW + s]; this thread's column starts at o = 0.
-        const scalar_t* Wt_pc = weight + static_cast<int64_t>(p) * d.w_block + c_off + r * d.kW + s;
+        // Bt_p[o, c] = B[e_pc + o * K], e_pc = the flat index of (p, o = 0, c, r, s).
+        const int64_t e_pc = static_cast<int64_t>(p) * d.w_block + c_off + r * d.kW + s;
         for (int o0 = 0; o0 < d.C_out; o0 += kChunk) {
 #pragma unroll
           for (int m = 0; m < kMicro; ++m) {
@@ -326,7 +293,14 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<scalar_t>)
             const int o = o0 + q;
             const bool o_in = o < d.C_out;
             Gs[q][col] = (n_in && o_in) ? static_cast<acc_t>(gy_n[o * d.P + p]) : acc_t(0);
-            Ws[q][col] = (c_in && o_in) ? static_cast<acc_t>(Wt_pc[o * d.K]) : acc_t(0);
+            acc_t b = acc_t(0);
+            if (c_in && o_in) {
+              const int64_t e = e_pc + static_cast<int64_t>(o) * d.K;
+              const scalar_t w = f.reads_weight() ? weight[e] : scalar_t(0);
+              b = static_cast<acc_t>(kGenerates ? feedback_element<scalar_t, acc_t>(f, static_cast<uint64_t>(e), w)
+                                                : combine_feedback<scalar_t, acc_t>(f, scalar_t(0), w));
+            }
+            Ws[q][col] = b;
           }
           __syncthreads();
           tile_fma(acc, Gs, Ws, ty, tx);
@@ -427,9 +401,12 @@ at::Tensor lc2d_forward_cuda(const at::Tensor& x, const at::Tensor& weight, cons
 }
 
 at::Tensor lc2d_backward_input_cuda(const at::Tensor& grad_y, const at::Tensor& weight, c10::IntArrayRef input_size,
-                                    c10::IntArrayRef stride, c10::IntArrayRef padding, c10::IntArrayRef dilation) {
+                                    c10::IntArrayRef stride, c10::IntArrayRef padding, c10::IntArrayRef dilation,
+                                    c10::string_view feedback, int64_t seed, int64_t stream, int64_t step,
+                                    c10::string_view distribution, double scale) {
   constexpr const char* op = "lc2d_backward_input";
-  const Lc2dGeometry g = check_lc2d_backward_input_inputs(grad_y, weight, input_size, stride, padding, dilation);
+  const auto [g, f] = check_lc2d_backward_input_inputs(grad_y, weight, input_size, stride, padding, dilation,
+                                                       feedback, seed, stream, step, distribution, scale);
   const c10::cuda::CUDAGuard guard(grad_y.device());
   // The kernel writes every element (pixels no window covers included), so no zero fill.
   at::Tensor grad_x = at::empty({g.N, g.C_in, g.H, g.W}, grad_y.options());
@@ -437,11 +414,15 @@ at::Tensor lc2d_backward_input_cuda(const at::Tensor& grad_y, const at::Tensor& 
   const Lc2dDims d = make_dims(g, op);
   const dim3 grid(static_cast<unsigned>(d.HW), tiles_yz(g.C_in, op, "C_in"));
   const at::Tensor gyc = grad_y.contiguous();
-  const at::Tensor wc = weight.contiguous();
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  // "random" never reads weight (it may be an expanded zero-stride tensor): no copy, a null pointer.
+  const at::Tensor wc = f.reads_weight() ? weight.contiguous() : at::Tensor();
+  const cudaStream_t cuda_stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad_y.scalar_type(), "lc2d_backward_input_cuda", [&] {
-    lc2d_backward_input_kernel<scalar_t><<<grid, kThreads, 0, stream>>>(
-        gyc.const_data_ptr<scalar_t>(), wc.const_data_ptr<scalar_t>(), grad_x.mutable_data_ptr<scalar_t>(), d);
+    const scalar_t* w = f.reads_weight() ? wc.const_data_ptr<scalar_t>() : nullptr;
+    const auto kernel = f.generates() ? lc2d_backward_input_kernel<scalar_t, true>
+                                      : lc2d_backward_input_kernel<scalar_t, false>;
+    kernel<<<grid, kThreads, 0, cuda_stream>>>(gyc.const_data_ptr<scalar_t>(), w, grad_x.mutable_data_ptr<scalar_t>(),
+                                               d, f);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return grad_x;

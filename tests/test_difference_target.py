@@ -1,0 +1,164 @@
+"""difference_target[_lc2d]: the fused op against the unfused float64 reference, opcheck, bad inputs."""
+import pytest
+import torch
+from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.testing._internal.optests import opcheck
+
+from bioplaus_kernels import ops
+from bioplaus_kernels._geometry import output_size, resolve_padding
+from bioplaus_kernels.reference import difference_target as ref
+
+from conftest import DEVICES
+
+ACTS = ["tanh", "sigmoid", "relu", "identity"]
+LC_CASES = [  # (N, C_in, C_out, hw, k, stride, padding, dilation)
+    (3, 2, 4, (9, 8), (3, 3), (2, 2), "same", (1, 1)),
+    (2, 3, 2, (7, 7), (5, 3), (1, 2), "valid", (1, 1)),
+    (1, 1, 3, (10, 6), (3, 2), (3, 1), (1, 0, 2, 1), (2, 1)),
+    (4, 2, 2, (5, 5), (2, 2), (2, 2), 0, (1, 1)),  # VALID + stride: the last row/column is read by no window
+]
+
+
+def linear_tensors(N, D_in, D_out, dtype=torch.float64, device="cpu", seed=0):
+    g = torch.Generator().manual_seed(seed)
+    t = [torch.randn(*s, generator=g, dtype=torch.float64) for s in
+         ((N, D_in), (N, D_out), (N, D_out), (D_in, D_out), (D_in,))]
+    return [v.to(dtype=dtype, device=device) for v in t]
+
+
+def lc_tensors(case, dtype=torch.float64, device="cpu", seed=0):
+    N, C_in, C_out, hw, k, s, p, d = case
+    out = output_size(hw, k, s, resolve_padding(p, hw, k, s, d), d)
+    g = torch.Generator().manual_seed(seed)
+    t = [torch.randn(*shape, generator=g, dtype=torch.float64) for shape in
+         ((N, C_in, *hw), (N, C_out, *out), (N, C_out, *out), (*out, C_out, C_in, *k), (C_in, *hw))]
+    return [v.to(dtype=dtype, device=device) for v in t], dict(stride=s, padding=p, dilation=d)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("act", ACTS)
+@pytest.mark.parametrize("shape", [(5, 7, 3), (1, 1, 1), (33, 70, 65), (0, 4, 3)])
+def test_linear_matches_reference(shape, act, dtype, device):
+    t = linear_tensors(*shape, dtype=dtype, device=device)
+    got = ops.difference_target(*t, activation=act)
+    want = ref.difference_target(*[v.double().cpu() for v in t], activation=act)
+    tol = 1e-12 if dtype == torch.float64 else 2e-5
+    torch.testing.assert_close(got.double().cpu(), want, atol=tol, rtol=tol)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("act", ["tanh", "relu"])
+@pytest.mark.parametrize("case", LC_CASES)
+def test_lc2d_matches_reference(case, act, dtype, device):
+    t, hp = lc_tensors(case, dtype=dtype, device=device)
+    got = ops.difference_target_lc2d(*t, **hp, activation=act)
+    want = ref.difference_target_lc2d(*[v.double().cpu() for v in t], **hp, activation=act)
+    tol = 1e-12 if dtype == torch.float64 else 2e-5
+    torch.testing.assert_close(got.double().cpu(), want, atol=tol, rtol=tol)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_low_precision_cuda(dtype, device):
+    if device == "cpu":
+        pytest.skip("float16/bfloat16 are CUDA-only")
+    t = linear_tensors(9, 33, 17, dtype=dtype, device=device)
+    want = ref.difference_target(*[v.double().cpu() for v in t])
+    torch.testing.assert_close(ops.difference_target(*t).double().cpu(), want, atol=5e-2, rtol=5e-2)
+
+
+def test_same_above_gives_h_below():
+    """Property: a layer whose target equals its activation gets its activation as target."""
+    hb, _, ha, V, c = linear_tensors(6, 9, 4, dtype=torch.float32)
+    torch.testing.assert_close(ops.difference_target(hb, ha, ha, V, c), hb, atol=1e-6, rtol=0)
+    t, hp = lc_tensors(LC_CASES[0], dtype=torch.float32)
+    torch.testing.assert_close(ops.difference_target_lc2d(t[0], t[2], t[2], t[3], t[4], **hp), t[0], atol=1e-6, rtol=0)
+
+
+def test_non_contiguous_inputs():
+    hb, ta, ha, V, c = linear_tensors(6, 9, 4)
+    want = ref.difference_target(hb, ta, ha, V, c)
+    got = ops.difference_target(hb.t().contiguous().t(), ta.t().contiguous().t(), ha, V.t().contiguous().t(), c)
+    torch.testing.assert_close(got, want)
+
+
+def test_deterministic():
+    t, hp = lc_tensors(LC_CASES[0], dtype=torch.float32)
+    a = ops.difference_target_lc2d(*t, **hp)
+    assert torch.equal(a, ops.difference_target_lc2d(*t, **hp))
+
+
+def test_opcheck():
+    opcheck(torch.ops.bioplaus.difference_target.default, tuple(linear_tensors(4, 5, 3)) + ("tanh",))
+    t, hp = lc_tensors(LC_CASES[0])
+    p4 = list(resolve_padding(hp["padding"], t[0].shape[-2:], t[3].shape[-2:], hp["stride"], hp["dilation"]))
+    opcheck(torch.ops.bioplaus.difference_target_lc2d.default,
+            tuple(t) + (list(hp["stride"]), p4, list(hp["dilation"]), "sigmoid"))
+
+
+def test_compile_fullgraph():
+    t = linear_tensors(4, 5, 3, dtype=torch.float32)
+    f = torch.compile(lambda *a: ops.difference_target(*a) * 2, fullgraph=True, backend="eager")
+    torch.testing.assert_close(f(*t), ops.difference_target(*t) * 2)
+
+
+def test_has_no_gradient():
+    hb, ta, ha, V, c = linear_tensors(3, 4, 2)
+    out = ops.difference_target(hb, ta, ha, V.requires_grad_(), c)
+    with pytest.raises(RuntimeError, match="targets are constants"):
+        out.sum().backward()
+
+
+def _bad_linear():
+    hb, ta, ha, V, c = linear_tensors(3, 4, 2, dtype=torch.float32)
+    return [
+        (dict(activation="softplus"), "activation must be 'tanh', 'sigmoid', 'relu' or 'identity', got 'softplus'"),
+        (dict(h_below=hb[:, :3]), r"h_below must have shape \[N, D_in\] = \[3, 4\], got \[3, 3\]"),
+        (dict(t_above=ta[:2]), r"t_above must have shape h_above's shape = \[3, 2\], got \[2, 2\]"),
+        (dict(bias=c[:2]), r"bias must have shape \[D_in\] = \[4\], got \[2\]"),
+        (dict(weight=V[None]), r"weight must be 2-D \[D_in, D_out\]"),
+        (dict(h_above=ha.double()), "h_above has dtype Double but weight has dtype Float"),
+        (dict(weight=V.int(), h_below=hb.int(), t_above=ta.int(), h_above=ha.int(), bias=c.int()),
+         "weight must be float32 or float64 on the CPU, got Int"),
+    ], dict(h_below=hb, t_above=ta, h_above=ha, weight=V, bias=c, activation="tanh")
+
+
+@pytest.mark.parametrize("fake", [False, True], ids=["real", "fake"])
+@pytest.mark.parametrize("index", range(7))
+def test_bad_linear_inputs(index, fake):
+    cases, base = _bad_linear()
+    change, msg = cases[index]
+    args = {**base, **change}
+    if fake:
+        with FakeTensorMode() as mode:
+            args = {k: mode.from_tensor(v) if isinstance(v, torch.Tensor) else v for k, v in args.items()}
+            with pytest.raises(Exception, match=msg):
+                torch.ops.bioplaus.difference_target(**args)
+    else:
+        with pytest.raises(RuntimeError, match=msg):
+            torch.ops.bioplaus.difference_target(**args)
+
+
+@pytest.mark.parametrize("fake", [False, True], ids=["real", "fake"])
+def test_bad_lc2d_inputs(fake):
+    t, hp = lc_tensors(LC_CASES[0], dtype=torch.float32)
+    bad = [
+        (dict(bias=t[4][:, :3]), r"bias must have shape \[C_in, H, W\] = \[2, 9, 8\], got \[2, 3, 8\]"),
+        (dict(stride=[1, 1]), "input 9x8 with this kernel, stride and padding gives a 8x7 output, but weight has 5x4"),
+        (dict(h_above=t[2][:, :1]), r"h_above must have shape \[N, C_out, H_out, W_out\] = \[3, 4, 5, 4\]"),
+        (dict(h_below=t[0][0]), r"h_below must be 4-D \[N, C_in, H, W\]"),
+    ]
+    base = dict(h_below=t[0], t_above=t[1], h_above=t[2], weight=t[3], bias=t[4], stride=[2, 2],
+                padding=[0, 1, 0, 1], dilation=[1, 1], activation="tanh")
+    for change, msg in bad:
+        args = {**base, **change}
+        if fake:
+            with FakeTensorMode() as mode:
+                args = {k: mode.from_tensor(v) if isinstance(v, torch.Tensor) else v for k, v in args.items()}
+                with pytest.raises(Exception, match=msg):
+                    torch.ops.bioplaus.difference_target_lc2d(**args)
+        else:
+            with pytest.raises(RuntimeError, match=msg):
+                torch.ops.bioplaus.difference_target_lc2d(**args)

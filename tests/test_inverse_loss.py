@@ -1,0 +1,178 @@
+"""inverse_loss[_lc2d]: loss, reconstruction and gradients against the float64 reference (noise from the
+reference Philox), gradcheck, opcheck, the noise contract with philox_fill, bad inputs."""
+import pytest
+import torch
+from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.testing._internal.optests import opcheck
+
+from bioplaus_kernels import ops
+from bioplaus_kernels._geometry import resolve_padding
+from bioplaus_kernels.reference import inverse_loss as ref
+
+from conftest import DEVICES
+from test_difference_target import LC_CASES, lc_tensors
+
+NOISE = dict(sigma=0.3, seed=7, stream=3, step=11)
+
+
+def linear_tensors(N, D_in, D_out, dtype=torch.float64, device="cpu", seed=0):
+    g = torch.Generator().manual_seed(seed)
+    t = [torch.randn(*s, generator=g, dtype=torch.float64) for s in ((N, D_out), (N, D_in), (D_in, D_out), (D_in,))]
+    return [v.to(dtype=dtype, device=device) for v in t]
+
+
+def lc_inputs(case, dtype=torch.float64, device="cpu"):
+    t, hp = lc_tensors(case, dtype=dtype, device=device)
+    return [t[1], t[0], t[3], t[4]], hp  # y (above), h (below), V, c
+
+
+def tolerance(dtype, preserve):
+    """float64 results are exact up to the noise, which both sides draw in float32: the reference's
+    torch.log/cos/sin may differ from libm's logf/cosf/sinf in the last ulp (csrc/common/philox.h)."""
+    if dtype == torch.float32:
+        return 1e-4
+    return 1e-6 if preserve else 1e-10
+
+
+def compare(fn, ref_fn, tensors, kw, tol):
+    """Outputs and the gradients of the loss wrt every input, kernel vs float64 reference."""
+    a = [v.detach().clone().requires_grad_() for v in tensors]
+    b = [v.detach().double().cpu().requires_grad_() for v in tensors]
+    got, want = fn(*a, **kw), ref_fn(*b, **kw)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g.detach().double().cpu(), w.detach(), atol=tol, rtol=tol)
+    (got[0] * 1.5).backward()
+    (want[0] * 1.5).backward()
+    for x, y in zip(a, b):
+        torch.testing.assert_close(x.grad.double().cpu(), y.grad, atol=tol * 10, rtol=tol * 10)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("preserve", [True, False], ids=["dtp", "sdtp"])
+@pytest.mark.parametrize("act", ["tanh", "sigmoid", "relu", "identity"])
+@pytest.mark.parametrize("shape", [(5, 7, 3), (1, 1, 1), (17, 66, 35)])
+def test_linear_matches_reference(shape, act, preserve, dtype, device):
+    kw = dict(NOISE, preserve_noise=preserve, activation=act)
+    compare(ops.inverse_loss, ref.inverse_loss, linear_tensors(*shape, dtype=dtype, device=device), kw, tolerance(dtype, preserve))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("preserve", [True, False], ids=["dtp", "sdtp"])
+@pytest.mark.parametrize("case", LC_CASES)
+def test_lc2d_matches_reference(case, preserve, dtype, device):
+    t, hp = lc_inputs(case, dtype=dtype, device=device)
+    kw = dict(NOISE, preserve_noise=preserve, **hp)
+    compare(ops.inverse_loss_lc2d, ref.inverse_loss_lc2d, t, kw, tolerance(dtype, preserve))
+
+
+@pytest.mark.parametrize("preserve", [True, False], ids=["dtp", "sdtp"])
+def test_gradcheck(preserve):
+    kw = dict(NOISE, preserve_noise=preserve)
+    t = [v.requires_grad_() for v in linear_tensors(4, 5, 3)]
+    assert torch.autograd.gradcheck(lambda *a: ops.inverse_loss(*a, **kw)[0], t)
+    t, hp = lc_inputs(LC_CASES[2])
+    t = [v.requires_grad_() for v in t]
+    assert torch.autograd.gradcheck(lambda *a: ops.inverse_loss_lc2d(*a, **hp, **kw)[0], t)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_noise_matches_noisy_input(dtype):
+    """The kernel's eps is the one ops.noisy adds, bit for bit (the noise-preserving target is h~ exactly)."""
+    y, h, V, c = linear_tensors(6, 9, 4, dtype=dtype)
+    _, x_hat, residual = ops.inverse_loss(y, h, V, c, preserve_noise=True, **NOISE)
+    assert torch.equal(residual, x_hat - ops.noisy(h, **NOISE))
+    _, x_hat, residual = ops.inverse_loss(y, h, V, c, preserve_noise=False, **NOISE)
+    assert torch.equal(residual, x_hat - h)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("shape", [(3, 5), (2, 3, 5, 7), (0, 4), (1,)])
+def test_noisy_input_is_h_plus_philox_fill(shape, dtype, device):
+    """Same Philox normals as philox_fill, to the last ulp of the float32 transcendentals (the CPU kernel uses
+    vectorised log/cos/sin, philox_fill libm's)."""
+    h = torch.randn(shape, dtype=dtype, device=device)
+    want = h + torch.ops.bioplaus.philox_fill(h, 7, 3, 11, "normal", 0.3)
+    torch.testing.assert_close(ops.noisy(h, **NOISE), want, atol=1e-6, rtol=1e-6)
+    if h.numel() > 1:
+        assert not torch.equal(ops.noisy(h, **NOISE), h)
+    g = torch.randn_like(h)
+    hr = h.clone().requires_grad_()
+    ops.noisy(hr, **NOISE).backward(g)
+    assert torch.equal(hr.grad, g)
+
+
+def test_noisy_input_opcheck_and_bad_input():
+    opcheck(torch.ops.bioplaus.inverse_loss_noisy_input.default, (torch.randn(4, 6, requires_grad=True), 0.2, 1, 2, 3))
+    with pytest.raises(RuntimeError, match="inverse_loss_noisy_input: sigma must be a finite number >= 0, got -1"):
+        torch.ops.bioplaus.inverse_loss_noisy_input(torch.randn(3), -1.0, 0, 0, 0)
+    with pytest.raises(RuntimeError, match="inverse_loss_noisy_input: h must be float32 or float64 on the CPU, got Long"):
+        torch.ops.bioplaus.inverse_loss_noisy_input(torch.ones(3, dtype=torch.long), 0.1, 0, 0, 0)
+
+
+def test_noise_depends_on_stream_and_step():
+    y, h, V, c = linear_tensors(6, 9, 4)
+    base = ops.inverse_loss(y, h, V, c, preserve_noise=True, **NOISE)[0]
+    for change in (dict(stream=4), dict(step=12), dict(seed=8)):
+        assert ops.inverse_loss(y, h, V, c, preserve_noise=True, **{**NOISE, **change})[0] != base
+
+
+def test_empty_batch():
+    loss, x_hat, _ = ops.inverse_loss(*linear_tensors(0, 5, 3), preserve_noise=True, **NOISE)
+    assert loss.item() == 0 and x_hat.shape == (0, 5)
+
+
+def test_opcheck():
+    noise = (0.3, 7, 3, 11)
+    opcheck(torch.ops.bioplaus.inverse_loss.default,
+            tuple(v.requires_grad_() for v in linear_tensors(4, 5, 3)) + ("tanh",) + noise + (True,))
+    t, hp = lc_inputs(LC_CASES[0])
+    p4 = list(resolve_padding(hp["padding"], t[1].shape[-2:], t[2].shape[-2:], hp["stride"], hp["dilation"]))
+    opcheck(torch.ops.bioplaus.inverse_loss_lc2d.default,
+            tuple(v.requires_grad_() for v in t) + (list(hp["stride"]), p4, list(hp["dilation"]), "tanh") + noise
+            + (False,))
+
+
+def test_compile_fullgraph():
+    t = linear_tensors(4, 5, 3, dtype=torch.float32)
+    f = torch.compile(lambda *a: ops.inverse_loss(*a, preserve_noise=True, **NOISE)[0], fullgraph=True,
+                      backend="eager")
+    torch.testing.assert_close(f(*t), ops.inverse_loss(*t, preserve_noise=True, **NOISE)[0])
+
+
+BAD = [
+    (dict(sigma=-0.1), "sigma must be a finite number >= 0, got -0.1"),
+    (dict(seed=-1), "seed must be >= 0, got -1"),
+    (dict(step=-2), "step must be >= 0, got -2"),
+    (dict(activation="gelu"), "activation must be 'tanh', 'sigmoid', 'relu' or 'identity', got 'gelu'"),
+    (dict(h="h_short"), r"h must have shape \[N, D_in\] = \[3, 4\], got \[3, 3\]"),
+    (dict(bias="bias_double"), "bias has dtype Double but weight has dtype Float"),
+]
+
+
+@pytest.mark.parametrize("fake", [False, True], ids=["real", "fake"])
+@pytest.mark.parametrize("index", range(len(BAD)))
+def test_bad_inputs(index, fake):
+    y, h, V, c = linear_tensors(3, 4, 2, dtype=torch.float32)
+    named = {"h_short": h[:, :3], "bias_double": c.double()}
+    base = dict(y=y, h=h, weight=V, bias=c, activation="tanh", sigma=0.1, seed=0, stream=0, step=0,
+                preserve_noise=True)
+    change, msg = BAD[index]
+    args = {**base, **{k: named.get(v, v) if isinstance(v, str) and k != "activation" else v
+                       for k, v in change.items()}}
+    if fake:
+        with FakeTensorMode() as mode:
+            args = {k: mode.from_tensor(v) if isinstance(v, torch.Tensor) else v for k, v in args.items()}
+            with pytest.raises(Exception, match=msg):
+                torch.ops.bioplaus.inverse_loss(**args)
+    else:
+        with pytest.raises(RuntimeError, match=msg):
+            torch.ops.bioplaus.inverse_loss(**args)
+
+
+def test_bad_lc2d_input():
+    t, hp = lc_inputs(LC_CASES[0], dtype=torch.float32)
+    with pytest.raises(RuntimeError, match=r"inverse_loss_lc2d: y must have shape \[N, C_out, H_out, W_out\]"):
+        ops.inverse_loss_lc2d(t[0][:, :2], t[1], t[2], t[3], **hp, preserve_noise=False, **NOISE)
