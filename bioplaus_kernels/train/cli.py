@@ -381,6 +381,9 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as e:
         print(f"bioplaus: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("bioplaus: interrupted: stopped without saving a checkpoint", file=sys.stderr)
+        return 130
     except FileNotFoundError as e:
         print(f"bioplaus: error: {e.filename or e}: not found", file=sys.stderr)
         return 2

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
 from . import checkpoints, distributed
 from .data import build_loaders
@@ -52,7 +53,8 @@ class RunOptions:
 
 
 class StopFlag:
-    """Set by SIGINT/SIGTERM while a run is in progress; the loop stops after the current batch."""
+    """Set by SIGINT/SIGTERM while a run is in progress; the loop stops after the current batch and saves a
+    checkpoint. A second signal stops at once (KeyboardInterrupt), without a checkpoint."""
 
     def __init__(self) -> None:
         self.signum: int | None = None
@@ -64,6 +66,8 @@ class StopFlag:
         return self
 
     def _handle(self, signum, frame) -> None:
+        if self.signum is not None:
+            raise KeyboardInterrupt
         self.signum = signum
 
     def __exit__(self, *exc) -> None:
@@ -170,7 +174,6 @@ def run_rule(opts: RunOptions, rule: str, label: str, h: Hyper, bundle, folder: 
     started = time.monotonic() - elapsed
     budget = None if opts.max_minutes is None else opts.max_minutes * 60.0
     status = "finished"
-    from tqdm import tqdm
     while epoch < h.epochs and status == "finished":
         _set_lr(learner, h, epoch)
         if batch == 0:
@@ -267,7 +270,6 @@ def _evaluations(learner, train_loader, test_loader, opts: RunOptions, bundle, d
 def _print_epoch(label: str, row: dict, epochs: int, ctx) -> None:
     if not ctx.is_main:
         return
-    from tqdm import tqdm
     train = row.get("train_error", row["train_error_running"])
     tag = "" if row["complete"] else " (stopped mid-epoch)"
     tqdm.write(f"{label:>16} epoch {row['epoch']:>3}/{epochs}: train err {train:6.2f}%  test err "
