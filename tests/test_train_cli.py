@@ -95,6 +95,7 @@ def test_resume_mid_epoch_after_budget_stop_equals_uninterrupted(tmp_path):
     assert [r["epoch"] for r in rows(tmp_path / "b" / "fa")] == [1, 2]
 
 
+@pytest.mark.slow
 def test_sigterm_saves_a_checkpoint_and_resume_equals_uninterrupted(tmp_path):
     common = ["--algo", "bp", "--batch-size", "16", "--steps-per-epoch", "20", "--no-eval-train", "--no-progress"]
     proc = subprocess.Popen([sys.executable, "-m", "bioplaus_kernels.train", "train", "--out", str(tmp_path / "b"),
@@ -132,6 +133,7 @@ def test_every_rule_of_a_comparison_starts_from_the_same_state(tmp_path):
     assert_same_parameters(final_model(tmp_path / "alone" / "bp"), final_model(tmp_path / "after" / "bp"))
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not os.path.isdir(MNIST), reason=f"MNIST files not found in {MNIST}")
 def test_reproduce_prints_paper_numbers_beside_ours(tmp_path, capsys):
     rc = main(["reproduce", "bartunov2018", "--dataset", "mnist", "--arch", "fc", "--data-dir", MNIST,
