@@ -13,7 +13,10 @@ from bioplaus_kernels.train.cli import main
 from bioplaus_kernels.train.presets import RULES, TP_RULES
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-MNIST = "/work/shared/data/mnist"
+# the repository's ../shared/data (a worktree in <work>/wt/<name> finds <work>/shared/data one level further up)
+MNIST = next((p for p in (os.path.join(ROOT, "..", "shared", "data", "mnist"),
+                          os.path.join(ROOT, "..", "..", "shared", "data", "mnist")) if os.path.isdir(p)),
+             os.path.join(ROOT, "..", "shared", "data", "mnist"))
 QUICK = ["--epochs", "1", "--steps-per-epoch", "4", "--batch-size", "32", "--no-progress"]
 
 
