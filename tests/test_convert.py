@@ -10,6 +10,8 @@ import bioplaus_kernels
 from bioplaus_kernels import convert
 from bioplaus_kernels.nn import Conv2d, Linear, LocallyConnected2d
 
+from conftest import DEVICES
+
 torchvision = pytest.importorskip("torchvision")
 
 
@@ -20,15 +22,18 @@ def small_cnn():
         nn.Flatten(), nn.Linear(8 * 3 * 3, 16), nn.Tanh(), nn.Linear(16, 5))
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("rule", ["bp", "fa", "usf", "frsf", "brsf", "dfa"])
 @pytest.mark.parametrize("seed", [None, 3])
-def test_forward_outputs_identical_with_copied_weights(rule, seed):
+def test_forward_outputs_identical_with_copied_weights(rule, seed, device):
     torch.manual_seed(0)
-    net = small_cnn().eval()
-    x = torch.randn(4, 3, 14, 14)
+    net = small_cnn().eval().to(device)
+    x = torch.randn(4, 3, 14, 14, device=device)
     want = net(x)
     got = convert(copy.deepcopy(net), rule, seed=seed, output_dim=5, last_layer="convert")
     assert torch.equal(got(x), want)
+    F.cross_entropy(got(x), torch.arange(4, device=device)).backward()
+    assert all(p.grad is not None for p in got.parameters())
     kinds = [type(m) for m in got.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
     assert kinds == [Conv2d, Conv2d, Linear, Linear]
 

@@ -152,6 +152,8 @@ def test_errors():
     model(torch.randn(2, 2, 6, 6)).sum().backward()
     with pytest.raises(ValueError, match=r"inputs \[\('2', \(4, 6, 6\)\)\] differ from the layout fixed by the first"):
         model(torch.randn(2, 2, 8, 8))
+    with pytest.raises(ValueError, match="DFA: scale must be 'glorot' or a positive float"):
+        convert(mlp(), "dfa", output_dim=3, scale="xiao")
     with pytest.raises(ValueError, match="no layer in 'dfa' mode"):
         DFA(mlp(), 3)
     with pytest.raises(RuntimeError, match="under 'dfa' the layer's input gradient is replaced"):

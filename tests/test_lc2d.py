@@ -412,3 +412,34 @@ def test_bad_feedback_spec_is_rejected(name):
     assert_rejected(torch.ops.bioplaus.lc2d_backward_input, args, message)
     with pytest.raises(RuntimeError, match=message.replace("lc2d_backward_input", "lc2d")):
         ops.lc2d(torch.randn(2, 3, 8, 8), torch.randn(8, 8, 4, 3, 3, 3), padding=1, **s)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("spec", FEEDBACK_SPECS[1:], ids=spec_id)
+def test_feedback_non_contiguous_and_empty(spec, device):
+    c = FEEDBACK_CASES[2]
+    x, w, b, out = make_tensors(c, device=device, seed=9)
+    gy = torch.randn(c["N"], c["C_out"], *out, dtype=torch.float64, device=device)
+    want = ops.lc2d_backward_input(gy, w, c["hw"], **hp(c), **fb(spec))
+    gy_nc = gy.transpose(2, 3).contiguous().transpose(2, 3)
+    w_nc = w.transpose(0, 1).contiguous().transpose(0, 1)
+    assert not gy_nc.is_contiguous() and not w_nc.is_contiguous()
+    assert torch.equal(ops.lc2d_backward_input(gy_nc, w_nc, c["hw"], **hp(c), **fb(spec)), want)
+    empty = ops.lc2d_backward_input(gy[:0], w, c["hw"], **hp(c), **fb(spec))
+    assert empty.shape == (0, c["C_in"], *c["hw"])
+
+
+def test_feedback_torch_compile_fullgraph():
+    c = GRADCHECK_CASES[0]
+    x, w, b, _ = make_tensors(c, dtype=torch.float32)
+    x.requires_grad_(), w.requires_grad_(), b.requires_grad_()
+    spec = fb(FEEDBACK_SPECS[4])
+
+    def step(x, w, b):
+        return ops.lc2d(torch.tanh(x), w, b, **hp(c), **spec).square().sum()
+
+    compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
+    got = torch.autograd.grad(compiled(x, w, b), (x, w, b))
+    want = torch.autograd.grad(step(x, w, b), (x, w, b))
+    for g, e in zip(got, want):
+        torch.testing.assert_close(g, e)

@@ -84,3 +84,17 @@ def test_dfa_reports_gradient_angles():
     e = torch.autograd.grad(F.cross_entropy(out, y), out)[0]
     want = angle(e @ model.feedback_matrices()["4"], e @ model.model[4].weight.detach())
     assert res["model.4"]["angle_grad"] == pytest.approx(want, abs=1e-3)
+
+
+def test_conv_and_locally_connected_layers():
+    torch.manual_seed(4)
+    net = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.Tanh(), nn.Conv2d(4, 4, 3, stride=2), nn.Tanh(),
+                        nn.Flatten(), nn.Linear(4 * 3 * 3, 3))
+    model = convert(net, "frsf", seed=1, untie=True, input_size=(2, 8, 8), exclude="0")
+    res = metrics.alignment(model, torch.randn(4, 2, 8, 8), torch.tensor([0, 1, 2, 0]))
+    assert set(res) == {"2", "5"}  # the excluded conv is a plain torch layer; the last Linear stays bp
+    lc = model[2]
+    B, W = lc.feedback_weight(), lc.weight.detach()
+    assert res["2"]["angle_BW"] == pytest.approx(angle(B, W), abs=1e-9)
+    assert 0.0 < res["2"]["angle_BW"] < 90.0  # sign-concordant
+    assert res["5"]["angle_BW"] == 0.0 and res["2"]["angle_grad"] > 0.0

@@ -56,9 +56,14 @@ class FeedbackMixin:
         raise NotImplementedError
 
     def _spec(self) -> FeedbackSpec:
-        """The spec of the current step (does not advance the counter)."""
-        return spec_for(self.feedback, self._fans(), scale=self.feedback_scale, seed=self._seed,
-                        stream=self.stream, step=self.feedback_step)
+        """The spec of the current step (does not advance the counter). The rule's mode, distribution and
+        scale depend on the constructor's arguments only and are computed once."""
+        base = self.__dict__.get("_spec_base")
+        if base is None or base[0] != self.feedback:
+            s = spec_for(self.feedback, self._fans(), scale=self.feedback_scale)
+            base = self._spec_base = (self.feedback, s.feedback, s.distribution, s.scale)
+        step = self.feedback_step if self.feedback == "brsf" else 0
+        return FeedbackSpec(base[1], self._seed, self.stream, step, base[2], base[3])
 
     def _forward_spec(self) -> FeedbackSpec:
         """The spec for this forward's backward: "brsf" advances its counter first in training mode."""

@@ -45,7 +45,8 @@ def convert(model: nn.Module, feedback: str, *, exclude: Exclude = (), copy_weig
         last_layer: "bp" (default; Xiao et al.): the last Linear/Conv2d/LC layer in registration order keeps
             backprop (it is still replaced, with feedback="bp", so that metrics report it, and untie still
             unties it); "convert": it gets the rule too (Bartunov et al.'s FA and DFA).
-        scale: "glorot" (default), "xiao" or a positive float (bioplaus_kernels.feedback).
+        scale: "glorot" (default), "xiao" or a positive float (bioplaus_kernels.feedback); DFA takes "glorot"
+            or a float (see nn.dfa).
 
     Every layer's weight and bias gradients remain the true local gradients; only the signal sent to the
     layer below changes. Layers inside nn.MultiheadAttention (which reads their weights without calling
@@ -93,7 +94,7 @@ def convert(model: nn.Module, feedback: str, *, exclude: Exclude = (), copy_weig
         new.train(old.training)
         _set_submodule(model, name, new)
     if rule == "dfa":
-        return DFA(model, output_dim, seed=seed, scale=scale if scale != "xiao" else "glorot")
+        return DFA(model, output_dim, seed=seed, scale=scale)
     return model
 
 

@@ -170,20 +170,22 @@ void normal_batch(philox::Key key, uint64_t step, uint64_t b0, float scale, floa
   }
 }
 
-// dst[k] = op(src[k], w[k]) over a run, written with restrict pointers so the loop vectorises.
+// "sign" over a run: dst[k] = sign(w[k]) * scale (restrict pointers, so the loop vectorises).
 template <typename scalar_t>
-void apply_sign(const FeedbackSpec& f, const scalar_t* __restrict w, scalar_t* __restrict dst, int64_t count) {
-  if (f.mode == FeedbackMode::kSign) {
-    const scalar_t s = sign_scale<scalar_t>(f);
-    for (int64_t k = 0; k < count; ++k) dst[k] = sign_of<scalar_t>(w[k]) * s;
-  } else {  // random_sign: dst holds R
-    for (int64_t k = 0; k < count; ++k) dst[k] = signed_magnitude<scalar_t>(dst[k], w[k]);
-  }
+void sign_run(const FeedbackSpec& f, const scalar_t* __restrict w, scalar_t* __restrict dst, int64_t count) {
+  const scalar_t s = sign_scale<scalar_t>(f);
+  for (int64_t k = 0; k < count; ++k) dst[k] = sign_of<scalar_t>(w[k]) * s;
 }
 
+// R's float values into B's run: "random" converts, "random_sign" also takes the signs of w.
 template <typename scalar_t>
-void convert_run(const float* __restrict r, scalar_t* __restrict dst, int64_t count) {
-  for (int64_t k = 0; k < count; ++k) dst[k] = static_cast<scalar_t>(r[k]);
+void generated_run(FeedbackMode mode, const float* __restrict r, const scalar_t* __restrict w,
+                   scalar_t* __restrict dst, int64_t count) {
+  if (mode == FeedbackMode::kRandom) {
+    for (int64_t k = 0; k < count; ++k) dst[k] = static_cast<scalar_t>(r[k]);
+  } else {
+    for (int64_t k = 0; k < count; ++k) dst[k] = signed_magnitude<scalar_t>(static_cast<scalar_t>(r[k]), w[k]);
+  }
 }
 
 }  // namespace
@@ -195,7 +197,7 @@ void fill_feedback(const FeedbackSpec& f, const scalar_t* w, int64_t e0, int64_t
     std::memcpy(dst, w, sizeof(scalar_t) * count);
     return;
   }
-  if (f.mode == FeedbackMode::kSign) return apply_sign(f, w, dst, count);
+  if (f.mode == FeedbackMode::kSign) return sign_run(f, w, dst, count);
   // Generated modes: R in batches of kBlocks counter blocks; a batch's first block holds element e0 or
   // the element after the previous batch, so a run wastes at most 3 + 63 generated values.
   static const UniformBatch uniform_batch = pick_uniform_batch();
@@ -205,15 +207,14 @@ void fill_feedback(const FeedbackSpec& f, const scalar_t* w, int64_t e0, int64_t
   for (int64_t b0 = e0 / 4; 4 * b0 < end; b0 += kBlocks) {
     const int64_t lo = std::max(e0, 4 * b0), hi = std::min(end, 4 * (b0 + kBlocks));
     if constexpr (std::is_same_v<scalar_t, float>) {
-      if (lo == 4 * b0 && hi == lo + 4 * kBlocks) {  // the whole batch lies in the run: no staging copy
+      if (f.mode == FeedbackMode::kRandom && lo == 4 * b0 && hi == lo + 4 * kBlocks) {  // no staging copy
         batch(f.key, f.step, static_cast<uint64_t>(b0), f.scale, dst + (lo - e0));
         continue;
       }
     }
     batch(f.key, f.step, static_cast<uint64_t>(b0), f.scale, r);
-    convert_run(r + (lo - 4 * b0), dst + (lo - e0), hi - lo);
+    generated_run(f.mode, r + (lo - 4 * b0), w ? w + (lo - e0) : nullptr, dst + (lo - e0), hi - lo);
   }
-  if (f.mode == FeedbackMode::kRandomSign) apply_sign(f, w, dst, count);
 }
 
 template void fill_feedback<float>(const FeedbackSpec&, const float*, int64_t, int64_t, float*);

@@ -29,10 +29,14 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <utility>
 #include <vector>
 
 namespace bioplaus {
 namespace {
+
+// The feedback matrix's buffer in the transformed input-gradient modes (see backward_input_kernel).
+constexpr int64_t kFeedbackBytes = int64_t{4} << 20;
 
 // Positions per block in the layout transposes between [.., P] activations and [P, ..] GEMM buffers.
 constexpr int64_t kTile = 16;
@@ -190,62 +194,102 @@ void backward_weight_kernel(const at::Tensor& grad_y, const at::Tensor& x, at::T
   });
 }
 
+// dX for the samples [begin, end) from the position chunk [p0, p0 + np), through b_c = B_p of the chunk's
+// positions ([np, C_out, K]): GEMMs of nb samples at a time into the caller's buffers, then col2im into gx.
 template <typename scalar_t>
-void backward_input_kernel(const at::Tensor& grad_y, const at::Tensor& w, at::Tensor& gx, const Lc2dGeometry& g,
-                           const FeedbackSpec& f) {
-  const int64_t P = g.positions(), K = g.patch(), N = g.N, C_out = g.C_out;
-  const scalar_t* dy = grad_y.const_data_ptr<scalar_t>();  // [N, C_out, P], contiguous
-  // "random" never reads w (it may be an expanded zero-stride tensor): only the other modes view it.
-  const bool transformed = f.mode != FeedbackMode::kWeight;
-  const at::Tensor w3 = f.reads_weight() ? w.view({P, C_out, K}) : at::Tensor();
-  const scalar_t* wp = f.reads_weight() ? w.const_data_ptr<scalar_t>() : nullptr;
-  scalar_t* out = gx.mutable_data_ptr<scalar_t>();  // [N, C_in, H, W], zero-initialised
-  // Threads own disjoint sample ranges (their grad_x rows); each walks every position in chunks.
-  at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
-    const Chunk ch = plan_chunk(g, sizeof(scalar_t), end - begin);
-    const auto opts = grad_y.options().memory_format(at::MemoryFormat::Contiguous);
-    at::Tensor dyq = at::empty({ch.np, ch.nb, C_out}, opts), dcols = at::empty({ch.np, ch.nb, K}, opts);
-    at::Tensor bbuf = transformed ? at::empty({ch.np, C_out, K}, opts) : at::Tensor();
-    for (int64_t p0 = 0; p0 < P; p0 += ch.np) {
-      const int64_t np = std::min(ch.np, P - p0);
-      at::Tensor b_c;  // B_p for the chunk's positions, [np, C_out, K]
-      if (transformed) {
-        b_c = bbuf.view({-1}).narrow(0, 0, np * C_out * K).view({np, C_out, K});
-        const int64_t e0 = p0 * C_out * K;
-        fill_feedback<scalar_t>(f, wp ? wp + e0 : nullptr, e0, np * C_out * K, b_c.mutable_data_ptr<scalar_t>());
-      } else {
-        b_c = w3.narrow(0, p0, np);
-      }
-      for (int64_t n0 = begin; n0 < end; n0 += ch.nb) {
-        const int64_t nb = std::min(ch.nb, end - n0);
-        at::Tensor dyq_c = dyq.view({-1}).narrow(0, 0, np * nb * C_out).view({np, nb, C_out});
-        at::Tensor dcols_c = dcols.view({-1}).narrow(0, 0, np * nb * K).view({np, nb, K});
-        gather_positions(dy, C_out, P, p0, np, n0, nb, /*n_inner=*/true, dyq_c.mutable_data_ptr<scalar_t>());
-        at::bmm_out(dcols_c, dyq_c, b_c);  // [np, nb, K]
-        // col2im for this chunk: grad_x[n, c, ih, iw] += dcols[q][n][(c, r, s)], skipping padding.
-        const scalar_t* src = dcols_c.const_data_ptr<scalar_t>();
-        for (int64_t q = 0; q < np; ++q) {
-          const int64_t i = (p0 + q) / g.W_out, j = (p0 + q) % g.W_out;
-          for (int64_t n = 0; n < nb; ++n) {
-            const scalar_t* row = src + (q * nb + n) * K;
-            scalar_t* xn = out + (n0 + n) * g.C_in * g.H * g.W;
-            for (int64_t c = 0; c < g.C_in; ++c) {
-              for (int64_t r = 0; r < g.kH; ++r) {
-                const int64_t ih = i * g.sH - g.pT + r * g.dH;
-                const scalar_t* rs = row + (c * g.kH + r) * g.kW;
-                if (ih < 0 || ih >= g.H) continue;
-                scalar_t* xrow = xn + (c * g.H + ih) * g.W;
-                for (int64_t s = 0; s < g.kW; ++s) {
-                  const int64_t iw = j * g.sW - g.pL + s * g.dW;
-                  if (iw >= 0 && iw < g.W) xrow[iw] += rs[s];
-                }
-              }
+void backward_input_chunk(const scalar_t* dy, const at::Tensor& b_c, scalar_t* out, const Lc2dGeometry& g,
+                          const Chunk& ch, int64_t p0, int64_t np, int64_t begin, int64_t end, at::Tensor& dyq,
+                          at::Tensor& dcols) {
+  const int64_t P = g.positions(), K = g.patch(), C_out = g.C_out;
+  for (int64_t n0 = begin; n0 < end; n0 += ch.nb) {
+    const int64_t nb = std::min(ch.nb, end - n0);
+    at::Tensor dyq_c = dyq.view({-1}).narrow(0, 0, np * nb * C_out).view({np, nb, C_out});
+    at::Tensor dcols_c = dcols.view({-1}).narrow(0, 0, np * nb * K).view({np, nb, K});
+    gather_positions(dy, C_out, P, p0, np, n0, nb, /*n_inner=*/true, dyq_c.mutable_data_ptr<scalar_t>());
+    at::bmm_out(dcols_c, dyq_c, b_c);  // [np, nb, K]
+    // col2im for this chunk: grad_x[n, c, ih, iw] += dcols[q][n][(c, r, s)], skipping padding.
+    const scalar_t* src = dcols_c.const_data_ptr<scalar_t>();
+    for (int64_t q = 0; q < np; ++q) {
+      const int64_t i = (p0 + q) / g.W_out, j = (p0 + q) % g.W_out;
+      for (int64_t n = 0; n < nb; ++n) {
+        const scalar_t* row = src + (q * nb + n) * K;
+        scalar_t* xn = out + (n0 + n) * g.C_in * g.H * g.W;
+        for (int64_t c = 0; c < g.C_in; ++c) {
+          for (int64_t r = 0; r < g.kH; ++r) {
+            const int64_t ih = i * g.sH - g.pT + r * g.dH;
+            const scalar_t* rs = row + (c * g.kH + r) * g.kW;
+            if (ih < 0 || ih >= g.H) continue;
+            scalar_t* xrow = xn + (c * g.H + ih) * g.W;
+            for (int64_t s = 0; s < g.kW; ++s) {
+              const int64_t iw = j * g.sW - g.pL + s * g.dW;
+              if (iw >= 0 && iw < g.W) xrow[iw] += rs[s];
             }
           }
         }
       }
     }
-  });
+  }
+}
+
+// The samples are split into ranges of `per` (one per thread), all walking the positions in the same
+// chunks with the same GEMM shapes, whatever the mode: "weight" multiplies by views of w, the other
+// modes by B's chunk, built once per chunk by all threads together (fill_feedback, split by position)
+// and then shared by every sample range. So no thread regenerates another's part of B, and a spec run
+// equals a "weight" run on the materialised B bit for bit.
+template <typename scalar_t>
+void backward_input_kernel(const at::Tensor& grad_y, const at::Tensor& w, at::Tensor& gx, const Lc2dGeometry& g,
+                           const FeedbackSpec& f) {
+  const int64_t P = g.positions(), K = g.patch(), N = g.N, C_out = g.C_out;
+  const scalar_t* dy = grad_y.const_data_ptr<scalar_t>();  // [N, C_out, P], contiguous
+  scalar_t* out = gx.mutable_data_ptr<scalar_t>();         // [N, C_in, H, W], zero-initialised
+  const int64_t threads = std::min<int64_t>(at::get_num_threads(), N);
+  const int64_t per = (N + threads - 1) / threads;
+  const int64_t ranges = (N + per - 1) / per;  // range t owns samples [t * per, min(N, (t + 1) * per))
+  const Chunk ch = plan_chunk(g, sizeof(scalar_t), per);
+  const auto opts = grad_y.options().memory_format(at::MemoryFormat::Contiguous);
+  const auto new_buffers = [&] {
+    return std::make_pair(at::empty({ch.np, ch.nb, C_out}, opts), at::empty({ch.np, ch.nb, K}, opts));
+  };
+  if (f.mode == FeedbackMode::kWeight) {
+    const at::Tensor w3 = w.view({P, C_out, K});
+    at::parallel_for(0, ranges, 1, [&](int64_t t0, int64_t t1) {
+      auto [dyq, dcols] = new_buffers();
+      for (int64_t t = t0; t < t1; ++t) {
+        for (int64_t p0 = 0; p0 < P; p0 += ch.np) {
+          const int64_t np = std::min(ch.np, P - p0);
+          backward_input_chunk(dy, w3.narrow(0, p0, np), out, g, ch, p0, np, t * per, std::min(N, (t + 1) * per),
+                               dyq, dcols);
+        }
+      }
+    });
+    return;
+  }
+  // "random" never reads w (it may be an expanded zero-stride tensor).
+  const scalar_t* wp = f.reads_weight() ? w.const_data_ptr<scalar_t>() : nullptr;
+  std::vector<std::pair<at::Tensor, at::Tensor>> buffers;
+  for (int64_t t = 0; t < ranges; ++t) buffers.push_back(new_buffers());
+  // B is built for a group of whole GEMM chunks at a time (within kFeedbackBytes, at least one chunk), so
+  // the threads meet twice per group rather than twice per chunk.
+  const int64_t block = C_out * K;  // elements of one position's B_p
+  const int64_t group = std::max<int64_t>(kFeedbackBytes / (block * int64_t(sizeof(scalar_t))) / ch.np, 1) * ch.np;
+  at::Tensor bbuf = at::empty({std::min(group, P), C_out, K}, opts);
+  scalar_t* bp = bbuf.mutable_data_ptr<scalar_t>();
+  for (int64_t g0 = 0; g0 < P; g0 += group) {
+    const int64_t ng = std::min(group, P - g0);
+    at::parallel_for(0, ng, 1, [&](int64_t q0, int64_t q1) {
+      const int64_t e0 = (g0 + q0) * block;
+      fill_feedback<scalar_t>(f, wp ? wp + e0 : nullptr, e0, (q1 - q0) * block, bp + q0 * block);
+    });
+    at::parallel_for(0, ranges, 1, [&](int64_t t0, int64_t t1) {
+      for (int64_t t = t0; t < t1; ++t) {
+        for (int64_t p0 = g0; p0 < g0 + ng; p0 += ch.np) {
+          const int64_t np = std::min(ch.np, P - p0);
+          backward_input_chunk(dy, bbuf.narrow(0, p0 - g0, np), out, g, ch, p0, np, t * per,
+                               std::min(N, (t + 1) * per), buffers[t].first, buffers[t].second);
+        }
+      }
+    });
+  }
 }
 
 at::Tensor lc2d_forward_cpu(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
@@ -271,7 +315,7 @@ at::Tensor lc2d_backward_input_cpu(const at::Tensor& grad_y, const at::Tensor& w
                                                        feedback, seed, stream, step, distribution, scale);
   at::Tensor gx = at::zeros({g.N, g.C_in, g.H, g.W}, grad_y.options().memory_format(at::MemoryFormat::Contiguous));
   if (g.N == 0) return gx;
-  const at::Tensor w = f.reads_weight() ? weight.contiguous() : weight;
+  const at::Tensor w = f.reads_weight() ? weight.contiguous() : weight;  // "random": shape only
   const at::Tensor dy = grad_y.contiguous();
   AT_DISPATCH_FLOATING_TYPES(dy.scalar_type(), "lc2d_backward_input_cpu",
                              [&] { backward_input_kernel<scalar_t>(dy, w, gx, g, f); });

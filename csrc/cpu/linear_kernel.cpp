@@ -4,10 +4,11 @@
 //   grad_x[:, c0 : c0 + tw] = grad_y * B[:, c0 : c0 + tw]
 // one GEMM per tile (at::mm, torch's BLAS), the tiles shared out over the threads. Each element of
 // grad_x is one dot product over `out` inside one GEMM, and no two threads write the same column, so
-// the result needs no reduction and is bit-identical run to run. The modes differ only in where the
-// tile comes from: "weight" passes a view of weight; "random" / "sign" / "random_sign" build the tile
-// (out x tw, within kTileBytes) in the thread's buffer (fill_feedback) just before its GEMM. The tile
-// width depends on the shapes alone, so a spec run equals a "weight" run on the materialised B.
+// the result needs no reduction and is bit-identical run to run (for a given thread count, which sets the
+// tile width). The modes differ only in where the tile comes from: "weight" passes a view of weight;
+// "random" / "sign" / "random_sign" build the tile (out x tw, within kTileBytes) in the thread's buffer
+// (fill_feedback) just before its GEMM. Every mode runs the same GEMMs on the same tile shapes, so a spec
+// run equals a "weight" run on the materialised B bit for bit.
 #include "linear.h"
 
 #include "cpu/feedback_source.h"
@@ -27,15 +28,16 @@ namespace bioplaus {
 namespace {
 
 constexpr int64_t kTileBytes = int64_t{512} << 10;  // one B tile: stays in L2 between its fill and its GEMM
-constexpr int64_t kColAlign = 64;   // tile rows of whole generator batches (64 elements when in % 4 == 0)
-constexpr int64_t kMinTiles = 2;    // enough tiles to share out on small layers
+constexpr int64_t kColAlign = 64;                    // tile rows of whole generator batches (in % 4 == 0)
 
 int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
 
-// Columns per tile: in / kMinTiles rounded up to kColAlign, within the byte budget (at least kColAlign).
+// Columns per tile: an equal share of the columns per thread (one GEMM per thread when B is small: on one
+// thread a small layer is a single at::mm), rounded up to kColAlign, within the byte budget.
 int64_t tile_width(int64_t out, int64_t in, int64_t elem_size) {
   const int64_t by_budget = std::max<int64_t>(kTileBytes / (elem_size * std::max<int64_t>(out, 1)) / kColAlign, 1) * kColAlign;
-  const int64_t by_split = round_up((in + kMinTiles - 1) / kMinTiles, kColAlign);
+  const int64_t threads = at::get_num_threads();
+  const int64_t by_split = round_up((in + threads - 1) / threads, kColAlign);
   return std::min({by_budget, by_split, in});
 }
 
