@@ -68,7 +68,8 @@ def convert(model: nn.Module, feedback: str, *, exclude: Exclude = (), copy_weig
     names, types = _split_exclude(exclude)
     # nn.MultiheadAttention reads its out_proj's weight directly and never calls its forward: left alone
     inside_attention = {id(c) for m in model.modules() if isinstance(m, nn.MultiheadAttention) for c in m.modules()}
-    layers = [(n, m) for n, m in model.named_modules() if isinstance(m, _LAYERS) and n and id(m) not in inside_attention]
+    layers = [(n, m) for n, m in model.named_modules()
+              if isinstance(m, _LAYERS) and n and id(m) not in inside_attention]
     if not layers and isinstance(model, _LAYERS):
         raise ValueError("convert: model is itself a single layer; wrap it (e.g. in nn.Sequential) to convert it")
     last_name = layers[-1][0] if layers else None

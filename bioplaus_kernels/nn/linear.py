@@ -23,10 +23,10 @@ class Linear(FeedbackMixin, nn.Linear):
         seed: None, or an int: see below. stream: the layer id mixed into the generator's key.
         scale: "glorot" (default), "xiao", or a positive float.
 
-    Paths (all through ``torch.ops.bioplaus.linear_backward_input`` except "bp"):
+    Paths:
         "bp": torch's own F.linear and its backward.
-        "fa", seed=None: B is a buffer ``feedback_matrix`` (saved in the state dict), passed to the kernel as
-            the matrix to multiply by.
+        "fa", seed=None: B is a buffer ``feedback_matrix`` (saved in the state dict); the input gradient is
+            ``grad_y @ B``, the same BLAS GEMM that backprop runs with W.
         "fa" with a seed, "usf", "frsf", "brsf": ``ops.linear`` with the rule's spec: the kernel computes B
             from (seed, stream, step) and/or sign(W) as it goes; no B or sign tensor is materialised.
     """
