@@ -186,7 +186,8 @@ def main(argv=None) -> int:
 
 
 # ---------------------------------------------------------------------------------------------------
-# pytest-benchmark: pytest benchmarks/bench_tp.py (BIOPLAUS_BENCH_NETS, default mnist-fc,mnist-lc)
+# pytest-benchmark: pytest benchmarks/bench_tp.py (BIOPLAUS_BENCH_NETS default mnist-fc,mnist-lc;
+# BIOPLAUS_BENCH_BATCH default 128; BIOPLAUS_BENCH_THREADS default 1)
 # ---------------------------------------------------------------------------------------------------
 try:
     import pytest
@@ -199,10 +200,16 @@ if pytest is not None:
     @pytest.mark.parametrize("impl", IMPLS)
     @pytest.mark.parametrize("net", _NETS)
     def test_tp_step(benchmark, net, impl):
-        fn = make_steps(net, int(os.environ.get("BIOPLAUS_BENCH_BATCH", "128")))[impl]
-        benchmark.group = f"tp step cpu {net}"
-        benchmark.extra_info.update({"batch": 128, "threads": torch.get_num_threads()})
-        benchmark.pedantic(fn, rounds=5, warmup_rounds=1, iterations=1)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(int(os.environ.get("BIOPLAUS_BENCH_THREADS", "1")))  # as the CLI's --threads
+        try:
+            batch = int(os.environ.get("BIOPLAUS_BENCH_BATCH", "128"))
+            fn = make_steps(net, batch)[impl]
+            benchmark.group = f"tp step cpu {net}"
+            benchmark.extra_info.update({"batch": batch, "threads": torch.get_num_threads()})
+            benchmark.pedantic(fn, rounds=5, warmup_rounds=1, iterations=1)
+        finally:
+            torch.set_num_threads(threads)
 
 
 if __name__ == "__main__":
