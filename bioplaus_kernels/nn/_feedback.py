@@ -138,7 +138,7 @@ def autocast_inputs(*tensors: Optional[torch.Tensor]):
     otherwise."""
     first = next(t for t in tensors if t is not None)
     device = first.device.type
-    if not torch.is_autocast_enabled(device):
+    if device not in ("cpu", "cuda") or not torch.is_autocast_enabled(device):  # e.g. "meta" has no autocast
         return tensors
     dtype = torch.get_autocast_dtype(device)
     return tuple(t.to(dtype) if t is not None and t.is_floating_point() else t for t in tensors)

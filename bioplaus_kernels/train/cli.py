@@ -123,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--aux-width", type=int, help="AO-SDTP: auxiliary output units")
     g.add_argument("--output-inverse", choices=("probabilities", "logits"),
                    help="SDTP/AO-SDTP: what the output layer's inverse reads (the paper leaves it open; "
-                   "default probabilities)")
+                   "default logits: probabilities diverged on MNIST, see docs/tp.md)")
     _run_options(t)
 
     r = sub.add_parser("reproduce", help="run a paper's protocol and print its numbers beside ours",

@@ -47,7 +47,7 @@ class Hyper:
     alpha: float = 0.1
     sigma: float = 0.1
     aux_width: int = 512
-    output_inverse: str = "probabilities"
+    output_inverse: str = "logits"
     batch_size: int = 100
     epochs: int = 10
     last_layer: str | None = None   # None: "convert" for the paper nets, "bp" otherwise
