@@ -1,4 +1,4 @@
-// linear_backward_input on the CPU: float32 and float64, both cores, B never materialised.
+// linear_backward_input on the CPU: float32 and float64, all threads, B never materialised.
 //
 // grad_x[M, in] = grad_y[M, out] * B[out, in] is split into column tiles of B (and of grad_x):
 //   grad_x[:, c0 : c0 + tw] = grad_y * B[:, c0 : c0 + tw]
@@ -46,9 +46,10 @@ void backward_input_kernel(const at::Tensor& gy, const at::Tensor& weight, at::T
   const int64_t tw = tile_width(d.out, d.in, sizeof(scalar_t));
   const int64_t tiles = (d.in + tw - 1) / tw;
   const FeedbackSpec& f = d.feedback;
-  // Transformed modes read weight row by row (element (o, i) at o * in + i): a contiguous weight.
-  const at::Tensor w = f.reads_weight() && f.mode != FeedbackMode::kWeight ? weight.contiguous() : weight;
-  const scalar_t* wp = f.reads_weight() && f.mode != FeedbackMode::kWeight ? w.const_data_ptr<scalar_t>() : nullptr;
+  // "sign" / "random_sign" read weight row by row (element (o, i) at o * in + i): a contiguous weight.
+  const bool transforms_weight = f.reads_weight() && f.mode != FeedbackMode::kWeight;
+  const at::Tensor w = transforms_weight ? weight.contiguous() : weight;
+  const scalar_t* wp = transforms_weight ? w.const_data_ptr<scalar_t>() : nullptr;
   at::parallel_for(0, tiles, 1, [&](int64_t t0, int64_t t1) {
     at::Tensor buf;
     if (f.mode != FeedbackMode::kWeight) buf = at::empty({d.out, tw}, gy.options());
