@@ -126,7 +126,7 @@ def test_inverse_error_matches_reference(algorithm):
     """step()'s inverse_error/<l> is the paper's inverse loss (noise-preserving for DTP, de-noising for SDTP)
     with the kernel's noise (seed, stream l, step counter)."""
     model = fc_net()
-    trainer = Trainer(model, algorithm, schedule="parallel", sigma=0.2, seed=5)
+    trainer = Trainer(model, algorithm, schedule="parallel", sigma=0.2, seed=5, output_inverse="probabilities")
     x, y = batch()
     blocks = [model[0:2], model[2:4], model[4:6], model[6:7]]
     hs = [x]
