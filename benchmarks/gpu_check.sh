@@ -3,12 +3,14 @@
 #   bash benchmarks/gpu_check.sh [OUTDIR]
 # builds the extension in place for that GPU, runs the whole test suite (CUDA cases included), a
 # compute-sanitizer memcheck and racecheck pass over a small subset (where compute-sanitizer exists), the
-# LC benchmark on CUDA in float32 (all shapes, batch 128) and bfloat16, and the pytest-benchmark CUDA cases;
+# LC benchmark on CUDA in float32 (all shapes, batch 128) and bfloat16, the Linear feedback-mode and the
+# feedback-rule benchmarks on CUDA, and the pytest-benchmark CUDA cases;
 # writes JSON results and a log to OUTDIR and prints a stage summary and the short tables last.
 #
-# OUTDIR: the argument, else $OUT if set, else benchmarks/results/gpu-<date>. At most 6 files are written
-# there (gpu_check.log, stages.txt, lc2d-cuda-float32.json, lc2d-cuda-bfloat16.json,
-# pytest-benchmark-cuda.json, lc2d-cuda-float32.png when matplotlib is present), no subfolders.
+# OUTDIR: the argument, else $OUT if set, else benchmarks/results/gpu-<date>. At most 8 files are written
+# there (gpu_check.log, stages.txt, lc2d-cuda-float32.json, lc2d-cuda-bfloat16.json, linear-cuda-float32.json,
+# feedback-cuda.json, pytest-benchmark-cuda.json, lc2d-cuda-float32.png when matplotlib is present), no
+# subfolders.
 #
 # Needs only python3 with torch (a CUDA build), pytest, pytest-benchmark, ninja and nvcc; no network.
 # Time: every stage has a limit and the whole run is kept under GPU_CHECK_BUDGET_S (default 450 s, for the
@@ -118,10 +120,16 @@ main() {
   fi
 
   # --- the benchmark: float32 (all shapes, batch 128), then bfloat16 ---------------------------------------
-  run_stage bench-float32 150 60 "$PY" benchmarks/bench_lc2d.py --device cuda --dtype float32 --shapes all \
+  run_stage bench-float32 150 150 "$PY" benchmarks/bench_lc2d.py --device cuda --dtype float32 --shapes all \
     --batch 128 --json "$OUTDIR/lc2d-cuda-float32.json" --plot "$OUTDIR/lc2d-cuda-float32.png"
-  run_stage bench-bfloat16 120 10 "$PY" benchmarks/bench_lc2d.py --device cuda --dtype bfloat16 --shapes all \
+  run_stage bench-bfloat16 120 130 "$PY" benchmarks/bench_lc2d.py --device cuda --dtype bfloat16 --shapes all \
     --batch 128 --json "$OUTDIR/lc2d-cuda-bfloat16.json"
+
+  # --- feedback: linear_backward_input per mode, then each rule's layer step against bp -------------------
+  run_stage bench-linear 60 70 "$PY" benchmarks/bench_linear.py --device cuda --dtype float32 \
+    --json "$OUTDIR/linear-cuda-float32.json"
+  run_stage bench-feedback 90 10 "$PY" benchmarks/bench_feedback.py --device cuda \
+    --json "$OUTDIR/feedback-cuda.json"
 
   # --- the same cases through pytest-benchmark (fewer rounds) ----------------------------------------------
   run_stage pytest-benchmark 90 10 env BIOPLAUS_BENCH_ROUNDS=10 "$PY" -m pytest benchmarks/bench_lc2d.py -q \
