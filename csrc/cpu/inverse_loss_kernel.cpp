@@ -10,6 +10,8 @@
 // inverse_loss_noisy_input: h + eps with the same normal_noise.
 #include "inverse_loss.h"
 
+#include "cpu/feedback_source.h"
+
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/LegacyTypeDispatch.h>
@@ -33,7 +35,7 @@ namespace {
 
 using Result = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
 
-// eps[0 .. numel) as float32: the Philox words of each block (scalar, split across threads), then Box-Muller
+// eps[0 .. numel) as float32: the Philox words of each block (vectorised, split across threads), then Box-Muller
 // on whole tensors with ATen's vectorised log/sqrt/cos/sin (runtime-dispatched AVX2/AVX-512; a scalar libm
 // loop costs about 5x more and dominated a training step). Same generator, key, counter and conversions as
 // common/philox.h; the transcendentals may differ from libm's (and from philox_fill's) in the last ulp, as
@@ -45,12 +47,20 @@ at::Tensor normal_noise(int64_t numel, const InverseLossArgs& a, const at::Tenso
   at::Tensor u1 = at::empty({blocks, 2}, fopts), u2 = at::empty({blocks, 2}, fopts);
   float* p1 = u1.mutable_data_ptr<float>();
   float* p2 = u2.mutable_data_ptr<float>();
+  // The words come from the AVX-512/AVX2 Philox behind the feedback kernels: fill_feedback in "random"
+  // uniform mode with scale 1 gives u = ((x >> 7) - 2^24) * 2^-24 exactly for word x, so x >> 7 = u * 2^24 + 2^24
+  // and x >> 8 = (x >> 7) >> 1 are recovered exactly: the same words as philox::block_words, about 5x faster.
+  const FeedbackSpec words{FeedbackMode::kRandom, philox::Distribution::kUniform, a.key, a.step, 1.0f, 1.0};
   at::parallel_for(0, blocks, 4096, [&](int64_t b0, int64_t b1) {
+    std::vector<float> u(static_cast<size_t>(4 * (b1 - b0)));
+    fill_feedback<float>(words, nullptr, 4 * b0, 4 * (b1 - b0), u.data());
     for (int64_t b = b0; b < b1; ++b) {
-      const philox::Words v = philox::block_words(a.key, static_cast<uint64_t>(b), a.step);
+      const float* q = u.data() + 4 * (b - b0);
       for (int p = 0; p < 2; ++p) {  // Box-Muller pairs (w0, w1) and (w2, w3)
-        p1[2 * b + p] = static_cast<float>((v.w[2 * p] >> 8) + 1u) * philox::kTwoPow24Inv;
-        p2[2 * b + p] = static_cast<float>(v.w[2 * p + 1] >> 8) * philox::kTwoPow24Inv;
+        const int32_t a7 = static_cast<int32_t>(q[2 * p] * 16777216.0f) + (int32_t{1} << 24);      // w >> 7
+        const int32_t b7 = static_cast<int32_t>(q[2 * p + 1] * 16777216.0f) + (int32_t{1} << 24);
+        p1[2 * b + p] = static_cast<float>((a7 >> 1) + 1) * philox::kTwoPow24Inv;
+        p2[2 * b + p] = static_cast<float>(b7 >> 1) * philox::kTwoPow24Inv;
       }
     }
   });
