@@ -1,8 +1,12 @@
 // philox_fill and philox4x32_10 on the CPU. Work is split by counter block (4 consecutive elements share one
 // Philox call, see common/philox.h), so every element is written by exactly one thread and the result does
-// not depend on the thread count.
+// not depend on the thread count. Uniform and normal samples come from fill_feedback in "random" mode, the
+// AVX-512/AVX2 generator of the feedback kernels (bit-equal to the scalar definition, several times faster);
+// the raw words ("bits") from the scalar generator.
 #define BIOPLAUS_PHILOX_OP_DECLS
 #include "common/philox.h"
+
+#include "cpu/feedback_source.h"
 
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -17,21 +21,24 @@ namespace {
 
 constexpr int64_t kGrainBlocks = 2048;
 
-template <typename scalar_t>
-void fill_cpu(scalar_t* out, int64_t numel, philox::Key key, uint64_t step, philox::Distribution d, float scale) {
+// The raw 32-bit words as int64.
+void fill_bits_cpu(int64_t* out, int64_t numel, philox::Key key, uint64_t step) {
   const int64_t blocks = (numel + 3) / 4;
   at::parallel_for(0, blocks, kGrainBlocks, [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b) {
       const philox::Words v = philox::block_words(key, static_cast<uint64_t>(b), step);
       const int64_t e0 = 4 * b, n = std::min<int64_t>(4, numel - e0);
-      for (int j = 0; j < n; ++j) {
-        if (d == philox::Distribution::kBits) {
-          out[e0 + j] = static_cast<scalar_t>(v.w[j]);
-        } else {
-          out[e0 + j] = static_cast<scalar_t>(philox::mul_rn(scale, philox::sample(v, j, d)));
-        }
-      }
+      for (int j = 0; j < n; ++j) out[e0 + j] = static_cast<int64_t>(v.w[j]);
     }
+  });
+}
+
+// out[e] = R[e] of a "random" feedback spec: mul_rn(scale, sample) in float, converted to scalar_t.
+template <typename scalar_t>
+void fill_samples_cpu(scalar_t* out, int64_t numel, const FeedbackSpec& spec) {
+  at::parallel_for(0, (numel + 3) / 4, kGrainBlocks, [&](int64_t b0, int64_t b1) {
+    const int64_t e0 = 4 * b0, e1 = std::min(numel, 4 * b1);
+    fill_feedback<scalar_t>(spec, nullptr, e0, e1 - e0, out + e0);
   });
 }
 
@@ -45,11 +52,11 @@ at::Tensor philox_fill_cpu(const at::Tensor& like, int64_t seed, int64_t stream,
   const philox::Key key = philox::make_key(static_cast<uint64_t>(seed), static_cast<uint64_t>(stream));
   const float scale_f = static_cast<float>(scale);
   if (d == philox::Distribution::kBits) {
-    fill_cpu(out.mutable_data_ptr<int64_t>(), numel, key, static_cast<uint64_t>(step), d, scale_f);
+    fill_bits_cpu(out.mutable_data_ptr<int64_t>(), numel, key, static_cast<uint64_t>(step));
   } else {
-    AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "philox_fill_cpu", [&] {
-      fill_cpu(out.mutable_data_ptr<scalar_t>(), numel, key, static_cast<uint64_t>(step), d, scale_f);
-    });
+    const FeedbackSpec spec{FeedbackMode::kRandom, d, key, static_cast<uint64_t>(step), scale_f, scale};
+    AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "philox_fill_cpu",
+                               [&] { fill_samples_cpu(out.mutable_data_ptr<scalar_t>(), numel, spec); });
   }
   return out;
 }
