@@ -349,14 +349,7 @@ if "pytest" in sys.modules:
         fn = case.step(impl)
         benchmark.group = f"feedback {device} {shape}"
         benchmark.extra_info.update({"impl": impl, "batch": case.batch, "stored_bytes": stored_bytes(case.modules[impl])})
-        if device == "cuda":
-            def target():
-                out = fn()
-                torch.cuda.synchronize()
-                return out
-            out = benchmark.pedantic(target, rounds=20, warmup_rounds=3, iterations=1)
-        else:
-            out = benchmark(fn)
+        out = common.run_pytest_benchmark(benchmark, fn, device)
         assert out is not None
 
 

@@ -787,15 +787,8 @@ if pytest is not None:
         benchmark.group = f"lc2d {device} {shape} dgrad-feedback"
         benchmark.extra_info.update({"batch": case.batch, "dtype": _ENV_DTYPE, "feedback": mode,
                                      "geometry": case.shape.geometry()})
-        if device == "cuda":
-            def target():
-                out = fn()
-                torch.cuda.synchronize()
-                return out
-            out = benchmark.pedantic(target, rounds=int(os.environ.get("BIOPLAUS_BENCH_ROUNDS", 20)),
-                                     warmup_rounds=3, iterations=1)
-        else:
-            out = benchmark(fn)
+        out = common.run_pytest_benchmark(benchmark, fn, device,
+                                          rounds=int(os.environ.get("BIOPLAUS_BENCH_ROUNDS", 20)))
         assert out is not None
 
     def test_rss_method_measures_a_known_allocation():

@@ -253,14 +253,7 @@ if pytest is not None:
         fn = _CASES[key].fn(impl)
         benchmark.group = f"linear_backward_input {device} {shape}"
         benchmark.extra_info.update({"batch": _BATCH, "impl": impl})
-        if device == "cuda":
-            def target():
-                out = fn()
-                torch.cuda.synchronize()
-                return out
-            out = benchmark.pedantic(target, rounds=20, warmup_rounds=3, iterations=1)
-        else:
-            out = benchmark(fn)
+        out = common.run_pytest_benchmark(benchmark, fn, device)
         assert out is not None
 
 

@@ -247,6 +247,20 @@ def measure_ceilings(device: str, dtype: torch.dtype, quick: bool = False) -> Di
     return res
 
 
+def run_pytest_benchmark(benchmark, fn: Callable[[], object], device: str, rounds: int = 20):
+    """Times ``fn`` with pytest-benchmark and returns its last result: on CUDA each call is synchronised inside
+    the timed function (benchmark.pedantic, 3 warm-up rounds), on the CPU pytest-benchmark's own calibration."""
+    if device != "cuda":
+        return benchmark(fn)
+
+    def target():
+        out = fn()
+        torch.cuda.synchronize()
+        return out
+
+    return benchmark.pedantic(target, rounds=rounds, warmup_rounds=3, iterations=1)
+
+
 # ---------------------------------------------------------------------------------------------------
 # Peak memory
 # ---------------------------------------------------------------------------------------------------

@@ -49,7 +49,7 @@ InverseLossArgs check_inverse_loss_noisy_input_inputs(const at::Tensor& h, doubl
                                                      int64_t stream, int64_t step) {
   constexpr const char* op = "inverse_loss_noisy_input";
   const InverseLossArgs args = check_noise(op, "identity", sigma, seed, stream, step, true);
-  tp::check_float(op, "h", h);
+  check_float_dtype(op, "h", h);
   return args;
 }
 

@@ -60,6 +60,8 @@ BIOPLAUS_HD void noise4(philox::Key key, uint64_t step, int64_t block, float sig
 
 // Host-only glue shared by the op files and the CPU/CUDA kernels (inline: csrc/common/ holds headers only).
 // Not guarded by __CUDA_ARCH__: nvcc's device pass still parses the host launchers that call it.
+#include "checks.h"
+
 #include <ATen/core/Tensor.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/core/stack.h>
@@ -68,21 +70,12 @@ BIOPLAUS_HD void noise4(philox::Key key, uint64_t step, int64_t block, float sig
 #include <c10/util/string_view.h>
 
 #include <initializer_list>
-#include <sstream>
 #include <string>
 #include <utility>
 #include <vector>
 
 namespace bioplaus {
 namespace tp {
-
-inline std::string shape_str(c10::IntArrayRef s) {
-  std::ostringstream os;
-  os << "[";
-  for (size_t i = 0; i < s.size(); ++i) os << (i ? ", " : "") << s[i];
-  os << "]";
-  return os.str();
-}
 
 // "identity" | "tanh" | "sigmoid" | "relu"; any other name is an error naming the op and the value.
 inline Activation parse_activation(const char* op, c10::string_view name) {
@@ -94,28 +87,11 @@ inline Activation parse_activation(const char* op, c10::string_view name) {
               "'");
 }
 
-inline void check_float(const char* op, const char* name, const at::Tensor& t) {
-  const auto dt = t.scalar_type();
-  const bool cpu_ok = dt == at::kFloat || dt == at::kDouble;
-  if (t.is_cuda()) {
-    TORCH_CHECK(cpu_ok || dt == at::kHalf || dt == at::kBFloat16, op, ": ", name,
-                " must be float32, float64, float16 or bfloat16 on CUDA, got ", dt);
-  } else {
-    TORCH_CHECK(cpu_ok, op, ": ", name, " must be float32 or float64 on the CPU, got ", dt);
-  }
-}
-
 // Every tensor argument of a TP op on weight's device with weight's dtype.
 inline void check_like_weight(const char* op, const at::Tensor& weight,
                               std::initializer_list<std::pair<const char*, const at::Tensor*>> tensors) {
-  check_float(op, "weight", weight);
-  for (const auto& nt : tensors) {
-    const at::Tensor& t = *nt.second;
-    TORCH_CHECK(t.device() == weight.device(), op, ": ", nt.first, " is on ", t.device(), " but weight is on ",
-                weight.device(), "; they must be on the same device");
-    TORCH_CHECK(t.scalar_type() == weight.scalar_type(), op, ": ", nt.first, " has dtype ", t.scalar_type(),
-                " but weight has dtype ", weight.scalar_type(), "; they must match");
-  }
+  check_float_dtype(op, "weight", weight);
+  for (const auto& nt : tensors) check_same(op, nt.first, *nt.second, "weight", weight);
 }
 
 inline void check_shape(const char* op, const char* name, const at::Tensor& t, const std::vector<int64_t>& want,
