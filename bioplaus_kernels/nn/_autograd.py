@@ -98,12 +98,13 @@ class Conv2dFeedback(torch.autograd.Function):
             return (None,) * 8
         s, p, d, groups = ctx.hparams
         gx = gw = gb = None
-        matrix: Optional[torch.Tensor] = stored if stored is not None else (
-            ops.feedback_source(weight, *ctx.feedback) if ctx.feedback is not None else None)
-        if ctx.needs_input_grad[0] and matrix is not None:
-            gx = torch.ops.aten.convolution_backward(g, x, matrix, None, s, p, d, False, [0, 0], groups,
-                                                     [True, False, False])[0]
-        del matrix
+        if ctx.needs_input_grad[0]:  # B is built only when an input gradient is wanted (not for a first layer)
+            matrix: Optional[torch.Tensor] = stored if stored is not None else (
+                ops.feedback_source(weight, *ctx.feedback) if ctx.feedback is not None else None)
+            if matrix is not None:
+                gx = torch.ops.aten.convolution_backward(g, x, matrix, None, s, p, d, False, [0, 0], groups,
+                                                         [True, False, False])[0]
+            del matrix
         want_w, want_b = ctx.needs_input_grad[1], ctx.has_bias and ctx.needs_input_grad[2]
         if want_w or want_b:
             _, gw, gb = torch.ops.aten.convolution_backward(g, x, weight, [weight.shape[0]] if want_b else None,
