@@ -93,7 +93,27 @@ def test_scale_and_dtype(dtype):
 def test_uniform_range_and_grid():
     u = ops.philox((100_000,), 3)
     assert u.min() >= -1 and u.max() < 1
-    assert torch.equal(u * 2**24, (u * 2**24).round())
+    assert torch.equal(u * 2**15, (u * 2**15).round())  # 16-bit samples
+    assert u.unique().numel() > 50_000  # all 16 bits in use: 65536 levels
+
+
+def test_uniform_element_mapping():
+    # e = 128 g + 16 s + l reads half s % 2 of word s // 2 of block 16 g + l, from the scalar generator.
+    seed, stream, step = 0x0123456789ABCDEF, 5, 2**33 + 7
+    u = ops.philox((3 * 128 + 45,), seed, stream, step)
+    key = ref.make_key(seed, stream)
+    for e in [0, 1, 15, 16, 17, 31, 32, 100, 127, 128, 129, 200, 255, 256, 300, 383, 384, 428]:
+        g, s, l = e // 128, (e // 16) % 8, e % 16
+        x = ref.philox4x32_10((16 * g + l, 0, step & ref.MASK32, step >> 32), key)[s // 2]
+        h = (x >> (16 * (s % 2))) & 0xFFFF
+        assert u[e].item() == (h - 2**15) * 2.0**-15, e
+
+
+@pytest.mark.parametrize("numel", [1, 127, 128, 129, 256 + 5, 4 * 128, 7 * 128 + 64, 11 * 128, 40_001])
+def test_uniform_any_length_matches_reference(numel):
+    # Whole groups in batches of 4, 2 and 1 and a partial group at the end.
+    got = ops.philox((numel,), 99, 1, 3, scale=0.5)
+    assert torch.equal(got, ref.philox((numel,), 99, 1, 3, scale=0.5))
 
 
 def test_normal_matches_reference():

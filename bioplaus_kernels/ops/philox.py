@@ -1,15 +1,18 @@
 """Counter-based random tensors: ``torch.ops.bioplaus.philox_fill`` and its fake kernels.
 
 Element ``e`` (row-major flat index) of ``philox(shape, seed, stream, step)`` is drawn from Philox4x32-10 with
-key ``seed ^ mix64(stream)`` (splitmix64 finaliser; stream 0 uses the seed itself) and counter
-``(lo32(e // 4), hi32(e // 4), lo32(step), hi32(step))``, output word ``e % 4``; csrc/common/philox.h defines
-the generator and the conversions once for the CPU and CUDA kernels, and
-``bioplaus_kernels.reference.philox`` re-implements them in PyTorch for the tests.
+key ``seed ^ mix64(stream)`` (splitmix64 finaliser; stream 0 uses the seed itself); counter block ``b`` is
+``(lo32(b), hi32(b), lo32(step), hi32(step))``. csrc/common/philox.h defines the generator, the element
+mapping and the conversions once for the CPU and CUDA kernels, and ``bioplaus_kernels.reference.philox``
+re-implements them in PyTorch for the tests.
 
-* ``"uniform"``: ``(int32(x >> 7) - 2**24) * 2**-24`` in [-1, 1), exact, so bit-identical on every device.
-* ``"normal"``: Box-Muller on the word pairs (0, 1) and (2, 3) of the block; bit-identical run to run, equal
-  across devices to a few ulp (libm ``log``/``cos``/``sin`` differ).
-* ``"bits"``: the raw 32-bit words as int64 (``scale`` ignored), for tests.
+* ``"uniform"``: 8 elements per block, a 16-bit half-word each: ``e = 128 g + 16 s + l`` reads block
+  ``16 g + l``, word ``s // 2``, bits ``16 * (s % 2)`` and up (h), and gives ``(h - 2**15) * 2**-15`` in
+  [-1, 1): exact, so bit-identical on every device (the layout lets a 16-lane vector fill 128 consecutive
+  elements; half the generator calls of a 32-bit sample).
+* ``"normal"``: block ``e // 4``; Box-Muller on the word pairs (0, 1) and (2, 3); bit-identical run to run,
+  equal across devices to a few ulp (libm ``log``/``cos``/``sin`` differ).
+* ``"bits"``: block ``e // 4``, word ``e % 4``, the raw 32-bit word as int64 (``scale`` ignored), for tests.
 
 Values are computed in float32, multiplied by ``float32(scale)`` and then converted to the output dtype. The
 op has no differentiable inputs (``like`` only gives shape, dtype and device), so it needs no autograd.

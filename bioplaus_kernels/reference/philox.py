@@ -1,5 +1,6 @@
 """Reference Philox4x32-10, key derivation and conversions of csrc/common/philox.h, in plain Python ints
-(``philox4x32_10``, ``make_key``) and vectorised over int64 tensors (``words``, ``uniform``, ``normal``).
+(``philox4x32_10``, ``make_key``) and vectorised over int64 tensors (``block_words``, ``words``,
+``uniform_halves``, the conversions and ``philox``).
 
 uint32 arithmetic on int64 tensors: a 32x32-bit product would overflow int64, so it is formed from two
 32x16-bit halves (each < 2**48) and recombined exactly.
@@ -51,11 +52,10 @@ def _mul_wide(a: int, b: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     return (p_hi >> 16) + (mid >> 32), mid & MASK32
 
 
-def words(numel: int, seed: int, stream: int = 0, step: int = 0) -> torch.Tensor:
-    """The raw word of every element e < numel: Philox counter (lo32(e//4), hi32(e//4), lo32(step),
-    hi32(step)), word e % 4; int64 tensor of numel uint32 values."""
+def block_words(blocks: torch.Tensor, seed: int, stream: int = 0, step: int = 0) -> torch.Tensor:
+    """The four words of each counter block in ``blocks`` (int64): counter (lo32(b), hi32(b), lo32(step),
+    hi32(step)); int64 tensor [len(blocks), 4] of uint32 values."""
     k0, k1 = make_key(seed, stream)
-    blocks = torch.arange((numel + 3) // 4, dtype=torch.int64)
     c0, c1 = blocks & MASK32, blocks >> 32
     c2 = torch.full_like(blocks, step & MASK32)
     c3 = torch.full_like(blocks, step >> 32)
@@ -65,12 +65,29 @@ def words(numel: int, seed: int, stream: int = 0, step: int = 0) -> torch.Tensor
         hi0, lo0 = _mul_wide(M0, c0)
         hi1, lo1 = _mul_wide(M1, c2)
         c0, c1, c2, c3 = hi1 ^ c1 ^ k0, lo1, hi0 ^ c3 ^ k1, lo0
-    return torch.stack([c0, c1, c2, c3], dim=1).reshape(-1)[:numel]
+    return torch.stack([c0, c1, c2, c3], dim=1)
 
 
-def uniform_from_words(x: torch.Tensor) -> torch.Tensor:
-    """(int32(x >> 7) - 2**24) * 2**-24 in float32: exact."""
-    return ((x >> 7) - (1 << 24)).to(torch.float32) * 2.0 ** -24
+def words(numel: int, seed: int, stream: int = 0, step: int = 0) -> torch.Tensor:
+    """The raw word of every element e < numel in the bits/normal mapping: block e // 4, word e % 4; int64
+    tensor of numel uint32 values."""
+    blocks = torch.arange((numel + 3) // 4, dtype=torch.int64)
+    return block_words(blocks, seed, stream, step).reshape(-1)[:numel]
+
+
+def uniform_halves(numel: int, seed: int, stream: int = 0, step: int = 0) -> torch.Tensor:
+    """The 16-bit half-word of every element e < numel in the uniform mapping: e = 128 g + 16 s + l reads
+    block 16 g + l, word s // 2, bits 16 (s % 2) .. 16 (s % 2) + 15; int64 tensor of numel values."""
+    e = torch.arange(numel, dtype=torch.int64)
+    lane, slot = e % 16, (e // 16) % 8
+    blocks = (e // 128) * 16 + lane
+    x = block_words(blocks, seed, stream, step).gather(1, (slot // 2).unsqueeze(1)).squeeze(1)
+    return (x >> (16 * (slot % 2))) & 0xFFFF
+
+
+def uniform_from_halves(h: torch.Tensor) -> torch.Tensor:
+    """(h - 2**15) * 2**-15 in float32: exact."""
+    return (h - (1 << 15)).to(torch.float32) * 2.0 ** -15
 
 
 def normal_from_words(x: torch.Tensor) -> torch.Tensor:
@@ -87,8 +104,11 @@ def philox(shape: Sequence[int], seed: int, stream: int = 0, step: int = 0, dist
            scale: float = 1.0, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """CPU reference of bioplaus_kernels.ops.philox."""
     numel = math.prod(shape)
-    x = words(4 * ((numel + 3) // 4), seed, stream, step)  # whole blocks: a normal pair may straddle numel
-    if distribution == "bits":
-        return x[:numel].view(*shape)
-    v = uniform_from_words(x) if distribution == "uniform" else normal_from_words(x)
-    return (v[:numel] * torch.tensor(scale, dtype=torch.float32)).to(dtype).view(*shape)
+    if distribution == "uniform":
+        v = uniform_from_halves(uniform_halves(numel, seed, stream, step))
+    else:
+        x = words(4 * ((numel + 3) // 4), seed, stream, step)  # whole blocks: a normal pair may straddle numel
+        if distribution == "bits":
+            return x[:numel].view(*shape)
+        v = normal_from_words(x)[:numel]
+    return (v * torch.tensor(scale, dtype=torch.float32)).to(dtype).view(*shape)

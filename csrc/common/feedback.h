@@ -50,8 +50,7 @@ BIOPLAUS_HD acc_t signed_magnitude(acc_t r, acc_t w) {
 
 // R[e] as float, before the conversion to weight's dtype.
 BIOPLAUS_HD float random_feedback(const FeedbackSpec& f, uint64_t e) {
-  const philox::Words v = philox::block_words(f.key, e >> 2, f.step);
-  return philox::mul_rn(f.scale, philox::sample(v, static_cast<int>(e & 3), f.distribution));
+  return philox::mul_rn(f.scale, philox::element_sample(f.key, f.step, e, f.distribution));
 }
 
 // B[e] given R[e] already converted to scalar_t (`r`, unused by weight/sign) and weight[e] (`w`, unused
@@ -70,8 +69,8 @@ BIOPLAUS_HD scalar_t combine_feedback(const FeedbackSpec& f, scalar_t r, scalar_
   }
 }
 
-// B[e] from scratch (one Philox call per generated element; kernels that need many consecutive
-// elements share the call over the counter block instead).
+// B[e] from scratch (one Philox call per generated element; kernels that need many elements share each
+// call over the elements of its counter block instead: see common/philox.h for the element mapping).
 template <typename scalar_t, typename acc_t>
 BIOPLAUS_HD scalar_t feedback_element(const FeedbackSpec& f, uint64_t e, scalar_t w) {
   const scalar_t r = f.generates() ? static_cast<scalar_t>(random_feedback(f, e)) : scalar_t(0);

@@ -10,16 +10,21 @@
 // where mix64 is the splitmix64 finaliser (a bijection of uint64 with mix64(0) = 0). Stream 0 thus uses the
 // seed itself as the key, and distinct streams (layer ids) of one seed get unrelated keys.
 //
-// Element mapping: element e (the canonical row-major flat index) of a tensor drawn at `step` reads
-//   counter = (lo32(e / 4), hi32(e / 4), lo32(step), hi32(step)), output word e % 4.
-// `step` is 0 for fixed matrices and the training step for per-step redraws (brSF), so the counter space
-// of every step is disjoint from every other step's.
+// Element mapping (e = the canonical row-major flat index of the drawn tensor; `step` is 0 for fixed
+// matrices and the training step for per-step redraws (brSF), so the counter space of every step is
+// disjoint from every other step's). Counter block b at `step` is (lo32(b), hi32(b), lo32(step), hi32(step)).
+//   bits, normal:  element e reads block e / 4, word e % 4 (4 elements per block).
+//   uniform:       8 elements per block, one 16-bit half-word each, laid out so that a group of 16
+//                  consecutive blocks (the lanes of one 512-bit vector) fills 128 consecutive elements
+//                  without a transpose. Element e = 128 g + 16 s + l (group g, slot s in 0..7, lane l in
+//                  0..15) reads block 16 g + l, word s / 2, half s % 2 (0: bits 0-15, 1: bits 16-31).
+//                  Half the generator calls per element of the 32-bit form (the CPU kernels' cost is the
+//                  generator's: see cpu/feedback_source_kernel.cpp).
 //
 // Conversions (computed in float, identically on host and device):
-//   uniform [-1, 1):   u(x) = (int32(x >> 7) - 2^24) * 2^-24. Both operations are exact (the integer
-//                      has at most 24 significant bits, the multiply is by a power of two), so there is
-//                      no rounding for a compiler to contract or reorder: bit-exact on every device.
-//                      Values are multiples of 2^-24.
+//   uniform [-1, 1):   u(h) = (int32(h) - 2^15) * 2^-15 for the 16-bit half-word h. Both operations are
+//                      exact, so there is no rounding for a compiler to contract or reorder: bit-exact on
+//                      every device. Values are multiples of 2^-15 (65536 levels).
 //   normal N(0, 1):    Box-Muller on the word pairs (0, 1) and (2, 3) of the element's counter block:
 //                      u1 = ((a >> 8) + 1) * 2^-24 in (0, 1], u2 = (b >> 8) * 2^-24 in [0, 1),
 //                      r = sqrt(-2 log u1), element with e % 4 in {0, 2} gets r cos(2 pi u2), in {1, 3}
@@ -97,7 +102,7 @@ BIOPLAUS_HD Key make_key(uint64_t seed, uint64_t stream) {
   return Key{static_cast<uint32_t>(k), static_cast<uint32_t>(k >> 32)};
 }
 
-// The four words of counter block `block` (= e / 4) at `step`.
+// The four words of counter block `block` at `step`.
 BIOPLAUS_HD Words block_words(Key key, uint64_t block, uint64_t step) {
   const Words ctr{{static_cast<uint32_t>(block), static_cast<uint32_t>(block >> 32), static_cast<uint32_t>(step),
                    static_cast<uint32_t>(step >> 32)}};
@@ -115,10 +120,30 @@ BIOPLAUS_HD float mul_rn(float a, float b) {
 
 constexpr float kTwoPow24Inv = 5.9604644775390625e-08f;  // 2^-24
 
-// Uniform in [-1, 1): exact (see the file comment).
-BIOPLAUS_HD float uniform(uint32_t x) {
-  return static_cast<float>(static_cast<int32_t>(x >> 7) - (int32_t{1} << 24)) * kTwoPow24Inv;
+constexpr float kTwoPow15Inv = 3.0517578125e-05f;  // 2^-15
+
+// Uniform in [-1, 1) from a 16-bit half-word: exact (see the file comment).
+BIOPLAUS_HD float uniform16(uint32_t h) {
+  return static_cast<float>(static_cast<int32_t>(h) - (int32_t{1} << 15)) * kTwoPow15Inv;
 }
+
+// The uniform mapping's geometry (see the file comment): 16 blocks x 8 half-words per group.
+constexpr int kGroupBlocks = 16;
+constexpr int kGroupElems = 128;
+
+// Where uniform element e lives: counter block, word and half.
+struct UniformSlot {
+  uint64_t block;
+  int word, half;
+};
+
+BIOPLAUS_HD UniformSlot uniform_slot(uint64_t e) {
+  const int s = static_cast<int>((e >> 4) & 7);
+  return UniformSlot{(e >> 7) * kGroupBlocks + (e & 15), s >> 1, s & 1};
+}
+
+// The uniform sample of half `half` of word x.
+BIOPLAUS_HD float uniform_half(uint32_t x, int half) { return uniform16(half ? x >> 16 : x & 0xFFFFu); }
 
 // Box-Muller on the word pair (a, b); `second` selects the sine output.
 BIOPLAUS_HD float normal(uint32_t a, uint32_t b, bool second) {
@@ -131,11 +156,19 @@ BIOPLAUS_HD float normal(uint32_t a, uint32_t b, bool second) {
 
 enum class Distribution : int { kUniform = 0, kNormal = 1, kBits = 2 };
 
-// The float sample of word j (= e % 4) of a counter block (uniform or normal).
-BIOPLAUS_HD float sample(const Words& v, int j, Distribution d) {
-  if (d == Distribution::kUniform) return uniform(v.w[j]);
+// The normal sample of word j (= e % 4) of a counter block.
+BIOPLAUS_HD float normal_sample(const Words& v, int j) {
   const int p = j & 2;  // Box-Muller pair (0, 1) or (2, 3)
   return normal(v.w[p], v.w[p + 1], (j & 1) != 0);
+}
+
+// Element e's float sample (uniform or normal), before the scale; one generator call.
+BIOPLAUS_HD float element_sample(Key key, uint64_t step, uint64_t e, Distribution d) {
+  if (d == Distribution::kUniform) {
+    const UniformSlot u = uniform_slot(e);
+    return uniform_half(block_words(key, u.block, step).w[u.word], u.half);
+  }
+  return normal_sample(block_words(key, e >> 2, step), static_cast<int>(e & 3));
 }
 
 }  // namespace philox

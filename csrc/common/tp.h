@@ -37,7 +37,7 @@ BIOPLAUS_HD T activate(Activation a, T pre) {
 // cpu/inverse_loss_kernel.cpp normal_noise.)
 BIOPLAUS_HD float noise(philox::Key key, uint64_t step, int64_t e, float sigma) {
   const philox::Words v = philox::block_words(key, static_cast<uint64_t>(e) >> 2, step);
-  return philox::mul_rn(sigma, philox::sample(v, static_cast<int>(e & 3), philox::Distribution::kNormal));
+  return philox::mul_rn(sigma, philox::normal_sample(v, static_cast<int>(e & 3)));
 }
 
 // The noise of the four elements 4 * block .. 4 * block + 3 at once: one Philox call and one Box-Muller

@@ -1,4 +1,4 @@
-// Bounded runs of the feedback matrix B on the CPU (semantics in common/feedback.h), for kernels that
+// Bounded runs of the feedback matrix B (and of raw generator words) on the CPU (semantics in common/feedback.h), for kernels that
 // transform or generate B tile by tile into a per-thread buffer instead of materialising it.
 #pragma once
 
@@ -12,5 +12,9 @@ namespace bioplaus {
 // B never reads weight). Deterministic and independent of how a range is split into calls.
 template <typename scalar_t>
 void fill_feedback(const FeedbackSpec& f, const scalar_t* w, int64_t e0, int64_t count, scalar_t* dst);
+
+// The raw Philox words of the n counter blocks b0 .. b0 + n - 1 at `step`: out[4 (b - b0) + j] = word j of
+// philox::block_words(key, b, step) (vectorised; for kernels that convert words themselves).
+void philox_words(philox::Key key, uint64_t step, uint64_t b0, int64_t n, uint32_t* out);
 
 }  // namespace bioplaus

@@ -1,12 +1,17 @@
-// fill_feedback (cpu/feedback_source.h): B's elements in bounded runs.
+// fill_feedback and philox_words (cpu/feedback_source.h): B's elements, and raw generator words, in
+// bounded runs.
 //
-// Uniform samples, the common case, are generated kBlocks counter blocks at a time with AVX-512 or AVX2
-// (picked once at run time; scalar otherwise): 32-bit lanes, one lane per counter block, each lane
-// running exactly the rounds of philox::philox4x32_10. The 32 x 32 -> 64-bit products come from the
-// even/odd-lane multiply (mul_epu32) and are split back into hi/lo 32-bit lanes by blends; the
-// conversion (shift, subtract, int -> float, two float multiplies) is the scalar one, exact up to the
-// final multiply by `scale`, which rounds the same way in a vector lane. So every value equals
-// philox_fill's bit for bit. Normal samples (libm log/sin/cos) take the scalar path of philox_fill.
+// Uniform samples, the common case, are generated a group at a time (common/philox.h: 16 counter blocks,
+// 128 elements, element 128 g + 16 s + l = half s % 2 of word s / 2 of block 16 g + l). With AVX-512 one
+// group is one 16-lane vector per Philox word, so the 8 half-word slots of a group are 8 plain 16-float
+// stores: no transpose. Up to four groups run interleaved (their rounds are independent, which keeps both
+// vector ports busy), each lane running exactly the rounds of philox::philox4x32_10. The 32 x 32 -> 64-bit
+// products come from the even/odd-lane multiply (mul_epu32), split back into hi/lo 32-bit lanes by blends.
+// The conversion (mask or shift, subtract, int -> float, multiply by 2^-15) is exact and the final
+// multiply by `scale` rounds the same way in a vector lane, so every value equals the scalar
+// philox::element_sample's bit for bit. "random_sign" combines |R| with sign(W) in the same pass (float).
+// AVX2 runs a group as two 8-lane halves; the scalar path serves other CPUs and the partial groups at the
+// ends of a run. Normal samples (libm log/sin/cos) take the scalar path of philox_fill.
 #include "cpu/feedback_source.h"
 
 #include <algorithm>
@@ -21,21 +26,43 @@
 namespace bioplaus {
 namespace {
 
-constexpr int kBlocks = 16;  // counter blocks per batch: 64 elements
+using philox::kGroupBlocks;
+using philox::kGroupElems;
 
-// Uniform values of the kBlocks blocks b0 .. b0 + 15: out[4 * l + j] = word j of block b0 + l (any alignment).
-using UniformBatch = void (*)(philox::Key, uint64_t step, uint64_t b0, float scale, float* out);
+// Uniform values of the n whole groups g0 .. g0 + n - 1 into out[0 .. 128 n), times `scale`; with `w`
+// (float "random_sign"), |value| * sign(w[k]) instead.
+using UniformGroups = void (*)(philox::Key key, uint64_t step, uint64_t g0, int64_t n, float scale,
+                               const float* w, float* out);
 
-void uniform_batch_scalar(philox::Key key, uint64_t step, uint64_t b0, float scale, float* out) {
-  for (int l = 0; l < kBlocks; ++l) {
-    const philox::Words v = philox::block_words(key, b0 + static_cast<uint64_t>(l), step);
-    for (int j = 0; j < 4; ++j) out[4 * l + j] = philox::mul_rn(scale, philox::uniform(v.w[j]));
+void uniform_groups_scalar(philox::Key key, uint64_t step, uint64_t g0, int64_t n, float scale, const float* w,
+                           float* out) {
+  for (int64_t g = 0; g < n; ++g, out += kGroupElems) {
+    for (int l = 0; l < kGroupBlocks; ++l) {
+      const philox::Words v = philox::block_words(key, (g0 + g) * kGroupBlocks + l, step);
+      for (int s = 0; s < 8; ++s) out[16 * s + l] = philox::mul_rn(scale, philox::uniform_half(v.w[s >> 1], s & 1));
+    }
+    if (w) {
+      for (int k = 0; k < kGroupElems; ++k) out[k] = signed_magnitude<float>(out[k], w[k]);
+      w += kGroupElems;
+    }
   }
 }
 
-// The lanes' counter words c1 = hi32(b0 + l) are all hi32(b0) unless the batch crosses a multiple of
-// 2^32 blocks; such (vanishingly rare) batches take the scalar path.
-bool crosses_hi_word(uint64_t b0) { return static_cast<uint32_t>(b0) > 0xFFFFFFFFu - (kBlocks - 1); }
+// Raw words of blocks b0 .. b0 + n - 1: out[4 (b - b0) + j] = word j.
+using BlockWords = void (*)(philox::Key key, uint64_t step, uint64_t b0, int64_t n, uint32_t* out);
+
+void block_words_scalar(philox::Key key, uint64_t step, uint64_t b0, int64_t n, uint32_t* out) {
+  for (int64_t b = 0; b < n; ++b) {
+    const philox::Words v = philox::block_words(key, b0 + static_cast<uint64_t>(b), step);
+    std::memcpy(out + 4 * b, v.w, sizeof(v.w));
+  }
+}
+
+// A vector's lanes take the blocks first .. first + lanes - 1, whose counter word c1 = hi32(block) is
+// shared unless the run crosses a multiple of 2^32 (never for a group, which starts at a multiple of 16).
+bool crosses_hi_word(uint64_t first, int lanes) {
+  return static_cast<uint32_t>(first) > 0xFFFFFFFFu - static_cast<uint32_t>(lanes - 1);
+}
 
 #if defined(BIOPLAUS_X86_SIMD)
 // GCC's AVX-512 headers initialise their "undefined" vectors from themselves, which -Wmaybe-uninitialized
@@ -52,58 +79,122 @@ __attribute__((target("avx512f"))) inline void mulhilo_avx512(__m512i m, __m512i
   lo = _mm512_mask_blend_epi32(0xAAAA, even, _mm512_slli_epi64(odd, 32));
 }
 
-// 64-bit unpacks of float vectors (pairs of floats move together).
-__attribute__((target("avx512f"))) inline __m512 lo64(__m512 a, __m512 b) {
-  return _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(a), _mm512_castps_pd(b)));
-}
-__attribute__((target("avx512f"))) inline __m512 hi64(__m512 a, __m512 b) {
-  return _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(a), _mm512_castps_pd(b)));
-}
-
-__attribute__((target("avx512f"))) void uniform_batch_avx512(philox::Key key, uint64_t step, uint64_t b0,
-                                                              float scale, float* out) {
-  if (crosses_hi_word(b0)) return uniform_batch_scalar(key, step, b0, scale, out);
+// Philox4x32-10 of NV vectors at once: lane l of vector v runs block first[v] + l; c[v][j] = word j.
+template <int NV>
+__attribute__((target("avx512f"))) inline void philox_avx512(philox::Key key, uint64_t step, const uint64_t* first,
+                                                             __m512i (&c)[NV][4]) {
   const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-  __m512i c0 = _mm512_add_epi32(_mm512_set1_epi32(static_cast<int>(static_cast<uint32_t>(b0))), lane);
-  __m512i c1 = _mm512_set1_epi32(static_cast<int>(static_cast<uint32_t>(b0 >> 32)));
-  __m512i c2 = _mm512_set1_epi32(static_cast<int>(static_cast<uint32_t>(step)));
-  __m512i c3 = _mm512_set1_epi32(static_cast<int>(static_cast<uint32_t>(step >> 32)));
+  for (int v = 0; v < NV; ++v) {
+    c[v][0] = _mm512_add_epi32(_mm512_set1_epi32(static_cast<int>(static_cast<uint32_t>(first[v]))), lane);
+    c[v][1] = _mm512_set1_epi32(static_cast<int>(static_cast<uint32_t>(first[v] >> 32)));
+    c[v][2] = _mm512_set1_epi32(static_cast<int>(static_cast<uint32_t>(step)));
+    c[v][3] = _mm512_set1_epi32(static_cast<int>(static_cast<uint32_t>(step >> 32)));
+  }
   const __m512i m0 = _mm512_set1_epi32(static_cast<int>(philox::kMul0));
   const __m512i m1 = _mm512_set1_epi32(static_cast<int>(philox::kMul1));
   uint32_t k0 = key.k0, k1 = key.k1;
   for (int r = 0; r < philox::kRounds; ++r) {  // philox::philox_round; the key is bumped after each round
-    __m512i hi0, lo0, hi1, lo1;
-    mulhilo_avx512(m0, c0, hi0, lo0);
-    mulhilo_avx512(m1, c2, hi1, lo1);
-    c0 = _mm512_ternarylogic_epi32(hi1, c1, _mm512_set1_epi32(static_cast<int>(k0)), 0x96);  // a ^ b ^ c
-    c2 = _mm512_ternarylogic_epi32(hi0, c3, _mm512_set1_epi32(static_cast<int>(k1)), 0x96);
-    c1 = lo1;
-    c3 = lo0;
+    const __m512i kk0 = _mm512_set1_epi32(static_cast<int>(k0)), kk1 = _mm512_set1_epi32(static_cast<int>(k1));
+    for (int v = 0; v < NV; ++v) {
+      __m512i hi0, lo0, hi1, lo1;
+      mulhilo_avx512(m0, c[v][0], hi0, lo0);
+      mulhilo_avx512(m1, c[v][2], hi1, lo1);
+      c[v][0] = _mm512_ternarylogic_epi32(hi1, c[v][1], kk0, 0x96);  // a ^ b ^ c
+      c[v][2] = _mm512_ternarylogic_epi32(hi0, c[v][3], kk1, 0x96);
+      c[v][1] = lo1;
+      c[v][3] = lo0;
+    }
     k0 += philox::kWeyl0;
     k1 += philox::kWeyl1;
   }
-  // philox::uniform then mul_rn(scale, .), word by word: f[j] lane l = word j of block b0 + l.
-  const __m512i offset = _mm512_set1_epi32(1 << 24);
-  const __m512 inv = _mm512_set1_ps(philox::kTwoPow24Inv), s = _mm512_set1_ps(scale);
-  const __m512i words[4] = {c0, c1, c2, c3};
-  __m512 f[4];
-  for (int j = 0; j < 4; ++j) {
-    f[j] = _mm512_mul_ps(s, _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(_mm512_srli_epi32(words[j], 7), offset)),
-                                          inv));
-  }
-  // Transpose to element order out[4l + j]. After the two unpack rounds, u[i] holds in its 128-bit lane k the
-  // four words of block 4k + i; the lane shuffles then gather blocks 4q .. 4q + 3 into output vector q.
-  const __m512 t0 = _mm512_unpacklo_ps(f[0], f[1]), t1 = _mm512_unpackhi_ps(f[0], f[1]);
-  const __m512 t2 = _mm512_unpacklo_ps(f[2], f[3]), t3 = _mm512_unpackhi_ps(f[2], f[3]);
-  const __m512 u0 = lo64(t0, t2), u1 = hi64(t0, t2), u2 = lo64(t1, t3), u3 = hi64(t1, t3);
-  const __m512 s0 = _mm512_shuffle_f32x4(u0, u1, 0x44), s1 = _mm512_shuffle_f32x4(u2, u3, 0x44);  // lanes 0, 1
-  const __m512 s2 = _mm512_shuffle_f32x4(u0, u1, 0xEE), s3 = _mm512_shuffle_f32x4(u2, u3, 0xEE);  // lanes 2, 3
-  _mm512_storeu_ps(out + 0, _mm512_shuffle_f32x4(s0, s1, 0x88));   // blocks 0-3: lane 0 of u0, u1, u2, u3
-  _mm512_storeu_ps(out + 16, _mm512_shuffle_f32x4(s0, s1, 0xDD));  // blocks 4-7: lane 1
-  _mm512_storeu_ps(out + 32, _mm512_shuffle_f32x4(s2, s3, 0x88));  // blocks 8-11: lane 2
-  _mm512_storeu_ps(out + 48, _mm512_shuffle_f32x4(s2, s3, 0xDD));  // blocks 12-15: lane 3
 }
 
+// mul_rn(scale, uniform16(h)) for the 16-bit values h in the lanes.
+__attribute__((target("avx512f"))) inline __m512 uniform16_avx512(__m512i h, __m512 scale) {
+  const __m512i offset = _mm512_set1_epi32(1 << 15);
+  const __m512 inv = _mm512_set1_ps(philox::kTwoPow15Inv);
+  return _mm512_mul_ps(scale, _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(h, offset)), inv));
+}
+
+// signed_magnitude(u, w) lane by lane: |u| with w's sign bit where w is nonzero and not NaN, else +0
+// (|u| * sign(w) is exact, so the bit pattern is the scalar's, -0 for u = 0 < w included).
+__attribute__((target("avx512f"))) inline __m512 signed_magnitude_avx512(__m512 u, __m512 w) {
+  const __m512i sign = _mm512_set1_epi32(static_cast<int>(0x80000000u));
+  const __mmask16 nonzero = _mm512_cmp_ps_mask(w, _mm512_setzero_ps(), _CMP_NEQ_OQ);
+  const __m512i bits = _mm512_ternarylogic_epi32(sign, _mm512_castps_si512(w), _mm512_castps_si512(u), 0xCA);
+  return _mm512_maskz_mov_ps(nonzero, _mm512_castsi512_ps(bits));  // 0xCA: sign ? w : u, bit by bit
+}
+
+template <int NV>
+__attribute__((target("avx512f"))) void groups_avx512(philox::Key key, uint64_t step, uint64_t g0, float scale,
+                                                      const float* w, float* out) {
+  uint64_t first[NV];
+  for (int v = 0; v < NV; ++v) first[v] = (g0 + v) * kGroupBlocks;
+  __m512i c[NV][4];
+  philox_avx512<NV>(key, step, first, c);
+  const __m512 s = _mm512_set1_ps(scale);
+  const __m512i low = _mm512_set1_epi32(0xFFFF);
+  for (int v = 0; v < NV; ++v) {
+    for (int j = 0; j < 4; ++j) {  // slots 2j (bits 0-15) and 2j + 1 (bits 16-31) of word j
+      const int o = kGroupElems * v + 32 * j;
+      __m512 lo = uniform16_avx512(_mm512_and_si512(c[v][j], low), s);
+      __m512 hi = uniform16_avx512(_mm512_srli_epi32(c[v][j], 16), s);
+      if (w) {
+        lo = signed_magnitude_avx512(lo, _mm512_loadu_ps(w + o));
+        hi = signed_magnitude_avx512(hi, _mm512_loadu_ps(w + o + 16));
+      }
+      _mm512_storeu_ps(out + o, lo);
+      _mm512_storeu_ps(out + o + 16, hi);
+    }
+  }
+}
+
+__attribute__((target("avx512f"))) void uniform_groups_avx512(philox::Key key, uint64_t step, uint64_t g0,
+                                                               int64_t n, float scale, const float* w, float* out) {
+  constexpr int64_t kStride = 4 * kGroupElems;
+  for (; n >= 4; n -= 4, g0 += 4, out += kStride, w = w ? w + kStride : w) groups_avx512<4>(key, step, g0, scale, w, out);
+  if (n >= 2) {
+    groups_avx512<2>(key, step, g0, scale, w, out);
+    n -= 2, g0 += 2, out += 2 * kGroupElems, w = w ? w + 2 * kGroupElems : w;
+  }
+  if (n) groups_avx512<1>(key, step, g0, scale, w, out);
+}
+
+// 64-bit unpacks of integer vectors (pairs of words move together).
+__attribute__((target("avx512f"))) inline __m512i lo64(__m512i a, __m512i b) { return _mm512_unpacklo_epi64(a, b); }
+__attribute__((target("avx512f"))) inline __m512i hi64(__m512i a, __m512i b) { return _mm512_unpackhi_epi64(a, b); }
+
+// 16 blocks' words from lanes (c[j] lane l = word j of block l) to block order out[4 l + j]. After the
+// two unpack rounds, u[i] holds in its 128-bit lane k the four words of block 4k + i; the lane shuffles
+// then gather blocks 4q .. 4q + 3 into output vector q.
+__attribute__((target("avx512f"))) inline void store_block_order(const __m512i (&c)[4], uint32_t* out) {
+  const __m512i t0 = _mm512_unpacklo_epi32(c[0], c[1]), t1 = _mm512_unpackhi_epi32(c[0], c[1]);
+  const __m512i t2 = _mm512_unpacklo_epi32(c[2], c[3]), t3 = _mm512_unpackhi_epi32(c[2], c[3]);
+  const __m512i u0 = lo64(t0, t2), u1 = hi64(t0, t2), u2 = lo64(t1, t3), u3 = hi64(t1, t3);
+  const __m512i s0 = _mm512_shuffle_i32x4(u0, u1, 0x44), s1 = _mm512_shuffle_i32x4(u2, u3, 0x44);  // lanes 0, 1
+  const __m512i s2 = _mm512_shuffle_i32x4(u0, u1, 0xEE), s3 = _mm512_shuffle_i32x4(u2, u3, 0xEE);  // lanes 2, 3
+  _mm512_storeu_si512(out + 0, _mm512_shuffle_i32x4(s0, s1, 0x88));   // blocks 0-3: lane 0 of u0, u1, u2, u3
+  _mm512_storeu_si512(out + 16, _mm512_shuffle_i32x4(s0, s1, 0xDD));  // blocks 4-7: lane 1
+  _mm512_storeu_si512(out + 32, _mm512_shuffle_i32x4(s2, s3, 0x88));  // blocks 8-11: lane 2
+  _mm512_storeu_si512(out + 48, _mm512_shuffle_i32x4(s2, s3, 0xDD));  // blocks 12-15: lane 3
+}
+
+__attribute__((target("avx512f"))) void block_words_avx512(philox::Key key, uint64_t step, uint64_t b0, int64_t n,
+                                                            uint32_t* out) {
+  for (; n >= 4 * kGroupBlocks; n -= 4 * kGroupBlocks, b0 += 4 * kGroupBlocks, out += 16 * kGroupBlocks) {
+    const uint64_t first[4] = {b0, b0 + 16, b0 + 32, b0 + 48};
+    if (crosses_hi_word(b0, 64)) {
+      block_words_scalar(key, step, b0, 4 * kGroupBlocks, out);
+      continue;
+    }
+    __m512i c[4][4];
+    philox_avx512<4>(key, step, first, c);
+    for (int v = 0; v < 4; ++v) store_block_order(c[v], out + 64 * v);
+  }
+  block_words_scalar(key, step, b0, n, out);
+}
+
+// The AVX2 twins: 8 lanes.
 __attribute__((target("avx2"))) inline void mulhilo_avx2(__m256i m, __m256i c, __m256i& hi, __m256i& lo) {
   const __m256i even = _mm256_mul_epu32(c, m);
   const __m256i odd = _mm256_mul_epu32(_mm256_srli_epi64(c, 32), m);
@@ -111,62 +202,93 @@ __attribute__((target("avx2"))) inline void mulhilo_avx2(__m256i m, __m256i c, _
   lo = _mm256_blend_epi32(even, _mm256_slli_epi64(odd, 32), 0xAA);
 }
 
-// Two halves of 8 lanes.
-__attribute__((target("avx2"))) void uniform_batch_avx2(philox::Key key, uint64_t step, uint64_t b0, float scale,
-                                                         float* out) {
-  if (crosses_hi_word(b0)) return uniform_batch_scalar(key, step, b0, scale, out);
-  constexpr int kLanes = 8;
-  const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+// Philox4x32-10 of the blocks first + l, l < 8: c[j] lane l = word j.
+__attribute__((target("avx2"))) inline void philox_avx2(philox::Key key, uint64_t step, uint64_t first,
+                                                        __m256i (&c)[4]) {
+  c[0] = _mm256_add_epi32(_mm256_set1_epi32(static_cast<int>(static_cast<uint32_t>(first))),
+                          _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+  c[1] = _mm256_set1_epi32(static_cast<int>(static_cast<uint32_t>(first >> 32)));
+  c[2] = _mm256_set1_epi32(static_cast<int>(static_cast<uint32_t>(step)));
+  c[3] = _mm256_set1_epi32(static_cast<int>(static_cast<uint32_t>(step >> 32)));
   const __m256i m0 = _mm256_set1_epi32(static_cast<int>(philox::kMul0));
   const __m256i m1 = _mm256_set1_epi32(static_cast<int>(philox::kMul1));
-  const __m256i offset = _mm256_set1_epi32(1 << 24);
-  const __m256 inv = _mm256_set1_ps(philox::kTwoPow24Inv), s = _mm256_set1_ps(scale);
-  for (int half = 0; half < kBlocks / kLanes; ++half) {
-    const uint32_t first = static_cast<uint32_t>(b0) + static_cast<uint32_t>(half * kLanes);
-    __m256i c0 = _mm256_add_epi32(_mm256_set1_epi32(static_cast<int>(first)), lane);
-    __m256i c1 = _mm256_set1_epi32(static_cast<int>(static_cast<uint32_t>(b0 >> 32)));
-    __m256i c2 = _mm256_set1_epi32(static_cast<int>(static_cast<uint32_t>(step)));
-    __m256i c3 = _mm256_set1_epi32(static_cast<int>(static_cast<uint32_t>(step >> 32)));
-    uint32_t k0 = key.k0, k1 = key.k1;
-    for (int r = 0; r < philox::kRounds; ++r) {
-      __m256i hi0, lo0, hi1, lo1;
-      mulhilo_avx2(m0, c0, hi0, lo0);
-      mulhilo_avx2(m1, c2, hi1, lo1);
-      c0 = _mm256_xor_si256(_mm256_xor_si256(hi1, c1), _mm256_set1_epi32(static_cast<int>(k0)));
-      c2 = _mm256_xor_si256(_mm256_xor_si256(hi0, c3), _mm256_set1_epi32(static_cast<int>(k1)));
-      c1 = lo1;
-      c3 = lo0;
-      k0 += philox::kWeyl0;
-      k1 += philox::kWeyl1;
-    }
-    alignas(32) float w[4][kLanes];
-    const __m256i words[4] = {c0, c1, c2, c3};
-    for (int j = 0; j < 4; ++j) {
-      const __m256 u =
-          _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_srli_epi32(words[j], 7), offset)), inv);
-      _mm256_store_ps(w[j], _mm256_mul_ps(s, u));
-    }
-    for (int l = 0; l < kLanes; ++l)
-      for (int j = 0; j < 4; ++j) out[4 * (half * kLanes + l) + j] = w[j][l];
+  uint32_t k0 = key.k0, k1 = key.k1;
+  for (int r = 0; r < philox::kRounds; ++r) {
+    __m256i hi0, lo0, hi1, lo1;
+    mulhilo_avx2(m0, c[0], hi0, lo0);
+    mulhilo_avx2(m1, c[2], hi1, lo1);
+    c[0] = _mm256_xor_si256(_mm256_xor_si256(hi1, c[1]), _mm256_set1_epi32(static_cast<int>(k0)));
+    c[2] = _mm256_xor_si256(_mm256_xor_si256(hi0, c[3]), _mm256_set1_epi32(static_cast<int>(k1)));
+    c[1] = lo1;
+    c[3] = lo0;
+    k0 += philox::kWeyl0;
+    k1 += philox::kWeyl1;
   }
+}
+
+__attribute__((target("avx2"))) void uniform_groups_avx2(philox::Key key, uint64_t step, uint64_t g0, int64_t n,
+                                                          float scale, const float* w, float* out) {
+  const __m256i offset = _mm256_set1_epi32(1 << 15), low = _mm256_set1_epi32(0xFFFF);
+  const __m256 inv = _mm256_set1_ps(philox::kTwoPow15Inv), s = _mm256_set1_ps(scale);
+  for (int64_t g = 0; g < n; ++g) {
+    for (int half = 0; half < 2; ++half) {  // lanes 8 half .. 8 half + 7 of the group
+      __m256i c[4];
+      philox_avx2(key, step, (g0 + g) * kGroupBlocks + 8 * half, c);
+      for (int j = 0; j < 4; ++j) {
+        for (int h = 0; h < 2; ++h) {  // slot 2j + h
+          const __m256i bits = h ? _mm256_srli_epi32(c[j], 16) : _mm256_and_si256(c[j], low);
+          const __m256 u = _mm256_mul_ps(s, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(bits, offset)), inv));
+          _mm256_storeu_ps(out + kGroupElems * g + 16 * (2 * j + h) + 8 * half, u);
+        }
+      }
+    }
+  }
+  if (w) {
+    for (int64_t k = 0; k < n * kGroupElems; ++k) out[k] = signed_magnitude<float>(out[k], w[k]);
+  }
+}
+
+__attribute__((target("avx2"))) void block_words_avx2(philox::Key key, uint64_t step, uint64_t b0, int64_t n,
+                                                       uint32_t* out) {
+  for (; n >= 8; n -= 8, b0 += 8, out += 32) {
+    if (crosses_hi_word(b0, 8)) {
+      block_words_scalar(key, step, b0, 8, out);
+      continue;
+    }
+    __m256i c[4];
+    philox_avx2(key, step, b0, c);
+    alignas(32) uint32_t lanes[4][8];
+    for (int j = 0; j < 4; ++j) _mm256_store_si256(reinterpret_cast<__m256i*>(lanes[j]), c[j]);
+    for (int l = 0; l < 8; ++l)
+      for (int j = 0; j < 4; ++j) out[4 * l + j] = lanes[j][l];
+  }
+  block_words_scalar(key, step, b0, n, out);
 }
 #pragma GCC diagnostic pop
 #endif
 
-UniformBatch pick_uniform_batch() {
+UniformGroups pick_uniform_groups() {
 #if defined(BIOPLAUS_X86_SIMD)
-  if (__builtin_cpu_supports("avx512f")) return uniform_batch_avx512;
-  if (__builtin_cpu_supports("avx2")) return uniform_batch_avx2;
+  if (__builtin_cpu_supports("avx512f")) return uniform_groups_avx512;
+  if (__builtin_cpu_supports("avx2")) return uniform_groups_avx2;
 #endif
-  return uniform_batch_scalar;
+  return uniform_groups_scalar;
 }
 
+BlockWords pick_block_words() {
+#if defined(BIOPLAUS_X86_SIMD)
+  if (__builtin_cpu_supports("avx512f")) return block_words_avx512;
+  if (__builtin_cpu_supports("avx2")) return block_words_avx2;
+#endif
+  return block_words_scalar;
+}
+
+constexpr int kNormalBlocks = 16;  // counter blocks per normal batch: 64 elements
+
 void normal_batch(philox::Key key, uint64_t step, uint64_t b0, float scale, float* out) {
-  for (int l = 0; l < kBlocks; ++l) {
+  for (int l = 0; l < kNormalBlocks; ++l) {
     const philox::Words v = philox::block_words(key, b0 + static_cast<uint64_t>(l), step);
-    for (int j = 0; j < 4; ++j) {
-      out[4 * l + j] = philox::mul_rn(scale, philox::sample(v, j, philox::Distribution::kNormal));
-    }
+    for (int j = 0; j < 4; ++j) out[4 * l + j] = philox::mul_rn(scale, philox::normal_sample(v, j));
   }
 }
 
@@ -195,22 +317,55 @@ void sign_run(const FeedbackSpec& f, const scalar_t* __restrict w, scalar_t* __r
   }
 }
 
-// dst[k] = |r[k]| * sign(w[k])
-BIOPLAUS_SIMD_CLONES
-void signed_run_f32(const float* __restrict r, const float* __restrict w, float* __restrict dst, int64_t count) {
-  for (int64_t k = 0; k < count; ++k) dst[k] = signed_magnitude<float>(r[k], w[k]);
-}
-
 // R's float values into B's run: "random" converts, "random_sign" also takes the signs of w.
 template <typename scalar_t>
 void generated_run(FeedbackMode mode, const float* __restrict r, const scalar_t* __restrict w,
                    scalar_t* __restrict dst, int64_t count) {
   if (mode == FeedbackMode::kRandom) {
     for (int64_t k = 0; k < count; ++k) dst[k] = static_cast<scalar_t>(r[k]);
-  } else if constexpr (std::is_same_v<scalar_t, float>) {
-    signed_run_f32(r, w, dst, count);
   } else {
     for (int64_t k = 0; k < count; ++k) dst[k] = signed_magnitude<scalar_t>(static_cast<scalar_t>(r[k]), w[k]);
+  }
+}
+
+// Uniform "random"/"random_sign" over a run. Whole groups inside the run are generated straight into dst
+// (float), at most kMaxGroups at a time through a staging buffer (double); the partial groups at the run's
+// ends through the staging buffer. So a run wastes fewer than 2 x 128 generated values.
+template <typename scalar_t>
+void uniform_run(const FeedbackSpec& f, const scalar_t* w, int64_t e0, int64_t count, scalar_t* dst) {
+  static const UniformGroups groups = pick_uniform_groups();
+  constexpr int64_t kMaxGroups = 8;
+  alignas(64) float r[kMaxGroups * kGroupElems];
+  const bool signs = f.mode == FeedbackMode::kRandomSign;
+  const int64_t end = e0 + count;
+  for (int64_t e = e0; e < end;) {
+    const int64_t g = e / kGroupElems, lo = e - g * kGroupElems;  // e's group and its offset in the group
+    const int64_t whole = lo == 0 ? (end - e) / kGroupElems : 0;
+    if constexpr (std::is_same_v<scalar_t, float>) {
+      if (whole > 0) {
+        groups(f.key, f.step, static_cast<uint64_t>(g), whole, f.scale, signs ? w + (e - e0) : nullptr, dst + (e - e0));
+        e += whole * kGroupElems;
+        continue;
+      }
+    }
+    const int64_t n = std::max<int64_t>(std::min(whole, kMaxGroups), 1);
+    const int64_t take = std::min(end - e, n * kGroupElems - lo);
+    groups(f.key, f.step, static_cast<uint64_t>(g), n, f.scale, nullptr, r);
+    generated_run(f.mode, r + lo, signs ? w + (e - e0) : nullptr, dst + (e - e0), take);
+    e += take;
+  }
+}
+
+// Normal "random"/"random_sign" over a run, kNormalBlocks blocks at a time (a run wastes at most 3 + 63
+// generated values).
+template <typename scalar_t>
+void normal_run(const FeedbackSpec& f, const scalar_t* w, int64_t e0, int64_t count, scalar_t* dst) {
+  alignas(64) float r[4 * kNormalBlocks];
+  const int64_t end = e0 + count;
+  for (int64_t b0 = e0 / 4; 4 * b0 < end; b0 += kNormalBlocks) {
+    const int64_t lo = std::max(e0, 4 * b0), hi = std::min(end, 4 * (b0 + kNormalBlocks));
+    normal_batch(f.key, f.step, static_cast<uint64_t>(b0), f.scale, r);
+    generated_run(f.mode, r + (lo - 4 * b0), w ? w + (lo - e0) : nullptr, dst + (lo - e0), hi - lo);
   }
 }
 
@@ -219,31 +374,22 @@ void generated_run(FeedbackMode mode, const float* __restrict r, const scalar_t*
 // float and double are their own accumulation types, so the sign product is formed in scalar_t.
 template <typename scalar_t>
 void fill_feedback(const FeedbackSpec& f, const scalar_t* w, int64_t e0, int64_t count, scalar_t* dst) {
+  if (count <= 0) return;
   if (f.mode == FeedbackMode::kWeight) {
     std::memcpy(dst, w, sizeof(scalar_t) * count);
     return;
   }
   if (f.mode == FeedbackMode::kSign) return sign_run(f, w, dst, count);
-  // Generated modes: R in batches of kBlocks counter blocks; a batch's first block holds element e0 or
-  // the element after the previous batch, so a run wastes at most 3 + 63 generated values.
-  static const UniformBatch uniform_batch = pick_uniform_batch();
-  const UniformBatch batch = f.distribution == philox::Distribution::kUniform ? uniform_batch : normal_batch;
-  alignas(64) float r[4 * kBlocks];
-  const int64_t end = e0 + count;
-  for (int64_t b0 = e0 / 4; 4 * b0 < end; b0 += kBlocks) {
-    const int64_t lo = std::max(e0, 4 * b0), hi = std::min(end, 4 * (b0 + kBlocks));
-    if constexpr (std::is_same_v<scalar_t, float>) {
-      if (f.mode == FeedbackMode::kRandom && lo == 4 * b0 && hi == lo + 4 * kBlocks) {  // no staging copy
-        batch(f.key, f.step, static_cast<uint64_t>(b0), f.scale, dst + (lo - e0));
-        continue;
-      }
-    }
-    batch(f.key, f.step, static_cast<uint64_t>(b0), f.scale, r);
-    generated_run(f.mode, r + (lo - 4 * b0), w ? w + (lo - e0) : nullptr, dst + (lo - e0), hi - lo);
-  }
+  if (f.distribution == philox::Distribution::kUniform) return uniform_run(f, w, e0, count, dst);
+  normal_run(f, w, e0, count, dst);
 }
 
 template void fill_feedback<float>(const FeedbackSpec&, const float*, int64_t, int64_t, float*);
 template void fill_feedback<double>(const FeedbackSpec&, const double*, int64_t, int64_t, double*);
+
+void philox_words(philox::Key key, uint64_t step, uint64_t b0, int64_t n, uint32_t* out) {
+  static const BlockWords words = pick_block_words();
+  words(key, step, b0, n, out);
+}
 
 }  // namespace bioplaus

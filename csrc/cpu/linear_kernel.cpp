@@ -17,6 +17,7 @@
 #include <ATen/Parallel.h>
 #include <ATen/core/LegacyTypeDispatch.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/from_blob.h>
 #include <ATen/ops/mm.h>
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
@@ -27,8 +28,19 @@
 namespace bioplaus {
 namespace {
 
-constexpr int64_t kTileBytes = int64_t{512} << 10;  // one B tile: stays in L2 between its fill and its GEMM
-constexpr int64_t kColAlign = 64;                    // tile rows of whole generator batches (in % 4 == 0)
+constexpr int64_t kTileBytes = int64_t{1} << 20;  // one B tile: stays in L2 between its fill and its GEMM
+// Tile widths are multiples of the uniform generator's group (common/philox.h), so when in % 128 == 0
+// every tile row is whole groups, generated straight into the tile.
+constexpr int64_t kColAlign = philox::kGroupElems;
+
+// The calling thread's tile buffer, kept between calls: a fresh allocation of a tile (up to kTileBytes) is
+// an mmap whose page faults and zeroing cost as much as building a small layer's B.
+template <typename scalar_t>
+scalar_t* tile_scratch(int64_t elems) {
+  thread_local std::vector<scalar_t> scratch;
+  if (static_cast<int64_t>(scratch.size()) < elems) scratch.resize(static_cast<size_t>(elems));
+  return scratch.data();
+}
 
 int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
 
@@ -51,8 +63,7 @@ void backward_input_kernel(const at::Tensor& gy, const at::Tensor& weight, at::T
   const at::Tensor w = transforms_weight ? weight.contiguous() : weight;
   const scalar_t* wp = transforms_weight ? w.const_data_ptr<scalar_t>() : nullptr;
   at::parallel_for(0, tiles, 1, [&](int64_t t0, int64_t t1) {
-    at::Tensor buf;
-    if (f.mode != FeedbackMode::kWeight) buf = at::empty({d.out, tw}, gy.options());
+    scalar_t* tp = f.mode == FeedbackMode::kWeight ? nullptr : tile_scratch<scalar_t>(d.out * tw);
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t c0 = t * tw, cw = std::min(tw, d.in - c0);
       at::Tensor gx_t = gx.narrow(1, c0, cw);
@@ -60,14 +71,17 @@ void backward_input_kernel(const at::Tensor& gy, const at::Tensor& weight, at::T
         at::mm_out(gx_t, gy, weight.narrow(1, c0, cw));
         continue;
       }
-      // buf[o][k] = B[o, c0 + k]: row o of the tile is the run of elements o * in + c0 .. + cw.
-      at::Tensor tile = buf.view({-1}).narrow(0, 0, d.out * cw).view({d.out, cw});
-      scalar_t* tp = tile.mutable_data_ptr<scalar_t>();
-      for (int64_t o = 0; o < d.out; ++o) {
-        const int64_t e0 = o * d.in + c0;
-        fill_feedback<scalar_t>(f, wp ? wp + e0 : nullptr, e0, cw, tp + o * cw);
+      // tp[o * cw + k] = B[o, c0 + k]: row o of the tile is the run of elements o * in + c0 .. + cw; a tile
+      // of whole rows (cw == in) is one run.
+      if (cw == d.in) {
+        fill_feedback<scalar_t>(f, wp, 0, d.out * d.in, tp);
+      } else {
+        for (int64_t o = 0; o < d.out; ++o) {
+          const int64_t e0 = o * d.in + c0;
+          fill_feedback<scalar_t>(f, wp ? wp + e0 : nullptr, e0, cw, tp + o * cw);
+        }
       }
-      at::mm_out(gx_t, gy, tile);
+      at::mm_out(gx_t, gy, at::from_blob(tp, {d.out, cw}, gy.options()));
     }
   });
 }

@@ -1,6 +1,6 @@
-// philox_fill and philox4x32_10 on the CPU. Work is split by counter block (4 consecutive elements share one
-// Philox call, see common/philox.h), so every element is written by exactly one thread and the result does
-// not depend on the thread count. Uniform and normal samples come from fill_feedback in "random" mode, the
+// philox_fill and philox4x32_10 on the CPU. Work is split into element ranges (fill_feedback generates any
+// range, common/philox.h maps elements to counter blocks), so every element is written by exactly one thread
+// and the result does not depend on the thread count. Uniform and normal samples come from fill_feedback in "random" mode, the
 // AVX-512/AVX2 generator of the feedback kernels (bit-equal to the scalar definition, several times faster);
 // the raw words ("bits") from the scalar generator.
 #define BIOPLAUS_PHILOX_OP_DECLS

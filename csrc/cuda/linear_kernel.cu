@@ -9,11 +9,13 @@
 //   Compute: thread (ty, tx) owns grad_x[m0 + ty + 16a, i0 + tx + 16b], a, b < 4.
 //   Staging A: thread owns step kk = tid % 16 and rows row = tid / 16 + 16u, u < 4:
 //     As[kk][row] = grad_y[m0 + row, o0 + kk]   (a warp reads 16 consecutive o of 2 rows)
-//   Staging B: thread owns chunk row q = tid / 16 and 4 consecutive columns col = 4 * (tid % 16) + t, t < 4:
+//   Staging B: thread owns chunk row q = tid / 16 and the 4 columns col = tid % 16 + 16t, t < 4:
 //     Bs[q][col] = B[o0 + q, i0 + col],  element e = (o0 + q) * in + i0 + col.
-//   When in % 4 == 0 the thread's 4 elements are exactly one Philox counter block (i0 and col are
-//   multiples of 4), so "random"/"random_sign" cost one generator call per 4 elements; otherwise each
-//   element takes its own call.
+//   The stride 16 matches the uniform generator's layout (common/philox.h: elements 16 apart are
+//   consecutive half-word slots of one lane, i.e. of one counter block, within a group of 128), so
+//   "random"/"random_sign" take one Philox call per thread and chunk row, two where the four cross a
+//   group boundary (normal samples: one call each). Each 16-thread row of the warp reads 16
+//   consecutive weight elements per t.
 // Accumulation in at::opmath_type<scalar_t> (float for float32/16/bf16, double for float64); B's
 // elements are rounded to scalar_t first, as the materialised B would be. Indexing: rows, columns and
 // o in 32-bit ints (checked on the host), every flat offset (m * in, m * out, e) in 64-bit.
@@ -38,32 +40,40 @@ namespace {
 
 using namespace cuda_tile;
 
-constexpr int kVec = 4;  // B elements a thread stages per chunk: one Philox counter block
-static_assert(kChunk * (kTile / kVec) == kThreads, "B staging: one thread per 4 elements of the chunk");
+constexpr int kVec = 4;  // B elements a thread stages per chunk, kSpread columns apart
+static_assert(kChunk * kSpread == kThreads && kVec * kSpread == kTile, "B staging: one thread per 4 columns");
 
-// B[e .. e + 3] (those with column < in) into b[0 .. 3], in the accumulation type. `whole_block`: e % 4 == 0
-// and all four are in range, so one generator call serves them.
+// B[e + 16t] for t < valid (the columns inside [0, in)) into b[t], 0 beyond, in the accumulation type.
+// Uniform samples reuse the counter block of the previous t when they share it (see the file comment).
 template <typename scalar_t, typename acc_t>
 __device__ __forceinline__ void load_b4(const FeedbackSpec& f, const scalar_t* __restrict__ weight, int64_t e,
-                                        int valid, bool whole_block, acc_t (&b)[kVec]) {
-  if (whole_block && f.generates()) {
-    const philox::Words v = philox::block_words(f.key, static_cast<uint64_t>(e) >> 2, f.step);
-#pragma unroll
-    for (int t = 0; t < kVec; ++t) {
-      const scalar_t r = static_cast<scalar_t>(philox::mul_rn(f.scale, philox::sample(v, t, f.distribution)));
-      const scalar_t w = f.reads_weight() ? weight[e + t] : scalar_t(0);
-      b[t] = static_cast<acc_t>(combine_feedback<scalar_t, acc_t>(f, r, w));
-    }
-    return;
-  }
+                                        int valid, acc_t (&b)[kVec]) {
+  uint64_t cached = ~uint64_t{0};
+  philox::Words v{};
 #pragma unroll
   for (int t = 0; t < kVec; ++t) {
-    acc_t v = acc_t(0);
+    acc_t val = acc_t(0);
     if (t < valid) {
-      const scalar_t w = f.reads_weight() ? weight[e + t] : scalar_t(0);
-      v = static_cast<acc_t>(feedback_element<scalar_t, acc_t>(f, static_cast<uint64_t>(e + t), w));
+      const int64_t et = e + kSpread * t;
+      const scalar_t w = f.reads_weight() ? weight[et] : scalar_t(0);
+      scalar_t r = scalar_t(0);
+      if (f.generates()) {
+        float sample;
+        if (f.distribution == philox::Distribution::kUniform) {
+          const philox::UniformSlot u = philox::uniform_slot(static_cast<uint64_t>(et));
+          if (u.block != cached) {
+            v = philox::block_words(f.key, u.block, f.step);
+            cached = u.block;
+          }
+          sample = philox::uniform_half(v.w[u.word], u.half);
+        } else {
+          sample = philox::element_sample(f.key, f.step, static_cast<uint64_t>(et), f.distribution);
+        }
+        r = static_cast<scalar_t>(philox::mul_rn(f.scale, sample));
+      }
+      val = static_cast<acc_t>(combine_feedback<scalar_t, acc_t>(f, r, w));
     }
-    b[t] = v;
+    b[t] = val;
   }
 }
 
@@ -80,10 +90,8 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<scalar_t>)
   const int tid = static_cast<int>(threadIdx.x);
   const int tx = tid % kSpread, ty = tid / kSpread;
   const int kk = tid % kChunk, row0 = tid / kChunk;      // A staging
-  const int q = tid / (kTile / kVec);                    // B staging: chunk row
-  const int col4 = kVec * (tid % (kTile / kVec));        // B staging: first of 4 columns
-  const int b_valid = min(kVec, in - (i0 + col4));       // columns of the 4 inside [0, in) (may be <= 0)
-  const bool b_whole = b_valid == kVec && in % kVec == 0;
+  const int q = tid / kSpread, bcol = tid % kSpread;   // B staging: chunk row, first of 4 columns 16 apart
+  const int b_valid = min(kVec, max(0, (in - (i0 + bcol) + kSpread - 1) / kSpread));  // columns inside [0, in)
 
   acc_t acc[kMicro][kMicro] = {};
   for (int o0 = 0; o0 < out; o0 += kChunk) {
@@ -96,13 +104,13 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<scalar_t>)
     acc_t b[kVec];
     const int o = o0 + q;
     if (o < out && b_valid > 0) {
-      load_b4<scalar_t, acc_t>(f, weight, static_cast<int64_t>(o) * in + i0 + col4, b_valid, b_whole, b);
+      load_b4<scalar_t, acc_t>(f, weight, static_cast<int64_t>(o) * in + i0 + bcol, b_valid, b);
     } else {
 #pragma unroll
       for (int t = 0; t < kVec; ++t) b[t] = acc_t(0);
     }
 #pragma unroll
-    for (int t = 0; t < kVec; ++t) Bs[q][col4 + t] = b[t];
+    for (int t = 0; t < kVec; ++t) Bs[q][bcol + kSpread * t] = b[t];
     __syncthreads();
     tile_fma(acc, As, Bs, ty, tx);
     __syncthreads();  // the next chunk overwrites As / Bs

@@ -1,5 +1,5 @@
-// philox_fill on CUDA: one thread per counter block of 4 consecutive elements (one Philox call, see
-// common/philox.h), grid-stride loop with 64-bit indices. The generator code is the host code of
+// philox_fill on CUDA: one thread per counter block (one Philox call; its 8 uniform or 4 bits/normal
+// elements, see common/philox.h), grid-stride loop with 64-bit indices. The generator code is the host code of
 // common/philox.h compiled for the device, so uniform and bits outputs equal the CPU's bit for bit.
 #define BIOPLAUS_PHILOX_OP_DECLS
 #include "common/philox.h"
@@ -19,20 +19,38 @@ namespace {
 
 constexpr int kThreads = 256;
 
+// Counter blocks the elements [0, numel) read (common/philox.h): 8 uniform or 4 bits/normal elements each.
+int64_t blocks_for(int64_t numel, philox::Distribution d) {
+  if (d == philox::Distribution::kUniform) {
+    return (numel + philox::kGroupElems - 1) / philox::kGroupElems * philox::kGroupBlocks;
+  }
+  return (numel + 3) / 4;
+}
+
 template <typename scalar_t>
-__global__ void philox_fill_kernel(scalar_t* __restrict__ out, int64_t numel, philox::Key key, uint64_t step,
-                                   philox::Distribution d, float scale) {
-  const int64_t blocks = (numel + 3) / 4;
+__global__ void philox_fill_kernel(scalar_t* __restrict__ out, int64_t numel, int64_t blocks, philox::Key key,
+                                   uint64_t step, philox::Distribution d, float scale) {
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t b = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; b < blocks; b += stride) {
     const philox::Words v = philox::block_words(key, static_cast<uint64_t>(b), step);
+    if (d == philox::Distribution::kUniform) {
+      // Block b = 16 g + l holds elements 128 g + 16 s + l, s < 8: a warp's 16 lanes of one group write
+      // 16 consecutive elements per slot.
+      const int64_t e0 = (b / philox::kGroupBlocks) * philox::kGroupElems + b % philox::kGroupBlocks;
+#pragma unroll
+      for (int s = 0; s < 8; ++s) {
+        const int64_t e = e0 + philox::kGroupBlocks * s;
+        if (e < numel) out[e] = static_cast<scalar_t>(philox::mul_rn(scale, philox::uniform_half(v.w[s >> 1], s & 1)));
+      }
+      continue;
+    }
     const int64_t e0 = 4 * b;
     const int n = static_cast<int>(min(int64_t{4}, numel - e0));
     for (int j = 0; j < n; ++j) {
       if (d == philox::Distribution::kBits) {
         out[e0 + j] = static_cast<scalar_t>(v.w[j]);
       } else {
-        out[e0 + j] = static_cast<scalar_t>(philox::mul_rn(scale, philox::sample(v, j, d)));
+        out[e0 + j] = static_cast<scalar_t>(philox::mul_rn(scale, philox::normal_sample(v, j)));
       }
     }
   }
@@ -41,9 +59,10 @@ __global__ void philox_fill_kernel(scalar_t* __restrict__ out, int64_t numel, ph
 template <typename scalar_t>
 void launch(scalar_t* out, int64_t numel, philox::Key key, uint64_t step, philox::Distribution d, float scale,
             cudaStream_t stream) {
-  const int64_t blocks = (numel + 3) / 4;
+  const int64_t blocks = blocks_for(numel, d);
   const int64_t grid = std::min<int64_t>((blocks + kThreads - 1) / kThreads, int64_t{65535} * 8);
-  philox_fill_kernel<scalar_t><<<static_cast<unsigned>(grid), kThreads, 0, stream>>>(out, numel, key, step, d, scale);
+  philox_fill_kernel<scalar_t><<<static_cast<unsigned>(grid), kThreads, 0, stream>>>(out, numel, blocks, key, step, d,
+                                                                                     scale);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
