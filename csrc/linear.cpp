@@ -1,11 +1,13 @@
-// Linear input gradient through a feedback matrix: operator schema, the one input check and the CUDA
-// autocast wrapper. Kernels: cpu/linear_kernel.cpp, cuda/linear_kernel.cu; autograd (ops.linear) and the
-// fake kernel: bioplaus_kernels/ops/linear.py.
+// Fully connected layer with a feedback matrix: the schemas of linear (forward, any backend; its autograd
+// kernel: linear_autograd.cpp) and linear_backward_input (kernels: cpu/linear_kernel.cpp,
+// cuda/linear_kernel.cu), the one input check, and the CUDA autocast wrappers. Fake kernels:
+// bioplaus_kernels/ops/linear.py.
 #include "linear.h"
 
 #include "common/checks.h"
 
 #include <ATen/autocast_mode.h>
+#include <ATen/ops/linear.h>
 #include <torch/csrc/autograd/autograd_not_implemented_fallback.h>
 #include <torch/library.h>
 
@@ -47,12 +49,44 @@ at::Tensor linear_backward_input_autocast(const at::Tensor& grad_y, const at::Te
                  distribution, scale);
 }
 
+// Under CUDA autocast, x, weight and bias in autocast's dtype, as autocast casts F.linear's.
+at::Tensor linear_autocast(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                           c10::string_view feedback, int64_t seed, int64_t stream, int64_t step,
+                           c10::string_view distribution, double scale) {
+  c10::impl::ExcludeDispatchKeyGuard guard(c10::DispatchKey::AutocastCUDA);
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("bioplaus::linear", "")
+                       .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
+                                         c10::string_view, int64_t, int64_t, int64_t, c10::string_view, double)>();
+  const auto dt = at::autocast::get_autocast_dtype(at::kCUDA);
+  const auto cast = [&](const at::Tensor& t) { return at::autocast::cached_cast(dt, t, c10::DeviceType::CUDA); };
+  std::optional<at::Tensor> b;
+  if (bias.has_value() && bias->defined()) b = cast(*bias);
+  return op.call(cast(x), cast(weight), b, feedback, seed, stream, step, distribution, scale);
+}
+
+// y = F.linear(x, weight, bias) on any backend: the autograd kernel (linear_autograd.cpp) gives it the
+// feedback backward; the spec is validated here, at the forward, so a bad spec fails before any backward.
+at::Tensor linear_forward(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                          c10::string_view feedback, int64_t seed, int64_t stream, int64_t step,
+                          c10::string_view distribution, double scale) {
+  check_feedback_spec("linear", feedback, seed, stream, step, distribution, scale);
+  return at::linear(x, weight, bias);
+}
+
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(bioplaus, m) {
   m.def(
       "linear_backward_input(Tensor grad_y, Tensor weight, str feedback=\"weight\", int seed=0, int stream=0, "
       "int step=0, str distribution=\"uniform\", float scale=1.0) -> Tensor");
+  m.def(
+      "linear(Tensor x, Tensor weight, Tensor? bias=None, str feedback=\"weight\", int seed=0, int stream=0, "
+      "int step=0, str distribution=\"uniform\", float scale=1.0) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(bioplaus, CompositeExplicitAutograd, m) {
+  m.impl("linear", linear_forward);
 }
 
 // The op is a backward formula; it has no derivative of its own. This C++ kernel makes a double backward
@@ -65,6 +99,7 @@ TORCH_LIBRARY_IMPL(bioplaus, Autograd, m) {
 
 TORCH_LIBRARY_IMPL(bioplaus, AutocastCUDA, m) {
   m.impl("linear_backward_input", linear_backward_input_autocast);
+  m.impl("linear", linear_autocast);
 }
 
 }  // namespace bioplaus

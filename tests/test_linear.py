@@ -172,6 +172,29 @@ def test_opcheck(spec, device):
     opcheck(torch.ops.bioplaus.linear_backward_input, args)
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("spec", FEEDBACK_SPECS, ids=spec_id)
+@pytest.mark.parametrize("bias", [True, False])
+def test_opcheck_linear(spec, bias, device):
+    # The forward op with its C++ autograd kernel: schema, fake kernel, autograd registration, AOT dispatch.
+    _, w = make((2, 3), 9, 13, dtype=torch.float32, device=device)
+    x = torch.randn(2, 3, 13, device=device, requires_grad=True)
+    w = w.detach().requires_grad_()
+    b = torch.randn(9, device=device, requires_grad=True) if bias else None
+    s = full_spec(spec)
+    args = (x, w, b, s["feedback"], s["seed"], s["stream"], s["step"], s.get("distribution", "uniform"), s["scale"])
+    opcheck(torch.ops.bioplaus.linear, args)
+
+
+@pytest.mark.parametrize("spec", FEEDBACK_SPECS[1:], ids=spec_id)
+def test_gradcheck_weight_and_bias_under_every_spec(spec):
+    # The true weight/bias gradients whatever B is: gradcheck with x held constant (its gradient is B's).
+    x = torch.randn(4, 5, dtype=torch.float64)
+    w = torch.randn(3, 5, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda w, b: ops.linear(x, w, b, **full_spec(spec)), (w, b))
+
+
 def test_torch_compile_fullgraph():
     spec = full_spec(FEEDBACK_SPECS[4])
     x = torch.randn(6, 12, requires_grad=True)
@@ -267,6 +290,11 @@ def test_bad_input_is_rejected_with_a_clear_message(name):
 def test_bad_spec_in_the_functional_forms():
     with pytest.raises(RuntimeError, match=r"linear: feedback must be .* got 'usf'"):
         ops.linear(torch.randn(2, 3), torch.randn(4, 3), feedback="usf")
+    with pytest.raises(RuntimeError, match=r"linear: step must be >= 0, got -1"):
+        ops.linear(torch.randn(2, 3), torch.randn(4, 3), feedback="random", step=-1)
+    with torch._subclasses.fake_tensor.FakeTensorMode():  # the fake kernel mirrors the C++ message
+        with pytest.raises(RuntimeError, match=r"linear: distribution must be 'uniform' or 'normal', got 'x'"):
+            ops.linear(torch.randn(2, 3), torch.randn(4, 3), feedback="random", distribution="x")
     with pytest.raises(RuntimeError, match=r"feedback_source: seed must be >= 0, got -5"):
         ops.feedback_source(torch.randn(2, 3), "random", seed=-5)
     with pytest.raises(RuntimeError, match=r"feedback_source: distribution must be 'uniform' or 'normal', got 'x'"):
@@ -277,6 +305,19 @@ def test_bad_spec_in_the_functional_forms():
 def test_device_mismatch_is_rejected():
     with pytest.raises(RuntimeError, match=rf"{OP}: grad_y is on cpu but weight is on cuda:0; they must be on the same"):
         ops.linear_backward_input(torch.randn(2, 5), torch.randn(5, 3, device="cuda"))
+
+
+@pytest.mark.cuda
+def test_linear_autocast_casts_like_f_linear():
+    x = torch.randn(8, 24, device="cuda", requires_grad=True)
+    w = torch.randn(16, 24, device="cuda", requires_grad=True)
+    b = torch.randn(16, device="cuda", requires_grad=True)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        y = ops.linear(x, w, b, feedback="random_sign", seed=1)
+        want = F.linear(x, w, b)
+    assert y.dtype == torch.bfloat16 and torch.equal(y, want)
+    gx, gw, gb = torch.autograd.grad(y.float().sum(), (x, w, b))
+    assert gx.dtype == gw.dtype == gb.dtype == torch.float32
 
 
 @pytest.mark.cuda

@@ -1,5 +1,6 @@
-"""Fully connected layer whose input gradient goes through a feedback matrix: ``linear`` and the op
-``torch.ops.bioplaus.linear_backward_input`` (its fake kernel and functional form).
+"""Fully connected layer whose input gradient goes through a feedback matrix: the ops ``torch.ops.bioplaus.linear``
+(forward; its autograd kernel is C++, csrc/linear_autograd.cpp) and ``torch.ops.bioplaus.linear_backward_input``,
+their fake kernels and functional forms.
 
 ``linear(x, weight, bias, *, feedback=..., ...)`` computes ``F.linear(x, weight, bias)``; its backward returns
 the true local gradients of weight and bias and, for x, ``grad_y @ B`` with B the feedback matrix of the spec
@@ -37,6 +38,14 @@ def _linear_backward_input_fake(grad_y, weight, feedback="weight", seed=0, strea
     return grad_y.new_empty((*grad_y.shape[:-1], in_features))
 
 
+# Fake kernel of the forward: the spec check of linear_forward (csrc/linear.cpp), then F.linear's shapes.
+@torch.library.register_fake("bioplaus::linear")
+def _linear_fake(x, weight, bias=None, feedback="weight", seed=0, stream=0, step=0, distribution="uniform",
+                 scale=1.0):
+    check_feedback_spec("linear", feedback, seed, stream, step, distribution)
+    return F.linear(x, weight, bias)
+
+
 def linear_backward_input(grad_y: torch.Tensor, weight: torch.Tensor, *, feedback: str = "weight", seed: int = 0,
                           stream: int = 0, step: int = 0, distribution: str = "uniform",
                           scale: float = 1.0) -> torch.Tensor:
@@ -46,35 +55,9 @@ def linear_backward_input(grad_y: torch.Tensor, weight: torch.Tensor, *, feedbac
                                       float(scale))
 
 
-class _LinearFeedback(torch.autograd.Function):
-    """F.linear forward; backward with the input gradient through B and the true weight/bias gradients.
-    (The ctx-in-forward form: a separate setup_context costs ~30 us per call in argument binding.)"""
-
-    @staticmethod
-    def forward(ctx, x, weight, bias, feedback, seed, stream, step, distribution, scale):
-        ctx.save_for_backward(x, weight)
-        ctx.spec = (feedback, seed, stream, step, distribution, scale)
-        ctx.has_bias = bias is not None
-        return F.linear(x, weight, bias)
-
-    @staticmethod
-    def backward(ctx, grad_y):
-        x, weight = ctx.saved_tensors
-        grad_x = grad_w = grad_b = None
-        if ctx.needs_input_grad[0]:
-            grad_x = _ops.linear_backward_input(grad_y, weight, *ctx.spec)
-        if ctx.needs_input_grad[1]:
-            grad_w = grad_y.reshape(-1, grad_y.shape[-1]).t() @ x.reshape(-1, x.shape[-1])
-        if ctx.has_bias and ctx.needs_input_grad[2]:
-            grad_b = grad_y.reshape(-1, grad_y.shape[-1]).sum(0)
-        return grad_x, grad_w, grad_b, None, None, None, None, None, None
-
-
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None, *, feedback: str = "weight",
            seed: int = 0, stream: int = 0, step: int = 0, distribution: str = "uniform",
            scale: float = 1.0) -> torch.Tensor:
     """``F.linear(x, weight, bias)`` whose backward sends ``grad_y @ B`` to x (B of the feedback spec, see
     ``ops.feedback_source``) and the true gradients to weight and bias. ``feedback="weight"`` is backprop."""
-    check_feedback_spec("linear", feedback, seed, stream, step, distribution)
-    return _LinearFeedback.apply(x, weight, bias, feedback, int(seed), int(stream), int(step), distribution,
-                                 float(scale))
+    return _ops.linear(x, weight, bias, feedback, int(seed), int(stream), int(step), distribution, float(scale))

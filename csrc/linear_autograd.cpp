@@ -1,0 +1,98 @@
+// bioplaus::linear's autograd, in C++: y = F.linear(x, weight, bias) whose backward sends
+// grad_y * B (linear_backward_input with the op's feedback spec) to x and the true local gradients to
+// weight and bias. A Python autograd.Function costs ~25 us per step in argument handling and in a Python
+// backward, a tenth of a small layer's step; this node costs about what torch's own linear does.
+//
+// Index map (x [..., in] seen as M rows): grad_x = linear_backward_input(grad_y, weight, spec),
+// grad_weight[out, in] = grad_y[M, out]^T * x[M, in], grad_bias[out] = sum over M of grad_y.
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <ATen/ops/mm.h>
+#include <ATen/ops/sum.h>
+#include <torch/csrc/autograd/custom_function.h>
+#include <torch/library.h>
+
+#include <optional>
+#include <string>
+
+namespace bioplaus {
+namespace {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+at::Tensor call_linear(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                       c10::string_view feedback, int64_t seed, int64_t stream, int64_t step,
+                       c10::string_view distribution, double scale) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("bioplaus::linear", "")
+                       .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
+                                         c10::string_view, int64_t, int64_t, int64_t, c10::string_view, double)>();
+  return op.call(x, weight, bias, feedback, seed, stream, step, distribution, scale);
+}
+
+at::Tensor call_backward_input(const at::Tensor& grad_y, const at::Tensor& weight, c10::string_view feedback,
+                               int64_t seed, int64_t stream, int64_t step, c10::string_view distribution,
+                               double scale) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("bioplaus::linear_backward_input", "")
+                       .typed<at::Tensor(const at::Tensor&, const at::Tensor&, c10::string_view, int64_t, int64_t,
+                                         int64_t, c10::string_view, double)>();
+  return op.call(grad_y, weight, feedback, seed, stream, step, distribution, scale);
+}
+
+class LinearFeedback : public torch::autograd::Function<LinearFeedback> {
+ public:
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& weight,
+                            const std::optional<at::Tensor>& bias, c10::string_view feedback, int64_t seed,
+                            int64_t stream, int64_t step, c10::string_view distribution, double scale) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    ctx->save_for_backward({x, weight});
+    ctx->saved_data["has_bias"] = bias.has_value() && bias->defined();
+    ctx->saved_data["feedback"] = std::string(feedback);
+    ctx->saved_data["seed"] = seed;
+    ctx->saved_data["stream"] = stream;
+    ctx->saved_data["step"] = step;
+    ctx->saved_data["distribution"] = std::string(distribution);
+    ctx->saved_data["scale"] = scale;
+    return call_linear(x, weight, bias, feedback, seed, stream, step, distribution, scale);
+  }
+
+  // Outputs follow forward's arguments: x, weight, bias, then the six spec values (no gradient).
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const at::Tensor& grad_y = grads[0];
+    const auto saved = ctx->get_saved_variables();
+    const at::Tensor& x = saved[0];
+    const at::Tensor& weight = saved[1];
+    const bool has_bias = ctx->saved_data["has_bias"].toBool();
+    variable_list out(9);
+    if (!grad_y.defined()) return out;
+    // The edges are the tensor arguments present: x, weight, then bias if given.
+    if (ctx->needs_input_grad(0)) {
+      const auto& d = ctx->saved_data;
+      out[0] = call_backward_input(grad_y, weight, d.at("feedback").toStringRef(), d.at("seed").toInt(),
+                                   d.at("stream").toInt(), d.at("step").toInt(), d.at("distribution").toStringRef(),
+                                   d.at("scale").toDouble());
+    }
+    const bool want_w = ctx->needs_input_grad(1), want_b = has_bias && ctx->needs_input_grad(2);
+    if (want_w || want_b) {
+      const at::Tensor g2 = grad_y.reshape({-1, grad_y.size(-1)});
+      if (want_w) out[1] = at::mm(g2.t(), x.reshape({-1, x.size(-1)}));
+      if (want_b) out[2] = at::sum(g2, 0);
+    }
+    return out;
+  }
+};
+
+at::Tensor linear_autograd(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                           c10::string_view feedback, int64_t seed, int64_t stream, int64_t step,
+                           c10::string_view distribution, double scale) {
+  return LinearFeedback::apply(x, weight, bias, feedback, seed, stream, step, distribution, scale);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(bioplaus, Autograd, m) {
+  m.impl("linear", linear_autograd);
+}
+
+}  // namespace bioplaus
