@@ -1,10 +1,14 @@
-// The feedback spec shared by the input-gradient ops (linear_backward_input, lc2d_backward_input): its
-// one validation. Semantics in common/feedback.h; the Python mirror (fake kernels, ops.feedback_source)
-// is bioplaus_kernels/ops/feedback_source.py and must keep the same messages.
-#define BIOPLAUS_FEEDBACK_OP_DECLS
-#include "common/feedback.h"
+// The feedback spec shared by the input-gradient ops (linear_backward_input, lc2d_backward_input) and
+// feedback_source: its one validation, and feedback_source's schema and input check. Semantics in
+// common/feedback.h; kernels: cpu/feedback_source_kernel.cpp, cuda/feedback_source_kernel.cu. The Python
+// mirror (fake kernels, ops.feedback_source) is bioplaus_kernels/ops/feedback_source.py and must keep the
+// same messages.
+#include "feedback_source.h"
+
+#include "common/checks.h"
 
 #include <c10/util/Exception.h>
+#include <torch/library.h>
 
 #include <string>
 
@@ -40,6 +44,23 @@ FeedbackSpec check_feedback_spec(const char* op, c10::string_view feedback, int6
   f.scale = static_cast<float>(scale);
   f.scale_f64 = scale;
   return f;
+}
+
+FeedbackSpec check_feedback_source_inputs(const at::Tensor& weight, c10::string_view feedback, int64_t seed,
+                                          int64_t stream, int64_t step, c10::string_view distribution,
+                                          double scale) {
+  constexpr const char* op = "feedback_source";
+  const FeedbackSpec f = check_feedback_spec(op, feedback, seed, stream, step, distribution, scale);
+  const auto dt = weight.scalar_type();
+  TORCH_CHECK(dt == at::kFloat || dt == at::kDouble || dt == at::kHalf || dt == at::kBFloat16, op,
+              ": weight must be float32, float64, float16 or bfloat16, got ", dt);
+  return f;
+}
+
+TORCH_LIBRARY_FRAGMENT(bioplaus, m) {
+  m.def(
+      "feedback_source(Tensor weight, str feedback=\"weight\", int seed=0, int stream=0, int step=0, "
+      "str distribution=\"uniform\", float scale=1.0) -> Tensor");
 }
 
 }  // namespace bioplaus

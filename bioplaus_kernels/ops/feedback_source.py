@@ -10,8 +10,8 @@ weight's shape, element ``e`` being the row-major flat index (csrc/common/feedba
     "random_sign": B = |R| * sign(weight)
 
 where ``R = philox_fill(weight, seed, stream, step, distribution, scale)`` (see ``ops.philox``). The kernels
-build B tile by tile on the fly; ``feedback_source`` materialises it (for tests, metrics and
-``feedback_weight()``), with the compiled ``philox_fill`` on weight's device.
+build B tile by tile on the fly; ``feedback_source`` materialises it (for Conv2d's backward, tests, metrics
+and ``feedback_weight()``) with the op ``bioplaus::feedback_source`` on weight's device, in one pass.
 """
 from __future__ import annotations
 
@@ -37,15 +37,27 @@ def check_feedback_spec(op: str, feedback: str, seed: int, stream: int, step: in
     torch._check(step >= 0, lambda: f"{op}: step must be >= 0, got {step}")
 
 
+_FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+
+
+# Fake kernel: check_feedback_source_inputs (csrc/feedback_source.cpp), same order and messages.
+@torch.library.register_fake("bioplaus::feedback_source")
+def _feedback_source_fake(weight, feedback="weight", seed=0, stream=0, step=0, distribution="uniform", scale=1.0):
+    check_feedback_spec("feedback_source", feedback, seed, stream, step, distribution)
+    from .lc2d import _dtype_name  # lc2d imports this module
+
+    torch._check(weight.dtype in _FLOAT_DTYPES, lambda: f"feedback_source: weight must be float32, float64, float16 "
+                                                        f"or bfloat16, got {_dtype_name(weight.dtype)}")
+    return torch.empty_like(weight, memory_format=torch.contiguous_format)
+
+
 def feedback_source(weight: torch.Tensor, feedback: str, seed: int = 0, stream: int = 0, step: int = 0,
                     distribution: str = "uniform", scale: float = 1.0) -> torch.Tensor:
     """B of the spec, materialised on weight's device in weight's dtype (a new tensor, except that
-    ``"weight"`` returns ``weight`` itself, detached). Not differentiable: B is a feedback matrix."""
+    ``"weight"`` returns ``weight`` itself, detached), by the op ``torch.ops.bioplaus.feedback_source`` in one
+    pass. Not differentiable: B is a feedback matrix."""
     check_feedback_spec("feedback_source", feedback, seed, stream, step, distribution)
     w = weight.detach()
     if feedback == "weight":
         return w
-    if feedback == "sign":
-        return torch.sign(w) * scale
-    r = _ops.philox_fill(w, int(seed), int(stream), int(step), distribution, float(scale))
-    return r if feedback == "random" else r.abs() * torch.sign(w)
+    return _ops.feedback_source(w, feedback, int(seed), int(stream), int(step), distribution, float(scale))

@@ -1,5 +1,5 @@
-// fill_feedback and philox_words (cpu/feedback_source.h): B's elements, and raw generator words, in
-// bounded runs.
+// fill_feedback and philox_words (cpu/fill_feedback.h): B's elements, and raw generator words, in
+// bounded runs; and the CPU kernel of the feedback_source op (B materialised, one pass, all threads).
 //
 // Uniform samples, the common case, are generated a group at a time (common/philox.h: 16 counter blocks,
 // 128 elements, element 128 g + 16 s + l = half s % 2 of word s / 2 of block 16 g + l). With AVX-512 one
@@ -12,7 +12,15 @@
 // philox::element_sample's bit for bit. "random_sign" combines |R| with sign(W) in the same pass (float).
 // AVX2 runs a group as two 8-lane halves; the scalar path serves other CPUs and the partial groups at the
 // ends of a run. Normal samples (libm log/sin/cos) take the scalar path of philox_fill.
-#include "cpu/feedback_source.h"
+#include "cpu/fill_feedback.h"
+
+#include "feedback_source.h"
+
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <ATen/core/LegacyTypeDispatch.h>
+#include <ATen/ops/empty.h>
+#include <torch/library.h>
 
 #include <algorithm>
 #include <cstring>
@@ -390,6 +398,40 @@ template void fill_feedback<double>(const FeedbackSpec&, const double*, int64_t,
 void philox_words(philox::Key key, uint64_t step, uint64_t b0, int64_t n, uint32_t* out) {
   static const BlockWords words = pick_block_words();
   words(key, step, b0, n, out);
+}
+
+namespace {
+
+// Smallest parallel chunk (elements): small matrices stay on one thread.
+constexpr int64_t kChunkElems = int64_t{1} << 16;
+
+at::Tensor feedback_source_cpu(const at::Tensor& weight, c10::string_view feedback, int64_t seed, int64_t stream,
+                               int64_t step, c10::string_view distribution, double scale) {
+  at::AutoDispatchBelowADInplaceOrView below_autograd;
+  const FeedbackSpec f = check_feedback_source_inputs(weight, feedback, seed, stream, step, distribution, scale);
+  const auto dt = weight.scalar_type();
+  if (dt == at::kHalf || dt == at::kBFloat16) {
+    // B in float32 from the exactly widened weight, then rounded: the values the definition gives (R, the
+    // sign product and |R| * sign(W) all round to the same numbers).
+    return feedback_source_cpu(weight.to(at::kFloat), feedback, seed, stream, step, distribution, scale).to(dt);
+  }
+  // "random" never reads weight (it may be an expanded zero-stride tensor).
+  const at::Tensor w = f.reads_weight() ? weight.contiguous() : weight;
+  at::Tensor out = at::empty(weight.sizes(), weight.options().memory_format(at::MemoryFormat::Contiguous));
+  AT_DISPATCH_FLOATING_TYPES(dt, "feedback_source_cpu", [&] {
+    const scalar_t* wp = f.reads_weight() ? w.const_data_ptr<scalar_t>() : nullptr;
+    scalar_t* op = out.mutable_data_ptr<scalar_t>();
+    at::parallel_for(0, out.numel(), kChunkElems, [&](int64_t e0, int64_t e1) {
+      fill_feedback<scalar_t>(f, wp ? wp + e0 : nullptr, e0, e1 - e0, op + e0);
+    });
+  });
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(bioplaus, CPU, m) {
+  m.impl("feedback_source", feedback_source_cpu);
 }
 
 }  // namespace bioplaus

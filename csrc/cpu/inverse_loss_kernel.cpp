@@ -10,7 +10,7 @@
 // inverse_loss_noisy_input: h + eps with the same normal_noise.
 #include "inverse_loss.h"
 
-#include "cpu/feedback_source.h"
+#include "cpu/fill_feedback.h"
 
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>

@@ -16,7 +16,7 @@
 // so results need no atomics and are bit-identical run to run.
 #include "lc2d.h"
 
-#include "cpu/feedback_source.h"
+#include "cpu/fill_feedback.h"
 
 #include <ATen/Dispatch.h>
 #include <ATen/core/LegacyTypeDispatch.h>

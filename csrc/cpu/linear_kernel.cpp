@@ -11,7 +11,7 @@
 // run equals a "weight" run on the materialised B bit for bit.
 #include "linear.h"
 
-#include "cpu/feedback_source.h"
+#include "cpu/fill_feedback.h"
 
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>

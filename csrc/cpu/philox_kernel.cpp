@@ -6,7 +6,7 @@
 #define BIOPLAUS_PHILOX_OP_DECLS
 #include "common/philox.h"
 
-#include "cpu/feedback_source.h"
+#include "cpu/fill_feedback.h"
 
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
