@@ -19,7 +19,7 @@ feedback (buffers; the BioTorch-style fa/frsf also count their stored dense tens
 Shapes: the layers of the reference networks (papers.md section 1: MNIST/CIFAR FC nets, the FC1024 heads of
 the LC nets, the LC layers, and their weight-shared conv twins, SAME padding) at --batch (128), and
 ResNet-18's convolutions at 224x224 input (stem, one 3x3 conv per stage, fc) at --resnet-batch (8 on the CPU:
-2 cores). Timing: benchmarks/common.py (perf_counter on the CPU, CUDA events on CUDA), all impls of a shape
+2 cores), and its fc once more at the training batch 256 (r18-fc-b256). Timing: benchmarks/common.py (perf_counter on the CPU, CUDA events on CUDA), all impls of a shape
 interleaved, median of --repeats after --warmup.
 
 Examples:
@@ -65,6 +65,7 @@ class Shape:
     stride: int = 1
     padding: object = "same"
     resnet: bool = False
+    batch: int = 0  # a fixed batch for this shape (0: --batch, or --resnet-batch for ResNet shapes)
 
 
 SHAPES: List[Shape] = [
@@ -83,6 +84,8 @@ SHAPES: List[Shape] = [
     Shape("r18-l3", "resnet", "conv", 256, 256, 14, 3, 1, 1, True),
     Shape("r18-l4", "resnet", "conv", 512, 512, 7, 3, 1, 1, True),
     Shape("r18-fc", "resnet", "linear", 512, 1000, resnet=True),
+    # the fc layer at Xiao et al.'s training batch: at batch 8 its three GEMMs cost about as much as building B
+    Shape("r18-fc-b256", "resnet", "linear", 512, 1000, resnet=True, batch=256),
 ]
 GROUPS = ("linear", "conv", "lc", "resnet")
 
@@ -213,7 +216,7 @@ class Case:
 
 
 def bench_shape(shape: Shape, args, log) -> List[Dict]:
-    batch = args.resnet_batch if shape.resnet else args.batch
+    batch = shape.batch or (args.resnet_batch if shape.resnet else args.batch)
     impls = list(RULES) + (list(BT_RULES) if shape.kind != "lc" else [])
     case = Case(shape, batch, args.device, torch.float32, impls)
     case.verify()
