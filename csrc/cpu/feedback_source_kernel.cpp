@@ -325,12 +325,20 @@ void sign_run(const FeedbackSpec& f, const scalar_t* __restrict w, scalar_t* __r
   }
 }
 
+// dst[k] = |r[k]| * sign(w[k])
+BIOPLAUS_SIMD_CLONES
+void signed_run_f32(const float* __restrict r, const float* __restrict w, float* __restrict dst, int64_t count) {
+  for (int64_t k = 0; k < count; ++k) dst[k] = signed_magnitude<float>(r[k], w[k]);
+}
+
 // R's float values into B's run: "random" converts, "random_sign" also takes the signs of w.
 template <typename scalar_t>
 void generated_run(FeedbackMode mode, const float* __restrict r, const scalar_t* __restrict w,
                    scalar_t* __restrict dst, int64_t count) {
   if (mode == FeedbackMode::kRandom) {
     for (int64_t k = 0; k < count; ++k) dst[k] = static_cast<scalar_t>(r[k]);
+  } else if constexpr (std::is_same_v<scalar_t, float>) {
+    signed_run_f32(r, w, dst, count);
   } else {
     for (int64_t k = 0; k < count; ++k) dst[k] = signed_magnitude<scalar_t>(static_cast<scalar_t>(r[k]), w[k]);
   }
