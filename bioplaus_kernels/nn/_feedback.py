@@ -55,21 +55,29 @@ class FeedbackMixin:
     def _fans(self) -> Fans:
         raise NotImplementedError
 
-    def _spec(self) -> FeedbackSpec:
-        """The spec of the current step (does not advance the counter). The rule's mode, distribution and
-        scale depend on the constructor's arguments only and are computed once."""
+    def _spec_args(self) -> tuple:
+        """(feedback, seed, stream, step, distribution, scale) of the current step, positionally as the ops
+        take them (does not advance the counter). The rule's mode, distribution and scale depend on the
+        constructor's arguments only and are computed once."""
         base = self.__dict__.get("_spec_base")
         if base is None or base[0] != self.feedback:
             s = spec_for(self.feedback, self._fans(), scale=self.feedback_scale)
             base = self._spec_base = (self.feedback, s.feedback, s.distribution, s.scale)
         step = self.feedback_step if self.feedback == "brsf" else 0
-        return FeedbackSpec(base[1], self._seed, self.stream, step, base[2], base[3])
+        return (base[1], self._seed, self.stream, step, base[2], base[3])
 
-    def _forward_spec(self) -> FeedbackSpec:
-        """The spec for this forward's backward: "brsf" advances its counter first in training mode."""
+    def _spec(self) -> FeedbackSpec:
+        """The spec of the current step (does not advance the counter)."""
+        return FeedbackSpec(*self._spec_args())
+
+    def _forward_args(self) -> tuple:
+        """The spec values for this forward's backward: "brsf" advances its counter first in training mode."""
         if self.feedback == "brsf" and self.training:
             self.feedback_step += 1
-        return self._spec()
+        return self._spec_args()
+
+    def _forward_spec(self) -> FeedbackSpec:
+        return FeedbackSpec(*self._forward_args())
 
     def _uses_backprop(self) -> bool:
         return self.feedback == "bp" or self._true_bp

@@ -69,7 +69,7 @@ class Conv2d(FeedbackMixin, nn.Conv2d):
         elif matrix is not None:
             feedback = matrix
         else:
-            feedback = tuple(self._forward_spec().kwargs().values())
+            feedback = self._forward_args()
         return Conv2dFeedback.apply(x, weight, bias, feedback, self.stride, pad, self.dilation, self.groups)
 
     def extra_repr(self) -> str:

@@ -7,7 +7,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import ops
 from ..feedback import Fans, Scale
 from ._autograd import LinearWithMatrix
 from ._feedback import FeedbackMixin, autocast_inputs
@@ -27,8 +26,9 @@ class Linear(FeedbackMixin, nn.Linear):
         "bp": torch's own F.linear and its backward.
         "fa", seed=None: B is a buffer ``feedback_matrix`` (saved in the state dict); the input gradient is
             ``grad_y @ B``, the same BLAS GEMM that backprop runs with W.
-        "fa" with a seed, "usf", "frsf", "brsf": ``ops.linear`` with the rule's spec: the kernel computes B
-            from (seed, stream, step) and/or sign(W) as it goes; no B or sign tensor is materialised.
+        "fa" with a seed, "usf", "frsf", "brsf": the op ``bioplaus::linear`` (``ops.linear``) with the rule's
+            spec: the kernel computes B from (seed, stream, step) and/or sign(W) as it goes; no B or sign
+            tensor is materialised.
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None, dtype=None, *,
@@ -45,7 +45,8 @@ class Linear(FeedbackMixin, nn.Linear):
         x, weight, bias, matrix = autocast_inputs(x, self.weight, self.bias, self.feedback_matrix)
         if self.feedback == "dfa" or matrix is not None:
             return LinearWithMatrix.apply(x, weight, bias, matrix)
-        return ops.linear(x, weight, bias, **self._forward_spec().kwargs())
+        # the op itself, positionally: the functional wrapper's keyword handling is a few us per step
+        return torch.ops.bioplaus.linear(x, weight, bias, *self._forward_args())
 
     def extra_repr(self) -> str:
         return super().extra_repr() + self._feedback_repr()
