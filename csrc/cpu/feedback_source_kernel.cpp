@@ -11,7 +11,8 @@
 // multiply by `scale` rounds the same way in a vector lane, so every value equals the scalar
 // philox::element_sample's bit for bit. "random_sign" combines |R| with sign(W) in the same pass (float).
 // AVX2 runs a group as two 8-lane halves; the scalar path serves other CPUs and the partial groups at the
-// ends of a run. Normal samples (libm log/sin/cos) take the scalar path of philox_fill.
+// ends of a run. Normal samples: Philox words as above, Box-Muller on Sleef's vector log/sin/cos
+// (normal_samples).
 #include "cpu/fill_feedback.h"
 
 #include "feedback_source.h"
@@ -29,6 +30,24 @@
 #if defined(__GNUC__) && defined(__x86_64__)
 #include <immintrin.h>
 #define BIOPLAUS_X86_SIMD 1
+#endif
+
+#include <cmath>
+
+#if defined(BIOPLAUS_X86_SIMD)
+// Sleef's 1-ulp (u10) vector log/sin/cos, which libtorch_cpu links (ATen's Vectorized<float> is built on
+// them) and exports. Declared weak: a libtorch without them still loads, and normal samples take libm.
+extern "C" {
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wpsabi"  // vector arguments: only called from target("avx512f"/"avx2") code
+__m512 Sleef_logf16_u10avx512f(__m512) __attribute__((weak));
+__m512 Sleef_cosf16_u10avx512f(__m512) __attribute__((weak));
+__m512 Sleef_sinf16_u10avx512f(__m512) __attribute__((weak));
+__m256 Sleef_logf8_u10avx2(__m256) __attribute__((weak));
+__m256 Sleef_cosf8_u10avx2(__m256) __attribute__((weak));
+__m256 Sleef_sinf8_u10avx2(__m256) __attribute__((weak));
+#pragma GCC diagnostic pop
+}
 #endif
 
 namespace bioplaus {
@@ -291,14 +310,75 @@ BlockWords pick_block_words() {
   return block_words_scalar;
 }
 
-constexpr int kNormalBlocks = 16;  // counter blocks per normal batch: 64 elements
+// Box-Muller on `count` (a multiple of 16) pairs (u1, u2), in float32 with the roundings of common/philox.h:
+//   r = sqrt(log(u1[k]) * -2), t = u2[k] * 2 pi, out[2k] = scale * (r cos t), out[2k + 1] = scale * (r sin t).
+// Vectorised with Sleef where libtorch exports it, libm otherwise; the two may differ in the last ulp (as
+// the CPU and CUDA do), but every CPU user of normal samples calls the one function picked at load time.
+constexpr float kTwoPi = 6.28318530717958647692f;
+using BoxMuller = void (*)(const float* u1, const float* u2, int64_t count, float scale, float* out);
 
-void normal_batch(philox::Key key, uint64_t step, uint64_t b0, float scale, float* out) {
-  for (int l = 0; l < kNormalBlocks; ++l) {
-    const philox::Words v = philox::block_words(key, b0 + static_cast<uint64_t>(l), step);
-    for (int j = 0; j < 4; ++j) out[4 * l + j] = philox::mul_rn(scale, philox::normal_sample(v, j));
+#if defined(BIOPLAUS_X86_SIMD)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
+__attribute__((target("avx512f"))) void box_muller_avx512(const float* u1, const float* u2, int64_t count,
+                                                          float scale, float* out) {
+  // (cos k, sin k) interleaved: lanes 0..7 of cos/sin into the first vector, 8..15 into the second
+  const __m512i lo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+  const __m512i hi = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+  const __m512 sc = _mm512_set1_ps(scale);
+  for (int64_t k = 0; k < count; k += 16) {
+    const __m512 r =
+        _mm512_sqrt_ps(_mm512_mul_ps(Sleef_logf16_u10avx512f(_mm512_loadu_ps(u1 + k)), _mm512_set1_ps(-2.0f)));
+    const __m512 t = _mm512_mul_ps(_mm512_loadu_ps(u2 + k), _mm512_set1_ps(kTwoPi));
+    const __m512 c = _mm512_mul_ps(sc, _mm512_mul_ps(r, Sleef_cosf16_u10avx512f(t)));
+    const __m512 s = _mm512_mul_ps(sc, _mm512_mul_ps(r, Sleef_sinf16_u10avx512f(t)));
+    _mm512_storeu_ps(out + 2 * k, _mm512_permutex2var_ps(c, lo, s));
+    _mm512_storeu_ps(out + 2 * k + 16, _mm512_permutex2var_ps(c, hi, s));
   }
 }
+
+__attribute__((target("avx2"))) void box_muller_avx2(const float* u1, const float* u2, int64_t count, float scale,
+                                                     float* out) {
+  const __m256 sc = _mm256_set1_ps(scale);
+  for (int64_t k = 0; k < count; k += 8) {
+    const __m256 r =
+        _mm256_sqrt_ps(_mm256_mul_ps(Sleef_logf8_u10avx2(_mm256_loadu_ps(u1 + k)), _mm256_set1_ps(-2.0f)));
+    const __m256 t = _mm256_mul_ps(_mm256_loadu_ps(u2 + k), _mm256_set1_ps(kTwoPi));
+    const __m256 c = _mm256_mul_ps(sc, _mm256_mul_ps(r, Sleef_cosf8_u10avx2(t)));
+    const __m256 s = _mm256_mul_ps(sc, _mm256_mul_ps(r, Sleef_sinf8_u10avx2(t)));
+    // unpacklo/hi interleave within 128-bit halves: (c0 s0 c1 s1 | c4 s4 c5 s5), (c2 s2 c3 s3 | c6 s6 c7 s7)
+    const __m256 a = _mm256_unpacklo_ps(c, s), b = _mm256_unpackhi_ps(c, s);
+    _mm256_storeu_ps(out + 2 * k, _mm256_permute2f128_ps(a, b, 0x20));
+    _mm256_storeu_ps(out + 2 * k + 8, _mm256_permute2f128_ps(a, b, 0x31));
+  }
+}
+#pragma GCC diagnostic pop
+#endif  // BIOPLAUS_X86_SIMD
+
+void box_muller_libm(const float* u1, const float* u2, int64_t count, float scale, float* out) {
+  for (int64_t k = 0; k < count; ++k) {
+    const float r = std::sqrt(std::log(u1[k]) * -2.0f);
+    const float t = u2[k] * kTwoPi;
+    out[2 * k] = scale * (r * std::cos(t));
+    out[2 * k + 1] = scale * (r * std::sin(t));
+  }
+}
+
+BoxMuller pick_box_muller() {
+#if defined(BIOPLAUS_X86_SIMD)
+  if (__builtin_cpu_supports("avx512f") && Sleef_logf16_u10avx512f && Sleef_cosf16_u10avx512f &&
+      Sleef_sinf16_u10avx512f) {
+    return box_muller_avx512;
+  }
+  if (__builtin_cpu_supports("avx2") && Sleef_logf8_u10avx2 && Sleef_cosf8_u10avx2 && Sleef_sinf8_u10avx2) {
+    return box_muller_avx2;
+  }
+#endif
+  return box_muller_libm;
+}
+
+constexpr int kNormalBlocks = 16;  // counter blocks per normal batch of a run: 64 elements
 
 // The float loops below are also built for AVX-512 and AVX2 (picked at load time); restrict pointers let
 // every loop here vectorise.
@@ -380,7 +460,7 @@ void normal_run(const FeedbackSpec& f, const scalar_t* w, int64_t e0, int64_t co
   const int64_t end = e0 + count;
   for (int64_t b0 = e0 / 4; 4 * b0 < end; b0 += kNormalBlocks) {
     const int64_t lo = std::max(e0, 4 * b0), hi = std::min(end, 4 * (b0 + kNormalBlocks));
-    normal_batch(f.key, f.step, static_cast<uint64_t>(b0), f.scale, r);
+    normal_samples(f.key, f.step, static_cast<uint64_t>(b0), kNormalBlocks, f.scale, r);
     generated_run(f.mode, r + (lo - 4 * b0), w ? w + (lo - e0) : nullptr, dst + (lo - e0), hi - lo);
   }
 }
@@ -406,6 +486,27 @@ template void fill_feedback<double>(const FeedbackSpec&, const double*, int64_t,
 void philox_words(philox::Key key, uint64_t step, uint64_t b0, int64_t n, uint32_t* out) {
   static const BlockWords words = pick_block_words();
   words(key, step, b0, n, out);
+}
+
+void normal_samples(philox::Key key, uint64_t step, uint64_t b0, int64_t n, float scale, float* out) {
+  static const BoxMuller box_muller = pick_box_muller();
+  constexpr int64_t kChunk = 256;  // blocks per pass: 4 KB of words, 512 pairs (a multiple of 16)
+  alignas(64) uint32_t x[4 * kChunk];
+  alignas(64) float u1[2 * kChunk], u2[2 * kChunk], samples[4 * kChunk];
+  for (int64_t c = 0; c < n; c += kChunk) {
+    const int64_t nb = std::min(kChunk, n - c);
+    philox_words(key, step, b0 + static_cast<uint64_t>(c), nb, x);
+    for (int64_t k = 0; k < 2 * nb; ++k) {  // pair k = 2b + p: words (2p, 2p + 1) of block b
+      u1[k] = static_cast<float>((x[2 * k] >> 8) + 1u) * philox::kTwoPow24Inv;  // (0, 1]
+      u2[k] = static_cast<float>(x[2 * k + 1] >> 8) * philox::kTwoPow24Inv;     // [0, 1)
+    }
+    const int64_t padded = (2 * nb + 15) / 16 * 16;  // pad with (1, 0): log 1 = 0, finite, discarded
+    std::fill(u1 + 2 * nb, u1 + padded, 1.0f);
+    std::fill(u2 + 2 * nb, u2 + padded, 0.0f);
+    float* dst = 4 * nb == 2 * padded ? out + 4 * c : samples;  // whole 16-pair batches go straight to out
+    box_muller(u1, u2, padded, scale, dst);
+    if (dst == samples) std::copy(samples, samples + 4 * nb, out + 4 * c);
+  }
 }
 
 namespace {

@@ -17,4 +17,10 @@ void fill_feedback(const FeedbackSpec& f, const scalar_t* w, int64_t e0, int64_t
 // philox::block_words(key, b, step) (vectorised; for kernels that convert words themselves).
 void philox_words(philox::Key key, uint64_t step, uint64_t b0, int64_t n, uint32_t* out);
 
+// The normal samples of the n counter blocks b0 .. b0 + n - 1 at `step`, times `scale`: out[4 (b - b0) + j]
+// = scale * (the Box-Muller sample of element 4b + j, common/philox.h), with vectorised log/sin/cos (Sleef,
+// through libtorch) where available. Every CPU user of normal samples (philox_fill, the feedback kernels,
+// the TP noise) goes through this function, so they agree bit for bit.
+void normal_samples(philox::Key key, uint64_t step, uint64_t b0, int64_t n, float scale, float* out);
+
 }  // namespace bioplaus
