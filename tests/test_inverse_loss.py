@@ -7,6 +7,7 @@ from torch.testing._internal.optests import opcheck
 
 from bioplaus_kernels import ops
 from bioplaus_kernels._geometry import resolve_padding
+from bioplaus_kernels.ops.inverse_loss import parameter_grads
 from bioplaus_kernels.reference import inverse_loss as ref
 
 from conftest import DEVICES
@@ -75,6 +76,26 @@ def test_gradcheck(preserve):
     t, hp = lc_inputs(LC_CASES[2])
     t = [v.requires_grad_() for v in t]
     assert torch.autograd.gradcheck(lambda *a: ops.inverse_loss_lc2d(*a, **hp, **kw)[0], t)
+
+
+@pytest.mark.parametrize("act", ["tanh", "sigmoid", "relu", "identity"])
+@pytest.mark.parametrize("lc", [False, True], ids=["linear", "lc2d"])
+def test_parameter_grads_equal_autograd(lc, act):
+    """parameter_grads (the trainer's graph-free path) gives exactly the weight and bias gradients of backward()."""
+    if lc:
+        (y, h, V, c), hp = lc_inputs(LC_CASES[2], dtype=torch.float32)
+        geometry = (list(hp["stride"]), list(resolve_padding(hp["padding"], tuple(h.shape[-2:]), tuple(V.shape[-2:]),
+                                                             hp["stride"], hp["dilation"])), list(hp["dilation"]))
+        fn = lambda V, c: ops.inverse_loss_lc2d(y, h, V, c, **hp, **NOISE, preserve_noise=False, activation=act)
+    else:
+        y, h, V, c = linear_tensors(6, 9, 4, dtype=torch.float32)
+        geometry = None
+        fn = lambda V, c: ops.inverse_loss(y, h, V, c, **NOISE, preserve_noise=False, activation=act)
+    V, c = V.requires_grad_(), c.requires_grad_()
+    loss, x_hat, residual = fn(V, c)
+    loss.backward()
+    grad_w, grad_b = parameter_grads(y, V.detach(), x_hat, residual, act, geometry)
+    assert torch.equal(grad_w, V.grad) and torch.equal(grad_b, c.grad)
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])

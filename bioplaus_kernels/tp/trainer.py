@@ -28,7 +28,9 @@ One ``step(x, y)``:
    eps is drawn once per layer and step (``ops.noisy``, Philox normals) for the noisy forward f_l(h~); the
    ``inverse_loss`` kernel then gets h~ as its reconstruction target in DTP rather than redrawing eps
    in its epilogue (``preserve_noise=True``, bit-identical result): on the CPU a Philox normal costs several
-   times a multiply-add of the layer, so drawing it twice would dominate the step;
+   times a multiply-add of the layer, so drawing it twice would dominate the step. The gradients of V_l and
+   c_l come in closed form from the op's outputs (``ops.inverse_loss.parameter_grads``, the expressions of
+   its registered autograd) with no graph: nothing else is differentiated through the inverses;
 4. forward losses: ||block_l(h_{l-1}) - t_l||^2 for l < L and the task cross-entropy for the last layer
    (delta rule). Squared errors sum over a sample's units and average over the batch.
 
@@ -215,6 +217,7 @@ class Trainer:
         return targets
 
     def _inverse_losses(self, hs: List[torch.Tensor]) -> Dict[int, torch.Tensor]:
+        """The inverse losses of step 3, with each inverse's weight and bias gradient written to its .grad."""
         rank = _rank()
         preserve = self.algorithm == "dtp"
         losses = {}
@@ -223,14 +226,15 @@ class Trainer:
             block = self.blocks[l - 1]
             h = block.layer_input(hs[l - 1])
             noise = dict(sigma=self.sigma, seed=self.seed, stream=l + (rank << 20), step=self.step_count)
-            with torch.no_grad():
-                h_noisy = ops.noisy(h, **noise)
-                y = block(h_noisy)
-                if l == len(self.blocks):
-                    y = self._output_code(y, h_noisy)
+            h_noisy = ops.noisy(h, **noise)
+            y = block(h_noisy)
+            if l == len(self.blocks):
+                y = self._output_code(y, h_noisy)
             # DTP reconstructs h~ itself: the op then needs no second draw of eps (identical result, see
             # the module doc); SDTP/AO-SDTP reconstruct the clean h.
-            losses[l] = inverse.inverse_loss(y, h_noisy if preserve else h, preserve_noise=False, **noise)[0]
+            losses[l], x_hat, residual = inverse.inverse_loss(y, h_noisy if preserve else h, preserve_noise=False,
+                                                              **noise)
+            inverse.weight.grad, inverse.bias.grad = inverse.parameter_grads(y, x_hat, residual)
         return losses
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> Dict[str, float]:
@@ -248,13 +252,13 @@ class Trainer:
         with torch.no_grad():
             stats = {"loss": F.cross_entropy(hs[-1], y), "accuracy": (hs[-1].argmax(1) == y).float().mean()}
         if train_inverse:
-            losses = self._inverse_losses(hs)
             self.inverse_optimizer.zero_grad(set_to_none=True)
+            with torch.no_grad():
+                losses = self._inverse_losses(hs)
             if losses:
-                sum(losses.values()).backward()
                 _average_gradients(self.inverses.parameters())
                 self.inverse_optimizer.step()
-            stats.update({f"inverse_error/{l}": v.detach() for l, v in losses.items()})
+            stats.update({f"inverse_error/{l}": v for l, v in losses.items()})
         if train_forward:
             # The local losses' gradients at the block outputs, in closed form (one backward through the
             # blocks, no graph for the losses): d/d out_l of ||out_l - t_l||^2 / N is 2 (h_l - t_l) / N, and
