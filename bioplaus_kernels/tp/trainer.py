@@ -269,9 +269,9 @@ class Trainer:
                 targets = self._targets(hs, onehot)
                 grads = [(hs[-1].softmax(-1) - onehot) / n]
                 for l, t in targets.items():
-                    diff = hs[l] - t
-                    grads.append(diff * (2.0 / n))
-                    stats[f"target_distance/{l}"] = diff.pow(2).sum() / n
+                    diff = (hs[l] - t).view(-1)
+                    stats[f"target_distance/{l}"] = torch.dot(diff, diff) / n  # one pass, no temporary
+                    grads.append(diff.mul_(2.0 / n).view_as(t))
             self.forward_optimizer.zero_grad(set_to_none=True)
             torch.autograd.backward([outs[-1]] + [outs[l - 1] for l in targets], grads)
             _average_gradients(self.model.parameters())
