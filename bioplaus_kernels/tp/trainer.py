@@ -8,8 +8,9 @@ activation of block l-1.
 One ``step(x, y)``:
 
 1. forward pass, every block's input detached (no gradient crosses layers);
-2. targets (forward updates only): t_{L-1} from the output, then t_{l-1} = h_{l-1} + g_l(t_l) - g_l(h_l) for
-   l = L-1 .. 2 (fused kernel ``difference_target``):
+2. targets (forward updates only), from the inverses as they are before this step's inverse update (the
+   paper's Algorithm 1: targets, then inverse updates, then forward updates): t_{L-1} from the output, then
+   t_{l-1} = h_{l-1} + g_l(t_l) - g_l(h_l) for l = L-1 .. 2 (fused kernel ``difference_target``):
    * DTP: t_{L-1} = h_{L-1} - alpha * dLoss/dh_{L-1}, with Loss each example's own cross-entropy (the
      gradient is not divided by the batch size, so targets do not depend on it);
    * SDTP: t_{L-1} = h_{L-1} - g_L(h_L') + g_L(t_L'), the output inverse g_L reading h_L' and t_L':
@@ -251,18 +252,11 @@ class Trainer:
                 hs.append(out.detach())
         with torch.no_grad():
             stats = {"loss": F.cross_entropy(hs[-1], y), "accuracy": (hs[-1].argmax(1) == y).float().mean()}
-        if train_inverse:
-            self.inverse_optimizer.zero_grad(set_to_none=True)
-            with torch.no_grad():
-                losses = self._inverse_losses(hs)
-            if losses:
-                _average_gradients(self.inverses.parameters())
-                self.inverse_optimizer.step()
-            stats.update({f"inverse_error/{l}": v for l, v in losses.items()})
         if train_forward:
-            # The local losses' gradients at the block outputs, in closed form (one backward through the
-            # blocks, no graph for the losses): d/d out_l of ||out_l - t_l||^2 / N is 2 (h_l - t_l) / N, and
-            # the task loss's d/d logits is (softmax - one-hot) / N.
+            # Targets first, from the inverses before this step's inverse update (Algorithm 1 of the paper:
+            # targets, then inverse updates, then forward updates). The local losses' gradients at the block
+            # outputs come in closed form (one backward through the blocks, no graph for the losses):
+            # d/d out_l of ||out_l - t_l||^2 / N is 2 (h_l - t_l) / N, the task loss's d/d logits (softmax - one-hot) / N.
             n = max(x.shape[0], 1)
             with torch.no_grad():
                 onehot = F.one_hot(y, self.num_classes).to(hs[-1].dtype)
@@ -272,6 +266,15 @@ class Trainer:
                     diff = (hs[l] - t).view(-1)
                     stats[f"target_distance/{l}"] = torch.dot(diff, diff) / n  # one pass, no temporary
                     grads.append(diff.mul_(2.0 / n).view_as(t))
+        if train_inverse:
+            self.inverse_optimizer.zero_grad(set_to_none=True)
+            with torch.no_grad():
+                losses = self._inverse_losses(hs)
+            if losses:
+                _average_gradients(self.inverses.parameters())
+                self.inverse_optimizer.step()
+            stats.update({f"inverse_error/{l}": v for l, v in losses.items()})
+        if train_forward:
             self.forward_optimizer.zero_grad(set_to_none=True)
             torch.autograd.backward([outs[-1]] + [outs[l - 1] for l in targets], grads)
             _average_gradients(self.model.parameters())
