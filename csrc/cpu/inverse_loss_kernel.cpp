@@ -221,11 +221,7 @@ Result inverse_loss_lc2d_cpu(const at::Tensor& y, const at::Tensor& h, const at:
   const InverseLossArgs a = check_inverse_loss_lc2d_inputs(y, h, weight, bias, stride, padding, dilation, activation,
                                                            sigma, seed, stream, step, preserve_noise);
   if (h.size(0) == 0) return epilogue(at::empty(h.sizes(), h.options()), h, a);
-  at::Tensor x_hat =
-      tp::lc2d_transposed(y, weight, {h.size(2), h.size(3)}, stride, padding, dilation).contiguous();
-  x_hat.add_(bias);
-  tp::activate_(x_hat, a.act);
-  return epilogue(x_hat, h, a);
+  return epilogue(tp::lc2d_inverse(y, weight, bias, {h.size(2), h.size(3)}, stride, padding, dilation, a.act), h, a);
 }
 
 at::Tensor inverse_loss_noisy_input_cpu(const at::Tensor& h, double sigma, int64_t seed, int64_t stream, int64_t step) {
