@@ -256,7 +256,8 @@ class Trainer:
             # Targets first, from the inverses before this step's inverse update (Algorithm 1 of the paper:
             # targets, then inverse updates, then forward updates). The local losses' gradients at the block
             # outputs come in closed form (one backward through the blocks, no graph for the losses):
-            # d/d out_l of ||out_l - t_l||^2 / N is 2 (h_l - t_l) / N, the task loss's d/d logits (softmax - one-hot) / N.
+            # d/d out_l of ||out_l - t_l||^2 / N is 2 (h_l - t_l) / N, the task loss's d/d logits is
+            # (softmax - one-hot) / N.
             n = max(x.shape[0], 1)
             with torch.no_grad():
                 onehot = F.one_hot(y, self.num_classes).to(hs[-1].dtype)

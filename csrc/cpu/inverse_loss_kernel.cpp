@@ -75,7 +75,8 @@ __attribute__((target("avx512f"))) void box_muller_avx512(const float* u1, const
   const __m512i hi = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
   const __m512 sg = _mm512_set1_ps(sigma);
   for (int64_t k = 0; k < count; k += 16) {
-    const __m512 r = _mm512_sqrt_ps(_mm512_mul_ps(Sleef_logf16_u10avx512f(_mm512_loadu_ps(u1 + k)), _mm512_set1_ps(-2.0f)));
+    const __m512 log_u1 = Sleef_logf16_u10avx512f(_mm512_loadu_ps(u1 + k));
+    const __m512 r = _mm512_sqrt_ps(_mm512_mul_ps(log_u1, _mm512_set1_ps(-2.0f)));
     const __m512 t = _mm512_mul_ps(_mm512_loadu_ps(u2 + k), _mm512_set1_ps(kTwoPi));
     const __m512 c = _mm512_mul_ps(sg, _mm512_mul_ps(r, Sleef_cosf16_u10avx512f(t)));
     const __m512 s = _mm512_mul_ps(sg, _mm512_mul_ps(r, Sleef_sinf16_u10avx512f(t)));
@@ -88,7 +89,8 @@ __attribute__((target("avx2"))) void box_muller_avx2(const float* u1, const floa
                                                      float* eps) {
   const __m256 sg = _mm256_set1_ps(sigma);
   for (int64_t k = 0; k < count; k += 8) {
-    const __m256 r = _mm256_sqrt_ps(_mm256_mul_ps(Sleef_logf8_u10avx2(_mm256_loadu_ps(u1 + k)), _mm256_set1_ps(-2.0f)));
+    const __m256 log_u1 = Sleef_logf8_u10avx2(_mm256_loadu_ps(u1 + k));
+    const __m256 r = _mm256_sqrt_ps(_mm256_mul_ps(log_u1, _mm256_set1_ps(-2.0f)));
     const __m256 t = _mm256_mul_ps(_mm256_loadu_ps(u2 + k), _mm256_set1_ps(kTwoPi));
     const __m256 c = _mm256_mul_ps(sg, _mm256_mul_ps(r, Sleef_cosf8_u10avx2(t)));
     const __m256 s = _mm256_mul_ps(sg, _mm256_mul_ps(r, Sleef_sinf8_u10avx2(t)));
@@ -221,7 +223,8 @@ Result inverse_loss_lc2d_cpu(const at::Tensor& y, const at::Tensor& h, const at:
   const InverseLossArgs a = check_inverse_loss_lc2d_inputs(y, h, weight, bias, stride, padding, dilation, activation,
                                                            sigma, seed, stream, step, preserve_noise);
   if (h.size(0) == 0) return epilogue(at::empty(h.sizes(), h.options()), h, a);
-  return epilogue(tp::lc2d_inverse(y, weight, bias, {h.size(2), h.size(3)}, stride, padding, dilation, a.act), h, a);
+  const at::Tensor x_hat = tp::lc2d_inverse(y, weight, bias, {h.size(2), h.size(3)}, stride, padding, dilation, a.act);
+  return epilogue(x_hat, h, a);
 }
 
 at::Tensor inverse_loss_noisy_input_cpu(const at::Tensor& h, double sigma, int64_t seed, int64_t stream, int64_t step) {
