@@ -1,11 +1,13 @@
-// Inverse loss: operator schemas and the one input check per op (contract in inverse_loss.h).
-// Kernels: cpu/inverse_loss_kernel.cpp, cuda/inverse_loss_kernel.cu; fake kernels and autograd in
-// bioplaus_kernels/ops/inverse_loss.py.
+// Inverse loss: operator schemas, the one input check per op and the CUDA autocast wrappers (contract in
+// inverse_loss.h). Kernels: cpu/inverse_loss_kernel.cpp, cuda/inverse_loss_kernel.cu; fake kernels and
+// autograd in bioplaus_kernels/ops/inverse_loss.py.
 #include "inverse_loss.h"
 
+#include <ATen/autocast_mode.h>
 #include <torch/library.h>
 
 #include <cmath>
+#include <tuple>
 
 namespace bioplaus {
 namespace {
@@ -19,6 +21,39 @@ InverseLossArgs check_noise(const char* op, c10::string_view activation, double 
   TORCH_CHECK(step >= 0, op, ": step must be >= 0, got ", step);
   return InverseLossArgs{act, philox::make_key(static_cast<uint64_t>(seed), static_cast<uint64_t>(stream)),
                          static_cast<uint64_t>(step), static_cast<float>(sigma), preserve_noise};
+}
+
+// Autocast (CUDA): the op is a loss, so it runs in float32, as autocast runs torch's mse_loss: the sum of
+// squares over a layer can pass float16's range, and x_hat and the residual feed the float32 gradients.
+// float64 inputs stay float64. Under ExcludeDispatchKeyGuard the redispatch reaches Autograd, then the kernel.
+at::Tensor to_float(const at::Tensor& t) { return at::autocast::cached_cast(at::kFloat, t, c10::DeviceType::CUDA); }
+
+using Result = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
+
+Result inverse_loss_autocast(const at::Tensor& y, const at::Tensor& h, const at::Tensor& weight, const at::Tensor& bias,
+                             c10::string_view activation, double sigma, int64_t seed, int64_t stream, int64_t step,
+                             bool preserve_noise) {
+  c10::impl::ExcludeDispatchKeyGuard guard(c10::DispatchKey::AutocastCUDA);
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("bioplaus::inverse_loss", "")
+                       .typed<Result(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                     c10::string_view, double, int64_t, int64_t, int64_t, bool)>();
+  return op.call(to_float(y), to_float(h), to_float(weight), to_float(bias), activation, sigma, seed, stream, step,
+                 preserve_noise);
+}
+
+Result inverse_loss_lc2d_autocast(const at::Tensor& y, const at::Tensor& h, const at::Tensor& weight,
+                                  const at::Tensor& bias, c10::IntArrayRef stride, c10::IntArrayRef padding,
+                                  c10::IntArrayRef dilation, c10::string_view activation, double sigma, int64_t seed,
+                                  int64_t stream, int64_t step, bool preserve_noise) {
+  c10::impl::ExcludeDispatchKeyGuard guard(c10::DispatchKey::AutocastCUDA);
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("bioplaus::inverse_loss_lc2d", "")
+                       .typed<Result(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                     c10::IntArrayRef, c10::IntArrayRef, c10::IntArrayRef, c10::string_view, double,
+                                     int64_t, int64_t, int64_t, bool)>();
+  return op.call(to_float(y), to_float(h), to_float(weight), to_float(bias), stride, padding, dilation, activation,
+                 sigma, seed, stream, step, preserve_noise);
 }
 
 }  // namespace
@@ -60,6 +95,11 @@ TORCH_LIBRARY_FRAGMENT(bioplaus, m) {
         "int[2] dilation, str activation, float sigma, int seed, int stream, int step, bool preserve_noise) "
         "-> (Tensor, Tensor, Tensor)");
   m.def("inverse_loss_noisy_input(Tensor h, float sigma, int seed, int stream, int step) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(bioplaus, AutocastCUDA, m) {
+  m.impl("inverse_loss", inverse_loss_autocast);
+  m.impl("inverse_loss_lc2d", inverse_loss_lc2d_autocast);
 }
 
 }  // namespace bioplaus

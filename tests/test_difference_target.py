@@ -69,6 +69,39 @@ def test_low_precision_cuda(dtype, device):
     torch.testing.assert_close(ops.difference_target(*t).double().cpu(), want, atol=5e-2, rtol=5e-2)
 
 
+@pytest.mark.cuda
+def test_autocast_runs_in_reduced_precision():
+    """Under CUDA autocast a target is computed in the autocast dtype (an application of the inverse layer, as
+    torch's linear layers), from inputs of mixed dtypes."""
+    t = linear_tensors(9, 33, 17, dtype=torch.float32, device="cuda")
+    tl, hp = lc_tensors(LC_CASES[0], dtype=torch.float32, device="cuda")
+    want = ref.difference_target(*[v.double().cpu() for v in t])
+    want_lc = ref.difference_target_lc2d(*[v.double().cpu() for v in tl], **hp)
+    for dtype, tol in ((torch.float16, 5e-2), (torch.bfloat16, 1e-1)):
+        with torch.autocast("cuda", dtype=dtype):
+            got = ops.difference_target(t[0].to(dtype), *t[1:])
+            got_lc = ops.difference_target_lc2d(tl[0].to(dtype), *tl[1:], **hp)
+        assert got.dtype == dtype and got_lc.dtype == dtype
+        torch.testing.assert_close(got.double().cpu(), want, atol=tol, rtol=tol)
+        torch.testing.assert_close(got_lc.double().cpu(), want_lc, atol=tol, rtol=tol)
+
+
+def test_autocast_wrappers_match_schemas():
+    """The AutocastCUDA kernels, called directly with CPU tensors (which autocast leaves alone): their C++
+    signatures match the schemas and they redispatch to the kernel (the CUDA-only test checks the casts)."""
+    key = torch._C.DispatchKeySet(torch._C.DispatchKey.AutocastCUDA)
+    for name in ("difference_target", "difference_target_lc2d"):
+        assert torch._C._dispatch_has_kernel_for_dispatch_key(f"bioplaus::{name}", "AutocastCUDA")
+    t = linear_tensors(5, 7, 3, dtype=torch.float32)
+    got = torch.ops.bioplaus.difference_target.default.redispatch(key, *t, "tanh")
+    assert torch.equal(got, ops.difference_target(*t))
+    tl, hp = lc_tensors(LC_CASES[2], dtype=torch.float32)
+    p4 = list(resolve_padding(hp["padding"], tl[0].shape[-2:], tl[3].shape[-2:], hp["stride"], hp["dilation"]))
+    got = torch.ops.bioplaus.difference_target_lc2d.default.redispatch(key, *tl, list(hp["stride"]), p4,
+                                                                       list(hp["dilation"]), "relu")
+    assert torch.equal(got, ops.difference_target_lc2d(*tl, **hp, activation="relu"))
+
+
 def test_same_above_gives_h_below():
     """Property: a layer whose target equals its activation gets its activation as target."""
     hb, _, ha, V, c = linear_tensors(6, 9, 4, dtype=torch.float32)

@@ -7,6 +7,7 @@ from torch.testing._internal.optests import opcheck
 
 from bioplaus_kernels import ops
 from bioplaus_kernels._geometry import resolve_padding
+from bioplaus_kernels.ops.inverse_loss import parameter_grads
 from bioplaus_kernels.reference import inverse_loss as ref
 
 from conftest import DEVICES
@@ -75,6 +76,66 @@ def test_gradcheck(preserve):
     t, hp = lc_inputs(LC_CASES[2])
     t = [v.requires_grad_() for v in t]
     assert torch.autograd.gradcheck(lambda *a: ops.inverse_loss_lc2d(*a, **hp, **kw)[0], t)
+
+
+@pytest.mark.parametrize("act", ["tanh", "sigmoid", "relu", "identity"])
+@pytest.mark.parametrize("lc", [False, True], ids=["linear", "lc2d"])
+def test_parameter_grads_equal_autograd(lc, act):
+    """parameter_grads (the trainer's graph-free path) gives exactly the weight and bias gradients of backward()."""
+    if lc:
+        (y, h, V, c), hp = lc_inputs(LC_CASES[2], dtype=torch.float32)
+        geometry = (list(hp["stride"]), list(resolve_padding(hp["padding"], tuple(h.shape[-2:]), tuple(V.shape[-2:]),
+                                                             hp["stride"], hp["dilation"])), list(hp["dilation"]))
+        fn = lambda V, c: ops.inverse_loss_lc2d(y, h, V, c, **hp, **NOISE, preserve_noise=False, activation=act)
+    else:
+        y, h, V, c = linear_tensors(6, 9, 4, dtype=torch.float32)
+        geometry = None
+        fn = lambda V, c: ops.inverse_loss(y, h, V, c, **NOISE, preserve_noise=False, activation=act)
+    V, c = V.requires_grad_(), c.requires_grad_()
+    loss, x_hat, residual = fn(V, c)
+    loss.backward()
+    grad_w, grad_b = parameter_grads(y, V.detach(), x_hat, residual, act, geometry)
+    assert torch.equal(grad_w, V.grad) and torch.equal(grad_b, c.grad)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_autocast_runs_in_float32(dtype):
+    """Under CUDA autocast the inverse loss runs in float32 (a loss, as autocast runs mse_loss): reduced-precision
+    inputs are widened, and the result equals the float32 op on the widened inputs."""
+    y, h, V, c = linear_tensors(6, 9, 4, dtype=torch.float32, device="cuda")
+    (yl, hl, Vl, cl), hp = lc_inputs(LC_CASES[0], dtype=torch.float32, device="cuda")
+    V.requires_grad_()
+    kw = dict(NOISE, preserve_noise=True)
+    with torch.autocast("cuda", dtype=dtype):
+        got = ops.inverse_loss(y.to(dtype), h, V, c, **kw)
+        got_lc = ops.inverse_loss_lc2d(yl.to(dtype), hl, Vl, cl, **hp, **kw)
+    want = ops.inverse_loss(y.to(dtype).float(), h, V, c, **kw)
+    want_lc = ops.inverse_loss_lc2d(yl.to(dtype).float(), hl, Vl, cl, **hp, **kw)
+    for g, w in zip(got + got_lc, want + want_lc):
+        assert g.dtype == torch.float32
+        torch.testing.assert_close(g, w, atol=0, rtol=0)
+    got[0].backward()
+    assert V.grad.dtype == torch.float32
+
+
+def test_autocast_wrappers_match_schemas():
+    """The AutocastCUDA kernels, called directly with CPU tensors (which autocast leaves alone): their C++
+    signatures match the schemas and they redispatch to the kernel (the CUDA-only test checks the casts)."""
+    key = torch._C.DispatchKeySet(torch._C.DispatchKey.AutocastCUDA)
+    for name in ("inverse_loss", "inverse_loss_lc2d"):
+        assert torch._C._dispatch_has_kernel_for_dispatch_key(f"bioplaus::{name}", "AutocastCUDA")
+    noise = (NOISE["sigma"], NOISE["seed"], NOISE["stream"], NOISE["step"])
+    t = linear_tensors(5, 7, 3, dtype=torch.float32)
+    got = torch.ops.bioplaus.inverse_loss.default.redispatch(key, *t, "sigmoid", *noise, True)
+    for g, w in zip(got, ops.inverse_loss(*t, activation="sigmoid", preserve_noise=True, **NOISE)):
+        assert torch.equal(g, w)
+    (y, h, V, c), hp = lc_inputs(LC_CASES[2], dtype=torch.float32)
+    p4 = list(resolve_padding(hp["padding"], h.shape[-2:], V.shape[-2:], hp["stride"], hp["dilation"]))
+    got = torch.ops.bioplaus.inverse_loss_lc2d.default.redispatch(key, y, h, V, c, list(hp["stride"]), p4,
+                                                                  list(hp["dilation"]), "tanh", *noise, False)
+    for g, w in zip(got, ops.inverse_loss_lc2d(y, h, V, c, **hp, preserve_noise=False, **NOISE)):
+        assert torch.equal(g, w)
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])

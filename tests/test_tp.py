@@ -272,6 +272,19 @@ def test_parallel_reports_everything():
     assert trainer.phase == "both"
 
 
+@pytest.mark.parametrize("algorithm", ["dtp", "sdtp"])
+def test_parallel_targets_use_the_inverses_before_their_update(algorithm):
+    """Algorithm 1's order: a parallel step's forward update uses the targets of the inverses as they were
+    before that step's inverse update (the reported target distances are those of trainer.targets())."""
+    x, y = batch()
+    trainer = Trainer(fc_net(), algorithm, schedule="parallel")
+    targets, hs = trainer.targets(x, y)
+    stats = trainer.step(x, y)
+    for l, t in targets.items():
+        want = (t - hs[l]).pow(2).sum().item() / x.shape[0]
+        assert stats[f"target_distance/{l}"] == pytest.approx(want, rel=1e-6)  # stats come back as float32
+
+
 def test_state_dict_round_trip():
     x, y = batch(dtype=torch.float32)
     a_model = fc_net(torch.float32)

@@ -73,12 +73,13 @@ def check_lc2d_inverse_geometry(op, below, below_name, above, above_name, weight
                          f"but weight has {H_out}x{W_out} output positions")
 
 
-def activation_grad(name: str, out: torch.Tensor) -> torch.Tensor:
-    """d act / d pre written through the output a = act(pre) (csrc/common/tp.h)."""
+def pre_grad(name: str, out: torch.Tensor, grad_out: torch.Tensor) -> torch.Tensor:
+    """d loss / d pre from d loss / d out, written through the output out = act(pre) (csrc/common/tp.h): ATen's
+    fused activation-backward kernels (one pass, grad_out * (1 - out^2) for tanh, etc.)."""
     if name == "tanh":
-        return 1 - out * out
+        return torch.ops.aten.tanh_backward(grad_out, out)
     if name == "sigmoid":
-        return out * (1 - out)
+        return torch.ops.aten.sigmoid_backward(grad_out, out)
     if name == "relu":
-        return (out > 0).to(out.dtype)
-    return torch.ones_like(out)
+        return torch.ops.aten.threshold_backward(grad_out, out, 0)
+    return grad_out

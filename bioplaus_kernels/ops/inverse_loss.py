@@ -80,36 +80,43 @@ torch.library.register_autograd("bioplaus::inverse_loss_noisy_input", _noisy_bac
 # Linear inverse's gradients are GEMMs, the LC inverse's are the LC forward (grad y: the transpose of a
 # transposed LC layer) and lc2d_backward_weight with the roles swapped (grad_y := y, x := d loss / d pre).
 # ---------------------------------------------------------------------------------------------------
+def _lc_geometry(inputs):
+    return tuple(list(v) for v in inputs[4:7]) if len(inputs) == 13 else None
+
+
 def _setup_context(ctx, inputs, output):
     _, x_hat, residual = output
     ctx.mark_non_differentiable(x_hat, residual)
+    ctx.set_materialize_grads(False)  # x_hat and residual get no gradient: no zero tensors for them
     ctx.save_for_backward(inputs[0], inputs[2], x_hat, residual)
-    ctx.lc_geometry = tuple(list(v) for v in inputs[4:7]) if len(inputs) == 13 else None
+    ctx.lc_geometry = _lc_geometry(inputs)
     ctx.activation = inputs[7] if ctx.lc_geometry else inputs[4]
 
 
+def _weight_grad(y, d_pre, weight, lc_geometry):
+    if lc_geometry is None:
+        return d_pre.t() @ y
+    stride, padding, dilation = lc_geometry
+    return _ops.lc2d_backward_weight(y, d_pre, list(weight.shape[4:]), stride, padding, dilation)[0]
+
+
 def _backward(ctx, grad_loss, grad_x_hat, grad_residual):
+    nones = (None,) * (9 if ctx.lc_geometry else 6)
+    if grad_loss is None:  # grads are not materialised: an unused loss gives its inputs no gradient
+        return (None,) * 4 + nones
     y, weight, x_hat, residual = ctx.saved_tensors
     d_res = residual * (grad_loss * (2.0 / max(residual.shape[0], 1)))
-    d_pre = d_res * _tp.activation_grad(ctx.activation, x_hat)
+    d_pre = _tp.pre_grad(ctx.activation, x_hat, d_res)
     need = ctx.needs_input_grad
     grad_y = grad_h = grad_w = grad_b = None
-    if ctx.lc_geometry is None:
-        if need[0]:
-            grad_y = d_pre @ weight
-        if need[2]:
-            grad_w = d_pre.t() @ y
-    else:
-        stride, padding, dilation = ctx.lc_geometry
-        if need[0]:
-            grad_y = _ops.lc2d_forward(d_pre, weight, None, stride, padding, dilation)
-        if need[2]:
-            grad_w = _ops.lc2d_backward_weight(y, d_pre, list(weight.shape[4:]), stride, padding, dilation)[0]
+    if need[0]:
+        grad_y = d_pre @ weight if ctx.lc_geometry is None else _ops.lc2d_forward(d_pre, weight, None, *ctx.lc_geometry)
+    if need[2]:
+        grad_w = _weight_grad(y, d_pre, weight, ctx.lc_geometry)
     if need[1]:
         grad_h = -d_res
     if need[3]:
         grad_b = d_pre.sum(0)
-    nones = (None,) * (9 if ctx.lc_geometry else 6)
     return (grad_y, grad_h, grad_w, grad_b) + nones
 
 
@@ -125,6 +132,17 @@ def noisy(h: torch.Tensor, sigma: float, seed: int, stream: int, step: int) -> t
     kernels draw on the same device (bit for bit), i.e. ``h + philox_fill(h, seed, stream, step, "normal",
     sigma)`` up to the last ulp of the transcendentals."""
     return _ops.inverse_loss_noisy_input(h, float(sigma), int(seed), int(stream), int(step))
+
+
+def parameter_grads(y: torch.Tensor, weight: torch.Tensor, x_hat: torch.Tensor, residual: torch.Tensor,
+                    activation: str = "tanh", lc_geometry=None) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(d loss / d V, d loss / d c) of an inverse loss from the op's own outputs ``x_hat`` and ``residual``: the
+    gradients ``loss.backward()`` gives the inverse's weight and bias (the same expressions as the registered
+    autograd), without building a graph. For a trainer that differentiates nothing else through the inverse
+    (tp.Trainer); ``lc_geometry`` is ``(stride, padding, dilation)`` of an LC inverse (resolved padding, as the
+    op takes it), None for a Linear inverse."""
+    d_pre = _tp.pre_grad(activation, x_hat, residual * (2.0 / max(residual.shape[0], 1)))
+    return _weight_grad(y, d_pre, weight, lc_geometry), d_pre.sum(0)
 
 
 def inverse_loss(y: torch.Tensor, h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, *, sigma: float,

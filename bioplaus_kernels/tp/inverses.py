@@ -26,6 +26,7 @@ from torch import nn
 
 from .. import ops
 from ..nn import LocallyConnected2d
+from ..ops.inverse_loss import parameter_grads
 
 
 class LinearInverse(nn.Module):
@@ -46,6 +47,10 @@ class LinearInverse(nn.Module):
 
     def inverse_loss(self, y, h, **noise) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         return ops.inverse_loss(y, h, self.weight, self.bias, activation=self.activation, **noise)
+
+    def parameter_grads(self, y, x_hat, residual) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(d loss / d weight, d loss / d bias) of the inverse loss that returned x_hat and residual for y."""
+        return parameter_grads(y, self.weight, x_hat, residual, self.activation)
 
     def extra_repr(self) -> str:
         return f"in={self.weight.shape[0]}, out={self.weight.shape[1]}, activation={self.activation!r}"
@@ -81,6 +86,10 @@ class LocallyConnected2dInverse(nn.Module):
     def inverse_loss(self, y, h, **noise):
         return ops.inverse_loss_lc2d(y, h, self.weight, self.bias, self.stride, self.padding4, self.dilation,
                                      activation=self.activation, **noise)
+
+    def parameter_grads(self, y, x_hat, residual) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(d loss / d weight, d loss / d bias) of the inverse loss that returned x_hat and residual for y."""
+        return parameter_grads(y, self.weight, x_hat, residual, self.activation, self._geometry())
 
     def extra_repr(self) -> str:
         return f"weight={tuple(self.weight.shape)}, bias={tuple(self.bias.shape)}, activation={self.activation!r}"

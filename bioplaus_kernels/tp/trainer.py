@@ -8,8 +8,9 @@ activation of block l-1.
 One ``step(x, y)``:
 
 1. forward pass, every block's input detached (no gradient crosses layers);
-2. targets (forward updates only): t_{L-1} from the output, then t_{l-1} = h_{l-1} + g_l(t_l) - g_l(h_l) for
-   l = L-1 .. 2 (fused kernel ``difference_target``):
+2. targets (forward updates only), from the inverses as they are before this step's inverse update (the
+   paper's Algorithm 1: targets, then inverse updates, then forward updates): t_{L-1} from the output, then
+   t_{l-1} = h_{l-1} + g_l(t_l) - g_l(h_l) for l = L-1 .. 2 (fused kernel ``difference_target``):
    * DTP: t_{L-1} = h_{L-1} - alpha * dLoss/dh_{L-1}, with Loss each example's own cross-entropy (the
      gradient is not divided by the batch size, so targets do not depend on it);
    * SDTP: t_{L-1} = h_{L-1} - g_L(h_L') + g_L(t_L'), the output inverse g_L reading h_L' and t_L':
@@ -28,7 +29,9 @@ One ``step(x, y)``:
    eps is drawn once per layer and step (``ops.noisy``, Philox normals) for the noisy forward f_l(h~); the
    ``inverse_loss`` kernel then gets h~ as its reconstruction target in DTP rather than redrawing eps
    in its epilogue (``preserve_noise=True``, bit-identical result): on the CPU a Philox normal costs several
-   times a multiply-add of the layer, so drawing it twice would dominate the step;
+   times a multiply-add of the layer, so drawing it twice would dominate the step. The gradients of V_l and
+   c_l come in closed form from the op's outputs (``ops.inverse_loss.parameter_grads``, the expressions of
+   its registered autograd) with no graph: nothing else is differentiated through the inverses;
 4. forward losses: ||block_l(h_{l-1}) - t_l||^2 for l < L and the task cross-entropy for the last layer
    (delta rule). Squared errors sum over a sample's units and average over the batch.
 
@@ -215,6 +218,7 @@ class Trainer:
         return targets
 
     def _inverse_losses(self, hs: List[torch.Tensor]) -> Dict[int, torch.Tensor]:
+        """The inverse losses of step 3, with each inverse's weight and bias gradient written to its .grad."""
         rank = _rank()
         preserve = self.algorithm == "dtp"
         losses = {}
@@ -223,14 +227,15 @@ class Trainer:
             block = self.blocks[l - 1]
             h = block.layer_input(hs[l - 1])
             noise = dict(sigma=self.sigma, seed=self.seed, stream=l + (rank << 20), step=self.step_count)
-            with torch.no_grad():
-                h_noisy = ops.noisy(h, **noise)
-                y = block(h_noisy)
-                if l == len(self.blocks):
-                    y = self._output_code(y, h_noisy)
+            h_noisy = ops.noisy(h, **noise)
+            y = block(h_noisy)
+            if l == len(self.blocks):
+                y = self._output_code(y, h_noisy)
             # DTP reconstructs h~ itself: the op then needs no second draw of eps (identical result, see
             # the module doc); SDTP/AO-SDTP reconstruct the clean h.
-            losses[l] = inverse.inverse_loss(y, h_noisy if preserve else h, preserve_noise=False, **noise)[0]
+            losses[l], x_hat, residual = inverse.inverse_loss(y, h_noisy if preserve else h, preserve_noise=False,
+                                                              **noise)
+            inverse.weight.grad, inverse.bias.grad = inverse.parameter_grads(y, x_hat, residual)
         return losses
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> Dict[str, float]:
@@ -247,27 +252,30 @@ class Trainer:
                 hs.append(out.detach())
         with torch.no_grad():
             stats = {"loss": F.cross_entropy(hs[-1], y), "accuracy": (hs[-1].argmax(1) == y).float().mean()}
-        if train_inverse:
-            losses = self._inverse_losses(hs)
-            self.inverse_optimizer.zero_grad(set_to_none=True)
-            if losses:
-                sum(losses.values()).backward()
-                _average_gradients(self.inverses.parameters())
-                self.inverse_optimizer.step()
-            stats.update({f"inverse_error/{l}": v.detach() for l, v in losses.items()})
         if train_forward:
-            # The local losses' gradients at the block outputs, in closed form (one backward through the
-            # blocks, no graph for the losses): d/d out_l of ||out_l - t_l||^2 / N is 2 (h_l - t_l) / N, and
-            # the task loss's d/d logits is (softmax - one-hot) / N.
+            # Targets first, from the inverses before this step's inverse update (Algorithm 1 of the paper:
+            # targets, then inverse updates, then forward updates). The local losses' gradients at the block
+            # outputs come in closed form (one backward through the blocks, no graph for the losses):
+            # d/d out_l of ||out_l - t_l||^2 / N is 2 (h_l - t_l) / N, the task loss's d/d logits is
+            # (softmax - one-hot) / N.
             n = max(x.shape[0], 1)
             with torch.no_grad():
                 onehot = F.one_hot(y, self.num_classes).to(hs[-1].dtype)
                 targets = self._targets(hs, onehot)
                 grads = [(hs[-1].softmax(-1) - onehot) / n]
                 for l, t in targets.items():
-                    diff = hs[l] - t
-                    grads.append(diff * (2.0 / n))
-                    stats[f"target_distance/{l}"] = diff.pow(2).sum() / n
+                    diff = (hs[l] - t).view(-1)
+                    stats[f"target_distance/{l}"] = torch.dot(diff, diff) / n  # one pass, no temporary
+                    grads.append(diff.mul_(2.0 / n).view_as(t))
+        if train_inverse:
+            self.inverse_optimizer.zero_grad(set_to_none=True)
+            with torch.no_grad():
+                losses = self._inverse_losses(hs)
+            if losses:
+                _average_gradients(self.inverses.parameters())
+                self.inverse_optimizer.step()
+            stats.update({f"inverse_error/{l}": v for l, v in losses.items()})
+        if train_forward:
             self.forward_optimizer.zero_grad(set_to_none=True)
             torch.autograd.backward([outs[-1]] + [outs[l - 1] for l in targets], grads)
             _average_gradients(self.model.parameters())

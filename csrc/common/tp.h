@@ -204,6 +204,16 @@ inline void activate_(at::Tensor& t, Activation a) {
   }
 }
 
+// g(y) = act(LC^T(y; weight) + bias) of an LC inverse, [N, C_in, H, W] contiguous (H x W = input_hw).
+inline at::Tensor lc2d_inverse(const at::Tensor& y, const at::Tensor& weight, const at::Tensor& bias,
+                               c10::IntArrayRef input_hw, c10::IntArrayRef stride, c10::IntArrayRef padding,
+                               c10::IntArrayRef dilation, Activation a) {
+  at::Tensor x = lc2d_transposed(y, weight, input_hw, stride, padding, dilation).contiguous();
+  x.add_(bias);
+  activate_(x, a);
+  return x;
+}
+
 }  // namespace tp
 }  // namespace bioplaus
 #endif

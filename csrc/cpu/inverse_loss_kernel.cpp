@@ -3,11 +3,11 @@
 // x_hat = act(y V^T + c) (Linear: at::addmm, the BLAS torch was built with; LC: the transposed LC through
 // the LC input-gradient kernel, then the bias), the activation in place with ATen's vectorised kernels.
 // Then, over the flat index i of h (numel = N * E):
-//   pass 1 (noise-preserving only): residual = eps (normal_noise below);
+//   pass 1 (noise-preserving only): residual = eps (write_noise below);
 //   pass 2, by sample row n: residual[i] = x_hat[i] - (h[i] + eps[i]) (or - h[i]),
 //           row_sq[n] = sum of residual^2 over the row (accumulated in double);
 // and loss = (sum of row_sq in row order) / N, independent of the thread count.
-// inverse_loss_noisy_input: h + eps with the same normal_noise.
+// inverse_loss_noisy_input: h + eps with the same write_noise.
 #include "inverse_loss.h"
 
 #include "cpu/fill_feedback.h"
@@ -15,14 +15,8 @@
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/LegacyTypeDispatch.h>
-#include <ATen/ops/add.h>
 #include <ATen/ops/addmm.h>
-#include <ATen/ops/cos.h>
 #include <ATen/ops/empty.h>
-#include <ATen/ops/log.h>
-#include <ATen/ops/sin.h>
-#include <ATen/ops/sqrt.h>
-#include <ATen/ops/stack.h>
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
@@ -35,36 +29,31 @@ namespace {
 
 using Result = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
 
-// eps[0 .. numel) as float32: the Philox words of each block (vectorised, split across threads), then Box-Muller
-// on whole tensors with ATen's vectorised log/sqrt/cos/sin (runtime-dispatched AVX2/AVX-512; a scalar libm
-// loop costs about 5x more and dominated a training step). Same generator, key, counter and conversions as
-// common/philox.h; the transcendentals may differ from libm's (and from philox_fill's) in the last ulp, as
-// they already do between the CPU and CUDA. Both CPU users of the noise (the noisy input and the
-// noise-preserving residual) call this one function, so they agree bit for bit.
-at::Tensor normal_noise(int64_t numel, const InverseLossArgs& a, const at::TensorOptions& like) {
+// dst[i] = base[i] + scalar_t(eps[i]) (or scalar_t(eps[i]) when base is null) for i < numel: the float32
+// noise, rounded to scalar_t, then added in scalar_t, exactly as h + philox_fill(...) forms it.
+// Element 4b + 2p + j of Philox block b is pair k = 2b + p (words 2p, 2p + 1): r cos t for j = 0, r sin t for
+// j = 1. One pass: blocks are split across threads, and each thread works through kChunk blocks at a time
+// in L1-sized buffers (uniforms, Box-Muller, store), so there are no full-size temporaries.
+template <typename scalar_t>
+void write_noise(const InverseLossArgs& a, int64_t numel, const scalar_t* base, scalar_t* dst) {
+  constexpr int64_t kChunk = 512;  // blocks: 2048 samples
   const int64_t blocks = (numel + 3) / 4;
-  const auto fopts = like.dtype(at::kFloat).memory_format(at::MemoryFormat::Contiguous);
-  at::Tensor u1 = at::empty({blocks, 2}, fopts), u2 = at::empty({blocks, 2}, fopts);
-  float* p1 = u1.mutable_data_ptr<float>();
-  float* p2 = u2.mutable_data_ptr<float>();
-  // The words come from the AVX-512/AVX2 Philox behind the feedback kernels (philox_words: the same words
-  // as philox::block_words, about 5x faster).
-  at::parallel_for(0, blocks, 4096, [&](int64_t b0, int64_t b1) {
-    std::vector<uint32_t> x(static_cast<size_t>(4 * (b1 - b0)));
-    philox_words(a.key, a.step, static_cast<uint64_t>(b0), b1 - b0, x.data());
-    for (int64_t b = b0; b < b1; ++b) {
-      const uint32_t* q = x.data() + 4 * (b - b0);
-      for (int p = 0; p < 2; ++p) {  // Box-Muller pairs (w0, w1) and (w2, w3)
-        p1[2 * b + p] = static_cast<float>((q[2 * p] >> 8) + 1u) * philox::kTwoPow24Inv;
-        p2[2 * b + p] = static_cast<float>(q[2 * p + 1] >> 8) * philox::kTwoPow24Inv;
+  at::parallel_for(0, blocks, 4096, [&](int64_t b_begin, int64_t b_end) {
+    std::vector<float> eps(4 * kChunk);
+    for (int64_t b0 = b_begin; b0 < b_end; b0 += kChunk) {
+      const int64_t nb = std::min(kChunk, b_end - b0);
+      // the shared normal sampler of philox_fill and the feedback kernels: the same float32 values
+      normal_samples(a.key, a.step, static_cast<uint64_t>(b0), nb, a.sigma, eps.data());
+      const int64_t e0 = 4 * b0, count = std::min(4 * nb, numel - e0);
+      scalar_t* out = dst + e0;
+      if (base) {
+        const scalar_t* in = base + e0;
+        for (int64_t e = 0; e < count; ++e) out[e] = in[e] + static_cast<scalar_t>(eps[e]);
+      } else {
+        for (int64_t e = 0; e < count; ++e) out[e] = static_cast<scalar_t>(eps[e]);
       }
     }
   });
-  const at::Tensor r = at::sqrt(at::log(u1).mul_(-2.0f));
-  const at::Tensor t = u2.mul_(6.28318530717958647692f);
-  // element 4b + 2p + j: r * cos(t) for j = 0, r * sin(t) for j = 1, then times sigma (float multiplies).
-  at::Tensor eps = at::stack({at::cos(t).mul_(r), at::sin(t).mul_(r)}, -1).view({-1}).narrow(0, 0, numel);
-  return eps.mul_(a.sigma);
 }
 
 // x_hat: [N, E] contiguous, activated; h: N samples of E elements.
@@ -79,7 +68,7 @@ Result epilogue(const at::Tensor& x_hat, const at::Tensor& h, const InverseLossA
     const scalar_t* xp = x_hat.const_data_ptr<scalar_t>();
     const scalar_t* hp = hc.const_data_ptr<scalar_t>();
     scalar_t* rp = residual.mutable_data_ptr<scalar_t>();
-    if (a.preserve_noise) residual.copy_(normal_noise(hc.numel(), a, hc.options()).view(hc.sizes()));
+    if (a.preserve_noise) write_noise<scalar_t>(a, hc.numel(), nullptr, rp);
     at::parallel_for(0, N, std::max<int64_t>(1, 32768 / E), [&](int64_t n0, int64_t n1) {
       for (int64_t n = n0; n < n1; ++n) {
         const scalar_t* x = xp + n * E;
@@ -121,18 +110,19 @@ Result inverse_loss_lc2d_cpu(const at::Tensor& y, const at::Tensor& h, const at:
   const InverseLossArgs a = check_inverse_loss_lc2d_inputs(y, h, weight, bias, stride, padding, dilation, activation,
                                                            sigma, seed, stream, step, preserve_noise);
   if (h.size(0) == 0) return epilogue(at::empty(h.sizes(), h.options()), h, a);
-  at::Tensor x_hat =
-      tp::lc2d_transposed(y, weight, {h.size(2), h.size(3)}, stride, padding, dilation).contiguous();
-  x_hat.add_(bias);
-  tp::activate_(x_hat, a.act);
+  const at::Tensor x_hat = tp::lc2d_inverse(y, weight, bias, {h.size(2), h.size(3)}, stride, padding, dilation, a.act);
   return epilogue(x_hat, h, a);
 }
 
 at::Tensor inverse_loss_noisy_input_cpu(const at::Tensor& h, double sigma, int64_t seed, int64_t stream, int64_t step) {
   at::AutoDispatchBelowADInplaceOrView below_autograd;
   const InverseLossArgs a = check_inverse_loss_noisy_input_inputs(h, sigma, seed, stream, step);
-  // The noise rounded to h's dtype first, then added in it: exactly h + philox_fill(...)'s arithmetic.
-  return at::add(h, normal_noise(h.numel(), a, h.options()).to(h.scalar_type()).view(h.sizes()));
+  const at::Tensor hc = h.contiguous();
+  at::Tensor out = at::empty(hc.sizes(), hc.options().memory_format(at::MemoryFormat::Contiguous));
+  AT_DISPATCH_FLOATING_TYPES(hc.scalar_type(), "inverse_loss_noisy_input_cpu", [&] {
+    write_noise<scalar_t>(a, hc.numel(), hc.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>());
+  });
+  return out;
 }
 
 }  // namespace
