@@ -2,13 +2,14 @@
 //
 // grad_x[M, in] = grad_y[M, out] * B[out, in] is split into column tiles of B (and of grad_x):
 //   grad_x[:, c0 : c0 + tw] = grad_y * B[:, c0 : c0 + tw]
-// one GEMM per tile (at::mm, torch's BLAS), the tiles shared out over the threads. Each element of
-// grad_x is one dot product over `out` inside one GEMM, and no two threads write the same column, so
-// the result needs no reduction and is bit-identical run to run (for a given thread count, which sets the
-// tile width). The modes differ only in where the tile comes from: "weight" passes a view of weight;
-// "random" / "sign" / "random_sign" build the tile (out x tw, within kTileBytes) in the thread's buffer
-// (fill_feedback) just before its GEMM. Every mode runs the same GEMMs on the same tile shapes, so a spec
-// run equals a "weight" run on the materialised B bit for bit.
+// one GEMM per tile (at::mm, torch's BLAS with all its threads), one tile at a time. Each element of
+// grad_x is one dot product over `out` inside one GEMM, so the result needs no reduction and is
+// bit-identical run to run (for a given thread count, which sets the tile width and the BLAS's split).
+// The modes differ only in where the tile comes from: "weight" passes a view of weight; "random" /
+// "sign" / "random_sign" build the tile (out x tw, within kTileBytes per thread) in a kept buffer, all
+// threads filling rows of it (fill_feedback), just before its GEMM. Every mode runs the same GEMMs on the
+// same tile shapes, so a spec run equals a "weight" run on the materialised B bit for bit. A small layer
+// is one tile: its whole B in one contiguous run, and one GEMM exactly as backprop's.
 #include "linear.h"
 
 #include "cpu/fill_feedback.h"
@@ -28,13 +29,14 @@
 namespace bioplaus {
 namespace {
 
-constexpr int64_t kTileBytes = int64_t{1} << 20;  // one B tile: stays in L2 between its fill and its GEMM
+constexpr int64_t kTileBytes = int64_t{1} << 20;  // B tile bytes per thread: stays in L2 from fill to GEMM
+constexpr int64_t kFillGrain = int64_t{1} << 15;  // elements: the smallest share of a tile's fill
 // Tile widths are multiples of the uniform generator's group (common/philox.h), so when in % 128 == 0
 // every tile row is whole groups, generated straight into the tile.
 constexpr int64_t kColAlign = philox::kGroupElems;
 
-// The calling thread's tile buffer, kept between calls: a fresh allocation of a tile (up to kTileBytes) is
-// an mmap whose page faults and zeroing cost as much as building a small layer's B.
+// The tile buffer, kept between calls (per calling thread): a fresh allocation of a tile is an mmap whose
+// page faults and zeroing cost as much as building a small layer's B.
 template <typename scalar_t>
 scalar_t* tile_scratch(int64_t elems) {
   thread_local std::vector<scalar_t> scratch;
@@ -42,15 +44,11 @@ scalar_t* tile_scratch(int64_t elems) {
   return scratch.data();
 }
 
-int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
-
-// Columns per tile: an equal share of the columns per thread (one GEMM per thread when B is small: on one
-// thread a small layer is a single at::mm), rounded up to kColAlign, within the byte budget.
+// Columns per tile: all of them if B fits the threads' budget, else the most that do, in whole kColAlign.
 int64_t tile_width(int64_t out, int64_t in, int64_t elem_size) {
-  const int64_t by_budget = std::max<int64_t>(kTileBytes / (elem_size * std::max<int64_t>(out, 1)) / kColAlign, 1) * kColAlign;
-  const int64_t threads = at::get_num_threads();
-  const int64_t by_split = round_up((in + threads - 1) / threads, kColAlign);
-  return std::min({by_budget, by_split, in});
+  const int64_t budget = kTileBytes * at::get_num_threads();
+  const int64_t by_budget = std::max<int64_t>(budget / (elem_size * std::max<int64_t>(out, 1)) / kColAlign, 1);
+  return std::min(by_budget * kColAlign, in);
 }
 
 // A tile row of weight is a short run (a few cache lines) at a large stride, a new page per row: the
@@ -73,29 +71,30 @@ void backward_input_kernel(const at::Tensor& gy, const at::Tensor& weight, at::T
   const bool transforms_weight = f.reads_weight() && f.mode != FeedbackMode::kWeight;
   const at::Tensor w = transforms_weight ? weight.contiguous() : weight;
   const scalar_t* wp = transforms_weight ? w.const_data_ptr<scalar_t>() : nullptr;
-  at::parallel_for(0, tiles, 1, [&](int64_t t0, int64_t t1) {
-    scalar_t* tp = f.mode == FeedbackMode::kWeight ? nullptr : tile_scratch<scalar_t>(d.out * tw);
-    for (int64_t t = t0; t < t1; ++t) {
-      const int64_t c0 = t * tw, cw = std::min(tw, d.in - c0);
-      at::Tensor gx_t = gx.narrow(1, c0, cw);
-      if (f.mode == FeedbackMode::kWeight) {
-        at::mm_out(gx_t, gy, weight.narrow(1, c0, cw));
-        continue;
-      }
-      // tp[o * cw + k] = B[o, c0 + k]: row o of the tile is the run of elements o * in + c0 .. + cw; a tile
-      // of whole rows (cw == in) is one run.
-      if (cw == d.in) {
-        fill_feedback<scalar_t>(f, wp, 0, d.out * d.in, tp);
-      } else {
-        for (int64_t o = 0; o < d.out; ++o) {
-          const int64_t e0 = o * d.in + c0;
-          if (wp && o + kPrefetchRows < d.out) prefetch_run(wp + e0 + kPrefetchRows * d.in, cw);
-          fill_feedback<scalar_t>(f, wp ? wp + e0 : nullptr, e0, cw, tp + o * cw);
-        }
-      }
-      at::mm_out(gx_t, gy, at::from_blob(tp, {d.out, cw}, gy.options()));
+  scalar_t* tp = f.mode == FeedbackMode::kWeight ? nullptr : tile_scratch<scalar_t>(d.out * tw);
+  for (int64_t t = 0; t < tiles; ++t) {
+    const int64_t c0 = t * tw, cw = std::min(tw, d.in - c0);
+    at::Tensor gx_t = gx.narrow(1, c0, cw);
+    if (f.mode == FeedbackMode::kWeight) {
+      at::mm_out(gx_t, gy, weight.narrow(1, c0, cw));
+      continue;
     }
-  });
+    // tp[o * cw + k] = B[o, c0 + k]: row o of the tile is the run of elements o * in + c0 .. + cw; the
+    // threads take blocks of rows, and a tile of whole rows (cw == in) gives each one contiguous run.
+    at::parallel_for(0, d.out, std::max<int64_t>(1, kFillGrain / cw), [&](int64_t o0, int64_t o1) {
+      if (cw == d.in) {
+        const int64_t e0 = o0 * d.in;
+        fill_feedback<scalar_t>(f, wp ? wp + e0 : nullptr, e0, (o1 - o0) * d.in, tp + e0);
+        return;
+      }
+      for (int64_t o = o0; o < o1; ++o) {
+        const int64_t e0 = o * d.in + c0;
+        if (wp && o + kPrefetchRows < o1) prefetch_run(wp + e0 + kPrefetchRows * d.in, cw);
+        fill_feedback<scalar_t>(f, wp ? wp + e0 : nullptr, e0, cw, tp + o * cw);
+      }
+    });
+    at::mm_out(gx_t, gy, at::from_blob(tp, {d.out, cw}, gy.options()));
+  }
 }
 
 at::Tensor linear_backward_input_cpu(const at::Tensor& grad_y, const at::Tensor& weight, c10::string_view feedback,
