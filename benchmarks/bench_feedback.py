@@ -25,7 +25,7 @@ interleaved, median of --repeats after --warmup.
 Examples:
   python3 benchmarks/bench_feedback.py --device cpu                       # all groups (~5 min on 2 cores)
   python3 benchmarks/bench_feedback.py --device cpu --groups linear,lc --repeats 5
-  python3 benchmarks/bench_feedback.py --table-from benchmarks/results/feedback-cpu-float32-2core.json
+  python3 benchmarks/bench_feedback.py --table-from benchmarks/results/feedback-cpu-float32-1thread.json
   python3 -m pytest benchmarks/bench_feedback.py                          # pytest-benchmark cases
 """
 from __future__ import annotations
