@@ -242,3 +242,54 @@ def test_cuda_normal_close_to_cpu(case):
 def test_cuda_dtypes_round_the_float_value(dtype):
     got = ops.philox((9, 11), 4, 1, distribution="uniform", scale=0.25, dtype=dtype, device="cuda").cpu()
     assert torch.equal(got, ops.philox((9, 11), 4, 1, scale=0.25).to(dtype))
+
+
+# The CPU generator has AVX-512, AVX2 and scalar paths, picked at load time; ATEN_CPU_CAPABILITY caps them as it
+# caps ATen's kernels. Each capped path, in a fresh process, must give the reference's uniform samples bit for bit
+# and normal samples to the last ulp (libm and Sleef may differ there), through every CPU user of the generator.
+_PATHS_SCRIPT = r"""
+import sys, torch
+from bioplaus_kernels import ops
+from bioplaus_kernels.reference import philox as ref
+out = {}
+for n in (1, 127, 129, 1000, 40_001):
+    out[f"u{n}"] = ops.philox((n,), 7, 3, 11, scale=0.5)
+    out[f"n{n}"] = ops.philox((n,), 7, 3, 11, distribution="normal")
+    out[f"b{n}"] = ops.philox((n,), 7, 3, 11, distribution="bits")
+w = torch.randn(37, 301, generator=torch.Generator().manual_seed(0))
+w.view(-1)[:4] = torch.tensor([0.0, -0.0, float("nan"), 1e-40])
+out["rs"] = ops.feedback_source(w, "random_sign", seed=5, stream=1, step=2)
+out["gx"] = ops.linear_backward_input(torch.randn(4, 37, generator=torch.Generator().manual_seed(1)), w,
+                                      feedback="random", seed=5)
+out["noise"] = torch.ops.bioplaus.inverse_loss_noisy_input(torch.zeros(3, 333), 0.1, 9, 2, 4)
+torch.save(out, sys.argv[1])
+"""
+
+
+@pytest.mark.parametrize("capability", ["avx2", "default"])
+def test_every_cpu_path_gives_the_same_samples(capability, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    got_file = tmp_path / "got.pt"
+    env = {**os.environ, "ATEN_CPU_CAPABILITY": capability}
+    subprocess.run([sys.executable, "-c", _PATHS_SCRIPT, str(got_file)], check=True, env=env,
+                   cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    got = torch.load(got_file)
+    for n in (1, 127, 129, 1000, 40_001):
+        assert torch.equal(got[f"u{n}"], ref.philox((n,), 7, 3, 11, scale=0.5))
+        assert torch.equal(got[f"b{n}"], ref.philox((n,), 7, 3, 11, distribution="bits"))
+        torch.testing.assert_close(got[f"n{n}"], ref.philox((n,), 7, 3, 11, distribution="normal"), rtol=4e-7,
+                                   atol=1e-6)
+        # the default (this process's) path to the last ulp as well
+        torch.testing.assert_close(got[f"n{n}"], ops.philox((n,), 7, 3, 11, distribution="normal"), rtol=4e-7,
+                                   atol=1e-6)
+    w = torch.randn(37, 301, generator=torch.Generator().manual_seed(0))
+    w.view(-1)[:4] = torch.tensor([0.0, -0.0, float("nan"), 1e-40])
+    want = ops.feedback_source(w, "random_sign", seed=5, stream=1, step=2)
+    assert torch.equal(got["rs"].view(torch.int32), want.view(torch.int32))
+    gy = torch.randn(4, 37, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(got["gx"], ops.linear_backward_input(gy, w, feedback="random", seed=5))
+    torch.testing.assert_close(got["noise"], torch.ops.bioplaus.inverse_loss_noisy_input(torch.zeros(3, 333), 0.1, 9,
+                                                                                             2, 4), rtol=4e-7, atol=1e-7)

@@ -24,7 +24,9 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
+#include <string>
 #include <type_traits>
 
 #if defined(__GNUC__) && defined(__x86_64__)
@@ -294,18 +296,42 @@ __attribute__((target("avx2"))) void block_words_avx2(philox::Key key, uint64_t 
 #pragma GCC diagnostic pop
 #endif
 
+// The vector paths the CPU allows, capped by ATEN_CPU_CAPABILITY ("default", "avx2", "avx512") as ATen's
+// own kernels are: one variable pins both, and the tests reach every path on an AVX-512 machine.
+int capability_cap() {
+  const char* env = std::getenv("ATEN_CPU_CAPABILITY");
+  const std::string v = env ? env : "";
+  return v == "default" ? 0 : v == "avx2" ? 1 : 2;
+}
+
+bool use_avx512() {
+#if defined(BIOPLAUS_X86_SIMD)
+  return capability_cap() >= 2 && __builtin_cpu_supports("avx512f");
+#else
+  return false;
+#endif
+}
+
+bool use_avx2() {
+#if defined(BIOPLAUS_X86_SIMD)
+  return capability_cap() >= 1 && __builtin_cpu_supports("avx2");
+#else
+  return false;
+#endif
+}
+
 UniformGroups pick_uniform_groups() {
 #if defined(BIOPLAUS_X86_SIMD)
-  if (__builtin_cpu_supports("avx512f")) return uniform_groups_avx512;
-  if (__builtin_cpu_supports("avx2")) return uniform_groups_avx2;
+  if (use_avx512()) return uniform_groups_avx512;
+  if (use_avx2()) return uniform_groups_avx2;
 #endif
   return uniform_groups_scalar;
 }
 
 BlockWords pick_block_words() {
 #if defined(BIOPLAUS_X86_SIMD)
-  if (__builtin_cpu_supports("avx512f")) return block_words_avx512;
-  if (__builtin_cpu_supports("avx2")) return block_words_avx2;
+  if (use_avx512()) return block_words_avx512;
+  if (use_avx2()) return block_words_avx2;
 #endif
   return block_words_scalar;
 }
@@ -367,11 +393,10 @@ void box_muller_libm(const float* u1, const float* u2, int64_t count, float scal
 
 BoxMuller pick_box_muller() {
 #if defined(BIOPLAUS_X86_SIMD)
-  if (__builtin_cpu_supports("avx512f") && Sleef_logf16_u10avx512f && Sleef_cosf16_u10avx512f &&
-      Sleef_sinf16_u10avx512f) {
+  if (use_avx512() && Sleef_logf16_u10avx512f && Sleef_cosf16_u10avx512f && Sleef_sinf16_u10avx512f) {
     return box_muller_avx512;
   }
-  if (__builtin_cpu_supports("avx2") && Sleef_logf8_u10avx2 && Sleef_cosf8_u10avx2 && Sleef_sinf8_u10avx2) {
+  if (use_avx2() && Sleef_logf8_u10avx2 && Sleef_cosf8_u10avx2 && Sleef_sinf8_u10avx2) {
     return box_muller_avx2;
   }
 #endif
