@@ -304,17 +304,12 @@ int capability_cap() {
   return v == "default" ? 0 : v == "avx2" ? 1 : 2;
 }
 
-bool use_avx512() {
-#if defined(BIOPLAUS_X86_SIMD)
-  return capability_cap() >= 2 && __builtin_cpu_supports("avx512f");
-#else
-  return false;
-#endif
-}
+enum Isa : int { kAvx2 = 1, kAvx512 = 2 };
 
-bool use_avx2() {
+bool cpu_allows(Isa isa) {
 #if defined(BIOPLAUS_X86_SIMD)
-  return capability_cap() >= 1 && __builtin_cpu_supports("avx2");
+  if (capability_cap() < isa) return false;
+  return isa == kAvx512 ? __builtin_cpu_supports("avx512f") : __builtin_cpu_supports("avx2");
 #else
   return false;
 #endif
@@ -322,16 +317,16 @@ bool use_avx2() {
 
 UniformGroups pick_uniform_groups() {
 #if defined(BIOPLAUS_X86_SIMD)
-  if (use_avx512()) return uniform_groups_avx512;
-  if (use_avx2()) return uniform_groups_avx2;
+  if (cpu_allows(kAvx512)) return uniform_groups_avx512;
+  if (cpu_allows(kAvx2)) return uniform_groups_avx2;
 #endif
   return uniform_groups_scalar;
 }
 
 BlockWords pick_block_words() {
 #if defined(BIOPLAUS_X86_SIMD)
-  if (use_avx512()) return block_words_avx512;
-  if (use_avx2()) return block_words_avx2;
+  if (cpu_allows(kAvx512)) return block_words_avx512;
+  if (cpu_allows(kAvx2)) return block_words_avx2;
 #endif
   return block_words_scalar;
 }
@@ -393,10 +388,10 @@ void box_muller_libm(const float* u1, const float* u2, int64_t count, float scal
 
 BoxMuller pick_box_muller() {
 #if defined(BIOPLAUS_X86_SIMD)
-  if (use_avx512() && Sleef_logf16_u10avx512f && Sleef_cosf16_u10avx512f && Sleef_sinf16_u10avx512f) {
+  if (cpu_allows(kAvx512) && Sleef_logf16_u10avx512f && Sleef_cosf16_u10avx512f && Sleef_sinf16_u10avx512f) {
     return box_muller_avx512;
   }
-  if (use_avx2() && Sleef_logf8_u10avx2 && Sleef_cosf8_u10avx2 && Sleef_sinf8_u10avx2) {
+  if (cpu_allows(kAvx2) && Sleef_logf8_u10avx2 && Sleef_cosf8_u10avx2 && Sleef_sinf8_u10avx2) {
     return box_muller_avx2;
   }
 #endif
