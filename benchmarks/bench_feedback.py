@@ -279,9 +279,7 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.table_from:
-        with open(args.table_from) as f:
-            print(format_table(json.load(f)))
-        return 0
+        return common.print_saved_table(args.table_from, format_table)
     args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -175,9 +175,7 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.table_from:
-        with open(args.table_from) as f:
-            print(format_table(json.load(f)))
-        return 0
+        return common.print_saved_table(args.table_from, format_table)
     has_cuda = torch.cuda.is_available() and bool(bioplaus_kernels.with_cuda)
     args.device = args.device or ("cuda" if has_cuda else "cpu")
     if args.device == "cuda" and not has_cuda:

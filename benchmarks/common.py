@@ -155,6 +155,13 @@ def slug(s: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", s).strip("-") or "unknown"
 
 
+def print_saved_table(path: str, format_table: Callable[[Dict], str]) -> int:
+    """``--table-from``: print the table of a saved JSON result; the exit status."""
+    with open(path) as f:
+        print(format_table(json.load(f)))
+    return 0
+
+
 # ---------------------------------------------------------------------------------------------------
 # Timing
 # ---------------------------------------------------------------------------------------------------

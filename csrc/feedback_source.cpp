@@ -5,8 +5,6 @@
 // same messages.
 #include "feedback_source.h"
 
-#include "common/checks.h"
-
 #include <c10/util/Exception.h>
 #include <torch/library.h>
 

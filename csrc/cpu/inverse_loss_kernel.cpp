@@ -30,10 +30,9 @@ namespace {
 using Result = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
 
 // dst[i] = base[i] + scalar_t(eps[i]) (or scalar_t(eps[i]) when base is null) for i < numel: the float32
-// noise, rounded to scalar_t, then added in scalar_t, exactly as h + philox_fill(...) forms it.
-// Element 4b + 2p + j of Philox block b is pair k = 2b + p (words 2p, 2p + 1): r cos t for j = 0, r sin t for
-// j = 1. One pass: blocks are split across threads, and each thread works through kChunk blocks at a time
-// in L1-sized buffers (uniforms, Box-Muller, store), so there are no full-size temporaries.
+// noise, rounded to scalar_t, then added in scalar_t, exactly as h + philox_fill(...) forms it. One pass:
+// blocks are split across threads, each working through kChunk counter blocks at a time (normal_samples
+// into an L1-sized buffer, then the store), so there are no full-size temporaries.
 template <typename scalar_t>
 void write_noise(const InverseLossArgs& a, int64_t numel, const scalar_t* base, scalar_t* dst) {
   constexpr int64_t kChunk = 512;  // blocks: 2048 samples
@@ -42,7 +41,6 @@ void write_noise(const InverseLossArgs& a, int64_t numel, const scalar_t* base, 
     std::vector<float> eps(4 * kChunk);
     for (int64_t b0 = b_begin; b0 < b_end; b0 += kChunk) {
       const int64_t nb = std::min(kChunk, b_end - b0);
-      // the shared normal sampler of philox_fill and the feedback kernels: the same float32 values
       normal_samples(a.key, a.step, static_cast<uint64_t>(b0), nb, a.sigma, eps.data());
       const int64_t e0 = 4 * b0, count = std::min(4 * nb, numel - e0);
       scalar_t* out = dst + e0;
