@@ -231,6 +231,10 @@ def bench_shape(shape: Shape, args, log) -> List[Dict]:
                "stored_bytes": stored_bytes(case.modules[impl]) if not impl.startswith("bt-") else
                stored_bytes(case.modules[impl]) + (case.calls[impl].stored.numel() * 4 if case.calls[impl].stored
                                                    is not None else 0)}
+        if args.device == "cuda":
+            # The step's transient memory beyond inputs and parameters: shows whether B or a transformed
+            # weight is materialised per step (fa-seed and the sign rules on Linear/LC should add nothing).
+            row["peak_extra_bytes"] = common.cuda_peak_extra_bytes(case.step(impl))
         row.update(common.summarize(s))
         rows.append(row)
     log(f"{shape.name:12s} b{batch:<4d} " + " ".join(f"{i}={med[i]:.2f}ms({med[i] / med['bp']:.2f})" for i in impls))
@@ -240,23 +244,31 @@ def bench_shape(shape: Shape, args, log) -> List[Dict]:
 def format_table(result: Dict) -> str:
     impls = list(RULES) + list(BT_RULES)
     rows = result["rows"]
+    peaks = any("peak_extra_bytes" in r for r in rows)
     lines = [f"feedback rules, one layer's step, {result['settings']['device']}, float32, "
              f"{result['machine']['torch_threads']} threads; median ms (ratio of medians to bp / ratio of minima); "
-             f"bytes stored for B by fa and fa-seed"]
+             f"bytes stored for B by fa and fa-seed; seed/fa: regenerated over stored B, ratio of medians"
+             + ("; peak MB: transient memory of one step (fa, fa-seed)" if peaks else "")]
     lines.append(f"{'shape':12s} {'batch':>5s} " + " ".join(f"{i:>20s}" for i in impls) + f" {'fa B bytes':>11s} "
-                 f"{'fa-seed':>8s}")
+                 f"{'fa-seed':>8s} {'seed/fa':>7s}" + (f" {'peak MB fa/seed':>16s}" if peaks else ""))
     for name in dict.fromkeys(r["shape"] for r in rows):
         by = {r["impl"]: r for r in rows if r["shape"] == name}
         cells = [f"{by[i]['median_ms']:8.2f} ({by[i]['ratio_to_bp']:.2f}/{by[i]['ratio_min_to_bp']:.2f})" if i in by
                  else "-" for i in impls]
-        lines.append(f"{name:12s} {by['bp']['batch']:5d} " + " ".join(f"{c:>20s}" for c in cells) +
-                     f" {by['fa']['stored_bytes']:11d} {by['fa-seed']['stored_bytes']:8d}")
+        line = (f"{name:12s} {by['bp']['batch']:5d} " + " ".join(f"{c:>20s}" for c in cells) +
+                f" {by['fa']['stored_bytes']:11d} {by['fa-seed']['stored_bytes']:8d}"
+                f" {by['fa-seed']['median_ms'] / by['fa']['median_ms']:7.2f}")
+        if peaks:
+            line += f" {by['fa']['peak_extra_bytes'] / 1e6:7.2f}/{by['fa-seed']['peak_extra_bytes'] / 1e6:<8.2f}"
+        lines.append(line)
     for key in ("ratio_to_bp", "ratio_min_to_bp"):
         worst = max((r for r in rows if r["impl"] in RULES), key=lambda r: r[key])
         within = sum(r[key] <= 1.10 for r in rows if r["impl"] in RULES[1:])
         total = sum(1 for r in rows if r["impl"] in RULES[1:])
         lines.append(f"{key}: {within}/{total} rule cases within 1.10 of bp; worst {worst[key]:.3f} ({worst['impl']} on "
                      f"{worst['shape']})")
+    for e in result.get("errors", []):
+        lines.append(f"FAILED {e['shape']}: {e['error']}")
     return "\n".join(lines)
 
 
@@ -296,13 +308,18 @@ def main(argv=None) -> int:
     machine = common.machine_info(args.device)
     t0 = time.time()
     rows: List[Dict] = []
+    errors: List[Dict] = []
     for shape in shapes:
-        rows += bench_shape(shape, args, lambda s: print(s, flush=True))
+        try:
+            rows += bench_shape(shape, args, lambda s: print(s, flush=True))
+        except Exception as e:  # one failing shape (a kernel error, a mismatch) must not lose the others
+            print(f"{shape.name}: FAILED: {type(e).__name__}: {e}", flush=True)
+            errors.append({"shape": shape.name, "error": f"{type(e).__name__}: {e}"})
     result = {"benchmark": "feedback", "date": common.now_iso(), "command": " ".join(sys.argv), "machine": machine,
               "versions": common.versions(), "git": common.git_info(),
               "settings": {"device": args.device, "dtype": "float32", "batch": args.batch,
                            "resnet_batch": args.resnet_batch, "repeats": args.repeats, "warmup": args.warmup},
-              "rows": rows, "wall_s": time.time() - t0}
+              "rows": rows, "errors": errors, "wall_s": time.time() - t0}
     path = args.json or os.path.join(common.REPO_ROOT, "benchmarks", "results",
                                      f"feedback-{args.device}-float32-{common.slug(machine['gpu']['name'] if machine['gpu'] else machine['hostname'])}-"
                                      f"{time.strftime('%Y%m%d-%H%M%S')}.json")
@@ -311,7 +328,7 @@ def main(argv=None) -> int:
         json.dump(result, f, indent=1)
     print(f"wrote {path}")
     print(format_table(result))
-    return 0
+    return 1 if errors else 0
 
 
 # ---------------------------------------------------------------------------------------------------
