@@ -1,5 +1,6 @@
-"""Shared by the input-gradient tests: every feedback mode of the spec, and the check that the real kernel
-and the fake kernel reject a bad input with the same message."""
+"""Shared by the input-gradient tests: every feedback mode of the spec, the comparison of two materialised
+feedback matrices, and the check that the real kernel and the fake kernel reject a bad input with the same
+message."""
 import pytest
 from torch._subclasses.fake_tensor import FakeTensorMode
 import torch
@@ -27,3 +28,13 @@ def assert_rejected(op, args, message):
         fake_args = [mode.from_tensor(a) if isinstance(a, torch.Tensor) else a for a in args]
         with pytest.raises(RuntimeError, match=message):
             op(*fake_args)
+
+
+def assert_same_feedback(got, want, spec):
+    """Bit for bit, except normal samples: their float32 value may differ in the last ulp between libm, Sleef
+    and CUDA's log/cos/sin, and that can move the rounding to float16/bfloat16 by one ulp of that type."""
+    if spec.get("distribution") != "normal":
+        torch.testing.assert_close(got, want, rtol=0, atol=0, equal_nan=True)
+        return
+    rtol = torch.finfo(want.dtype).eps if want.dtype in (torch.float16, torch.bfloat16) else 4e-7
+    torch.testing.assert_close(got, want, rtol=rtol, atol=1e-6, equal_nan=True)

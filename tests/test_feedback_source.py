@@ -7,7 +7,7 @@ from torch.testing._internal.optests import opcheck
 from bioplaus_kernels import ops, reference
 
 from conftest import DEVICES
-from feedback_cases import FEEDBACK_SPECS, assert_rejected, spec_id
+from feedback_cases import FEEDBACK_SPECS, assert_rejected, assert_same_feedback, spec_id
 
 SPEC = dict(seed=5, stream=2, step=3, scale=0.6)
 
@@ -20,14 +20,6 @@ def weights(shape, dtype, device="cpu"):
     return w.to(dtype=dtype, device=device)
 
 
-def assert_equal_or_ulp(got, want, spec):
-    if spec.get("distribution") == "normal":  # libm's and torch's log/cos/sin may differ in the last ulp
-        torch.testing.assert_close(got, want, rtol=4e-7 if want.dtype != torch.bfloat16 else 1e-2, atol=1e-6,
-                                   equal_nan=True)
-    else:
-        torch.testing.assert_close(got, want, rtol=0, atol=0, equal_nan=True)
-
-
 @pytest.mark.parametrize("spec", FEEDBACK_SPECS[1:], ids=spec_id)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("shape", [(3,), (7, 45), (3, 4, 5, 6), (129, 300)], ids=str)
@@ -37,7 +29,7 @@ def test_matches_reference(shape, dtype, spec):
     got = torch.ops.bioplaus.feedback_source(w, s["feedback"], s["seed"], s["stream"], s["step"],
                                              s["distribution"] if "distribution" in s else "uniform", s["scale"])
     assert got.shape == w.shape and got.dtype == dtype and got.is_contiguous()
-    assert_equal_or_ulp(got, reference.feedback_source(w, **s), spec)
+    assert_same_feedback(got, reference.feedback_source(w, **s), spec)
 
 
 def test_thread_count_does_not_change_the_result():
@@ -80,4 +72,4 @@ def test_bad_inputs():
 def test_cuda_matches_cpu(spec, dtype):
     w = weights((129, 301), dtype)
     s = {**SPEC, **spec}
-    assert_equal_or_ulp(ops.feedback_source(w.cuda(), **s).cpu(), ops.feedback_source(w, **s), spec)
+    assert_same_feedback(ops.feedback_source(w.cuda(), **s).cpu(), ops.feedback_source(w, **s), spec)
