@@ -5,6 +5,8 @@
 // same messages.
 #include "feedback_source.h"
 
+#include "common/checks.h"
+
 #include <c10/util/Exception.h>
 #include <torch/library.h>
 
@@ -24,7 +26,7 @@ FeedbackSpec check_feedback_spec(const char* op, c10::string_view feedback, int6
   } else if (feedback == "random_sign") {
     f.mode = FeedbackMode::kRandomSign;
   } else {
-    TORCH_CHECK(false, op, ": feedback must be 'weight', 'random', 'sign' or 'random_sign', got '",
+    BIOPLAUS_CHECK(false, op, ": feedback must be 'weight', 'random', 'sign' or 'random_sign', got '",
                 std::string(feedback), "'");
   }
   if (distribution == "uniform") {
@@ -32,11 +34,11 @@ FeedbackSpec check_feedback_spec(const char* op, c10::string_view feedback, int6
   } else if (distribution == "normal") {
     f.distribution = philox::Distribution::kNormal;
   } else {
-    TORCH_CHECK(false, op, ": distribution must be 'uniform' or 'normal', got '", std::string(distribution), "'");
+    BIOPLAUS_CHECK(false, op, ": distribution must be 'uniform' or 'normal', got '", std::string(distribution), "'");
   }
-  TORCH_CHECK(seed >= 0, op, ": seed must be >= 0, got ", seed);
-  TORCH_CHECK(stream >= 0, op, ": stream must be >= 0, got ", stream);
-  TORCH_CHECK(step >= 0, op, ": step must be >= 0, got ", step);
+  BIOPLAUS_CHECK(seed >= 0, op, ": seed must be >= 0, got ", seed);
+  BIOPLAUS_CHECK(stream >= 0, op, ": stream must be >= 0, got ", stream);
+  BIOPLAUS_CHECK(step >= 0, op, ": step must be >= 0, got ", step);
   f.key = philox::make_key(static_cast<uint64_t>(seed), static_cast<uint64_t>(stream));
   f.step = static_cast<uint64_t>(step);
   f.scale = static_cast<float>(scale);
@@ -50,7 +52,7 @@ FeedbackSpec check_feedback_source_inputs(const at::Tensor& weight, c10::string_
   constexpr const char* op = "feedback_source";
   const FeedbackSpec f = check_feedback_spec(op, feedback, seed, stream, step, distribution, scale);
   const auto dt = weight.scalar_type();
-  TORCH_CHECK(dt == at::kFloat || dt == at::kDouble || dt == at::kHalf || dt == at::kBFloat16, op,
+  BIOPLAUS_CHECK(dt == at::kFloat || dt == at::kDouble || dt == at::kHalf || dt == at::kBFloat16, op,
               ": weight must be float32, float64, float16 or bfloat16, got ", dt);
   return f;
 }

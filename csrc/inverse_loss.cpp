@@ -15,10 +15,10 @@ namespace {
 InverseLossArgs check_noise(const char* op, c10::string_view activation, double sigma, int64_t seed, int64_t stream,
                             int64_t step, bool preserve_noise) {
   const tp::Activation act = tp::parse_activation(op, activation);
-  TORCH_CHECK(std::isfinite(sigma) && sigma >= 0, op, ": sigma must be a finite number >= 0, got ", sigma);
-  TORCH_CHECK(seed >= 0, op, ": seed must be >= 0, got ", seed);
-  TORCH_CHECK(stream >= 0, op, ": stream must be >= 0, got ", stream);
-  TORCH_CHECK(step >= 0, op, ": step must be >= 0, got ", step);
+  BIOPLAUS_CHECK(std::isfinite(sigma) && sigma >= 0, op, ": sigma must be a finite number >= 0, got ", sigma);
+  BIOPLAUS_CHECK(seed >= 0, op, ": seed must be >= 0, got ", seed);
+  BIOPLAUS_CHECK(stream >= 0, op, ": stream must be >= 0, got ", stream);
+  BIOPLAUS_CHECK(step >= 0, op, ": step must be >= 0, got ", step);
   return InverseLossArgs{act, philox::make_key(static_cast<uint64_t>(seed), static_cast<uint64_t>(stream)),
                          static_cast<uint64_t>(step), static_cast<float>(sigma), preserve_noise};
 }

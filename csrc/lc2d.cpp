@@ -14,10 +14,10 @@ namespace bioplaus {
 namespace {
 
 void check_int_list(const char* op, const char* name, c10::IntArrayRef v, size_t len, int64_t min) {
-  TORCH_CHECK(v.size() == len, op, ": ", name, " must have ", len, " values, got ", v.size(), " (",
+  BIOPLAUS_CHECK(v.size() == len, op, ": ", name, " must have ", len, " values, got ", v.size(), " (",
               shape_str(v), ")");
   for (int64_t e : v) {
-    TORCH_CHECK(e >= min, op, ": ", name, " values must be >= ", min, ", got ", shape_str(v));
+    BIOPLAUS_CHECK(e >= min, op, ": ", name, " values must be >= ", min, ", got ", shape_str(v));
   }
 }
 
@@ -29,7 +29,7 @@ void check_hyper(const char* op, c10::IntArrayRef stride, c10::IntArrayRef paddi
 }
 
 void check_dim(const char* op, const char* name, const at::Tensor& t, int64_t dim, const char* layout) {
-  TORCH_CHECK(t.dim() == dim, op, ": ", name, " must be ", dim, "-D ", layout, ", got a ", t.dim(),
+  BIOPLAUS_CHECK(t.dim() == dim, op, ": ", name, " must be ", dim, "-D ", layout, ", got a ", t.dim(),
               "-D tensor of shape ", shape_str(t.sizes()));
 }
 
@@ -37,8 +37,8 @@ void check_dim(const char* op, const char* name, const at::Tensor& t, int64_t di
 // dilated kernel fits the padded input.
 void resolve_spatial(const char* op, Lc2dGeometry& g, int64_t H, int64_t W, int64_t kH, int64_t kW,
                      c10::IntArrayRef stride, c10::IntArrayRef padding, c10::IntArrayRef dilation) {
-  TORCH_CHECK(H >= 1 && W >= 1, op, ": input spatial size must be positive, got ", H, "x", W);
-  TORCH_CHECK(kH >= 1 && kW >= 1, op, ": kernel size must be positive, got ", kH, "x", kW);
+  BIOPLAUS_CHECK(H >= 1 && W >= 1, op, ": input spatial size must be positive, got ", H, "x", W);
+  BIOPLAUS_CHECK(kH >= 1 && kW >= 1, op, ": kernel size must be positive, got ", kH, "x", kW);
   g.H = H;
   g.W = W;
   g.kH = kH;
@@ -53,7 +53,7 @@ void resolve_spatial(const char* op, Lc2dGeometry& g, int64_t H, int64_t W, int6
   const int64_t padded_w = W + padding[2] + padding[3];
   const int64_t span_h = g.dH * (kH - 1) + 1;
   const int64_t span_w = g.dW * (kW - 1) + 1;
-  TORCH_CHECK(span_h <= padded_h && span_w <= padded_w, op, ": the kernel spans ", span_h, "x", span_w,
+  BIOPLAUS_CHECK(span_h <= padded_h && span_w <= padded_w, op, ": the kernel spans ", span_h, "x", span_w,
               " (size ", kH, "x", kW, ", dilation ", g.dH, "x", g.dW,
               ") which is larger than the padded input ", padded_h, "x", padded_w);
   g.H_out = lc2d_out_size(H, kH, g.sH, padding[0], padding[1], g.dH);
@@ -62,7 +62,7 @@ void resolve_spatial(const char* op, Lc2dGeometry& g, int64_t H, int64_t W, int6
 
 void check_weight_grid(const char* op, const Lc2dGeometry& g, int64_t H_out, int64_t W_out,
                        const char* who) {
-  TORCH_CHECK(g.H_out == H_out && g.W_out == W_out, op, ": input ", g.H, "x", g.W, " with kernel ",
+  BIOPLAUS_CHECK(g.H_out == H_out && g.W_out == W_out, op, ": input ", g.H, "x", g.W, " with kernel ",
               g.kH, "x", g.kW, ", stride ", g.sH, "x", g.sW, " and dilation ", g.dH, "x", g.dW,
               " gives a ", g.H_out, "x", g.W_out, " output, but ", who, " has ", H_out, "x", W_out,
               " output positions");
@@ -71,7 +71,7 @@ void check_weight_grid(const char* op, const Lc2dGeometry& g, int64_t H_out, int
 void check_weight(const char* op, const char* name, const at::Tensor& weight) {
   check_dim(op, name, weight, 6, "[H_out, W_out, C_out, C_in, kH, kW]");
   for (int64_t d = 0; d < 6; ++d) {
-    TORCH_CHECK(weight.size(d) >= 1, op, ": ", name, " sizes must be positive, got ",
+    BIOPLAUS_CHECK(weight.size(d) >= 1, op, ": ", name, " sizes must be positive, got ",
                 shape_str(weight.sizes()));
   }
   check_float_dtype(op, name, weight);
@@ -91,14 +91,14 @@ Lc2dGeometry check_lc2d_forward_inputs(const at::Tensor& x, const at::Tensor& we
   g.N = x.size(0);
   g.C_in = weight.size(3);
   g.C_out = weight.size(2);
-  TORCH_CHECK(x.size(1) == g.C_in, op, ": x has ", x.size(1), " channels but weight expects C_in=", g.C_in);
+  BIOPLAUS_CHECK(x.size(1) == g.C_in, op, ": x has ", x.size(1), " channels but weight expects C_in=", g.C_in);
   resolve_spatial(op, g, x.size(2), x.size(3), weight.size(4), weight.size(5), stride, padding, dilation);
   check_weight_grid(op, g, weight.size(0), weight.size(1), "weight");
   if (bias.has_value() && bias->defined()) {
     const at::Tensor& b = *bias;
     check_same(op, "bias", b, "weight", weight);
     const std::vector<int64_t> want{g.C_out, g.H_out, g.W_out};
-    TORCH_CHECK(b.sizes() == c10::IntArrayRef(want), op, ": bias must have shape [C_out, H_out, W_out] = ",
+    BIOPLAUS_CHECK(b.sizes() == c10::IntArrayRef(want), op, ": bias must have shape [C_out, H_out, W_out] = ",
                 shape_str(want), ", got ", shape_str(b.sizes()));
   }
   return g;
@@ -122,7 +122,7 @@ std::pair<Lc2dGeometry, FeedbackSpec> check_lc2d_backward_input_inputs(
   resolve_spatial(op, g, input_size[0], input_size[1], weight.size(4), weight.size(5), stride, padding,
                   dilation);
   check_weight_grid(op, g, weight.size(0), weight.size(1), "weight");
-  TORCH_CHECK(grad_y.size(1) == g.C_out, op, ": grad_y has ", grad_y.size(1),
+  BIOPLAUS_CHECK(grad_y.size(1) == g.C_out, op, ": grad_y has ", grad_y.size(1),
               " channels but weight expects C_out=", g.C_out);
   check_weight_grid(op, g, grad_y.size(2), grad_y.size(3), "grad_y");
   return {g, spec};
@@ -138,9 +138,9 @@ Lc2dGeometry check_lc2d_backward_weight_inputs(const at::Tensor& grad_y, const a
   check_dim(op, "x", x, 4, "[N, C_in, H, W]");
   check_float_dtype(op, "x", x);
   check_same(op, "grad_y", grad_y, "x", x);
-  TORCH_CHECK(grad_y.size(0) == x.size(0), op, ": grad_y has batch size ", grad_y.size(0),
+  BIOPLAUS_CHECK(grad_y.size(0) == x.size(0), op, ": grad_y has batch size ", grad_y.size(0),
               " but x has batch size ", x.size(0));
-  TORCH_CHECK(x.size(1) >= 1 && grad_y.size(1) >= 1, op, ": channel counts must be positive, got C_in=",
+  BIOPLAUS_CHECK(x.size(1) >= 1 && grad_y.size(1) >= 1, op, ": channel counts must be positive, got C_in=",
               x.size(1), " and C_out=", grad_y.size(1));
   Lc2dGeometry g{};
   g.N = x.size(0);

@@ -2,6 +2,7 @@
 // The generator, key derivation and element mapping are defined once in common/philox.h; backend kernels
 // live in cpu/philox_kernel.cpp and cuda/philox_kernel.cu, fake kernels in bioplaus_kernels/ops/philox.py.
 #define BIOPLAUS_PHILOX_OP_DECLS
+#include "common/checks.h"
 #include "common/philox.h"
 
 #include <torch/library.h>
@@ -21,20 +22,20 @@ philox::Distribution check_philox_fill_inputs(const at::Tensor& like, int64_t se
   } else if (distribution == "bits") {
     d = philox::Distribution::kBits;
   } else {
-    TORCH_CHECK(false, op, ": distribution must be 'uniform' or 'normal' (or 'bits' for the raw words), got '",
+    BIOPLAUS_CHECK(false, op, ": distribution must be 'uniform' or 'normal' (or 'bits' for the raw words), got '",
                 std::string(distribution), "'");
   }
-  TORCH_CHECK(seed >= 0, op, ": seed must be >= 0, got ", seed);
-  TORCH_CHECK(stream >= 0, op, ": stream must be >= 0, got ", stream);
-  TORCH_CHECK(step >= 0, op, ": step must be >= 0, got ", step);
+  BIOPLAUS_CHECK(seed >= 0, op, ": seed must be >= 0, got ", seed);
+  BIOPLAUS_CHECK(stream >= 0, op, ": stream must be >= 0, got ", stream);
+  BIOPLAUS_CHECK(step >= 0, op, ": step must be >= 0, got ", step);
   const auto dt = like.scalar_type();
   if (d == philox::Distribution::kBits) {
-    TORCH_CHECK(dt == at::kLong, op, ": distribution 'bits' needs an int64 tensor, got ", dt);
+    BIOPLAUS_CHECK(dt == at::kLong, op, ": distribution 'bits' needs an int64 tensor, got ", dt);
   } else if (like.is_cuda()) {
-    TORCH_CHECK(dt == at::kFloat || dt == at::kDouble || dt == at::kHalf || dt == at::kBFloat16, op,
+    BIOPLAUS_CHECK(dt == at::kFloat || dt == at::kDouble || dt == at::kHalf || dt == at::kBFloat16, op,
                 ": like must be float32, float64, float16 or bfloat16 on CUDA, got ", dt);
   } else {
-    TORCH_CHECK(dt == at::kFloat || dt == at::kDouble, op, ": like must be float32 or float64 on the CPU, got ",
+    BIOPLAUS_CHECK(dt == at::kFloat || dt == at::kDouble, op, ": like must be float32 or float64 on the CPU, got ",
                 dt);
   }
   return d;

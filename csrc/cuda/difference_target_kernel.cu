@@ -63,7 +63,7 @@ at::Tensor difference_target_cuda(const at::Tensor& h_below, const at::Tensor& t
   const at::Tensor v = weight.contiguous(), c = bias.contiguous();
   at::Tensor out = at::empty(hb.sizes(), hb.options().memory_format(at::MemoryFormat::Contiguous));
   const int64_t M = hb.size(0), D_in = v.size(0), D_out = v.size(1);
-  TORCH_CHECK(M <= int64_t{65535} * tp::kGemmTile, "difference_target: batch size ", M,
+  BIOPLAUS_CHECK(M <= int64_t{65535} * tp::kGemmTile, "difference_target: batch size ", M,
               " exceeds the CUDA kernel's grid limit of ", int64_t{65535} * tp::kGemmTile, " rows");
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, hb.scalar_type(), "difference_target_cuda", [&] {
     LinearEpilogue<scalar_t> ep{hb.const_data_ptr<scalar_t>(), c.const_data_ptr<scalar_t>(),

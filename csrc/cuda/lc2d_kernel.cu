@@ -339,7 +339,7 @@ Lc2dDims make_dims(const Lc2dGeometry& g, const char* op) {
   const int64_t y_sample = g.C_out * g.positions();
   const int64_t w_block = g.C_out * g.patch();
   for (int64_t v : {g.N, g.sH, g.sW, g.pT, g.pL, g.dH, g.dW, reach_h, reach_w, x_sample, y_sample, w_block}) {
-    TORCH_CHECK(v <= kIndexLimit, op, ": a size, padded extent, per-sample or per-position element count is ", v,
+    BIOPLAUS_CHECK(v <= kIndexLimit, op, ": a size, padded extent, per-sample or per-position element count is ", v,
                 ", beyond the 32-bit indexing of the CUDA kernels (limit ", kIndexLimit, ")");
   }
   // Every other value is bounded by one checked above: H, W, H * W, C_in <= x_sample; H_out, W_out, P,
@@ -372,7 +372,7 @@ Lc2dDims make_dims(const Lc2dGeometry& g, const char* op) {
 // Number of 64-wide tiles over `extent`, for grid dimensions y / z (at most 65535 blocks).
 unsigned tiles_yz(int64_t extent, const char* op, const char* what) {
   const int64_t t = (extent + kTile - 1) / kTile;
-  TORCH_CHECK(t <= 65535, op, ": ", what, " = ", extent, " needs ", t, " tiles of ", kTile,
+  BIOPLAUS_CHECK(t <= 65535, op, ": ", what, " = ", extent, " needs ", t, " tiles of ", kTile,
               ", more than the 65535 blocks a CUDA grid dimension allows");
   return static_cast<unsigned>(t);
 }
