@@ -15,6 +15,7 @@
 // may pass 2^31 elements.
 #include "lc2d.h"
 
+#include "common/checks.h"
 #include "cuda/tile_fma.cuh"
 
 #include <ATen/Dispatch.h>

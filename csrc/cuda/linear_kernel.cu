@@ -27,6 +27,7 @@
 // o in 32-bit ints (checked on the host), every flat offset (m * in, m * out, e) in 64-bit.
 #include "linear.h"
 
+#include "common/checks.h"
 #include "cuda/tile_fma.cuh"
 
 #include <ATen/Dispatch.h>
