@@ -5,7 +5,9 @@
 //
 // Index map (x [..., in] seen as M rows): grad_x = linear_backward_input(grad_y, weight, spec),
 // grad_weight[out, in] = grad_y[M, out]^T * x[M, in], grad_bias[out] = sum over M of grad_y.
+#include <ATen/core/LegacyTypeDispatch.h>
 #include <ATen/core/dispatch/Dispatcher.h>
+#include <ATen/core/grad_mode.h>
 #include <ATen/ops/mm.h>
 #include <ATen/ops/sum.h>
 #include <torch/csrc/autograd/custom_function.h>
@@ -66,6 +68,10 @@ class LinearFeedback : public torch::autograd::Function<LinearFeedback> {
     const bool has_bias = ctx->saved_data["has_bias"].toBool();
     variable_list out(9);
     if (!grad_y.defined()) return out;
+    // Without create_graph the engine runs this with grad mode off and nothing below records a graph: the
+    // calls skip their autograd kernels (linear_backward_input's is the boxed not-implemented fallback).
+    std::optional<at::AutoDispatchBelowADInplaceOrView> below_autograd;
+    if (!at::GradMode::is_enabled()) below_autograd.emplace();
     // The edges are the tensor arguments present: x, weight, then bias if given.
     if (ctx->needs_input_grad(0)) {
       const auto& d = ctx->saved_data;
