@@ -27,7 +27,7 @@ FeedbackSpec check_feedback_spec(const char* op, c10::string_view feedback, int6
     f.mode = FeedbackMode::kRandomSign;
   } else {
     BIOPLAUS_CHECK(false, op, ": feedback must be 'weight', 'random', 'sign' or 'random_sign', got '",
-                std::string(feedback), "'");
+                   std::string(feedback), "'");
   }
   if (distribution == "uniform") {
     f.distribution = philox::Distribution::kUniform;
@@ -53,7 +53,7 @@ FeedbackSpec check_feedback_source_inputs(const at::Tensor& weight, c10::string_
   const FeedbackSpec f = check_feedback_spec(op, feedback, seed, stream, step, distribution, scale);
   const auto dt = weight.scalar_type();
   BIOPLAUS_CHECK(dt == at::kFloat || dt == at::kDouble || dt == at::kHalf || dt == at::kBFloat16, op,
-              ": weight must be float32, float64, float16 or bfloat16, got ", dt);
+                 ": weight must be float32, float64, float16 or bfloat16, got ", dt);
   return f;
 }
 

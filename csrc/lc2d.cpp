@@ -15,7 +15,7 @@ namespace {
 
 void check_int_list(const char* op, const char* name, c10::IntArrayRef v, size_t len, int64_t min) {
   BIOPLAUS_CHECK(v.size() == len, op, ": ", name, " must have ", len, " values, got ", v.size(), " (",
-              shape_str(v), ")");
+                 shape_str(v), ")");
   for (int64_t e : v) {
     BIOPLAUS_CHECK(e >= min, op, ": ", name, " values must be >= ", min, ", got ", shape_str(v));
   }
@@ -30,7 +30,7 @@ void check_hyper(const char* op, c10::IntArrayRef stride, c10::IntArrayRef paddi
 
 void check_dim(const char* op, const char* name, const at::Tensor& t, int64_t dim, const char* layout) {
   BIOPLAUS_CHECK(t.dim() == dim, op, ": ", name, " must be ", dim, "-D ", layout, ", got a ", t.dim(),
-              "-D tensor of shape ", shape_str(t.sizes()));
+                 "-D tensor of shape ", shape_str(t.sizes()));
 }
 
 // Fills the spatial part of g from the input size, kernel and hyper-parameters, checking that the
@@ -54,8 +54,8 @@ void resolve_spatial(const char* op, Lc2dGeometry& g, int64_t H, int64_t W, int6
   const int64_t span_h = g.dH * (kH - 1) + 1;
   const int64_t span_w = g.dW * (kW - 1) + 1;
   BIOPLAUS_CHECK(span_h <= padded_h && span_w <= padded_w, op, ": the kernel spans ", span_h, "x", span_w,
-              " (size ", kH, "x", kW, ", dilation ", g.dH, "x", g.dW,
-              ") which is larger than the padded input ", padded_h, "x", padded_w);
+                 " (size ", kH, "x", kW, ", dilation ", g.dH, "x", g.dW,
+                 ") which is larger than the padded input ", padded_h, "x", padded_w);
   g.H_out = lc2d_out_size(H, kH, g.sH, padding[0], padding[1], g.dH);
   g.W_out = lc2d_out_size(W, kW, g.sW, padding[2], padding[3], g.dW);
 }
@@ -63,16 +63,16 @@ void resolve_spatial(const char* op, Lc2dGeometry& g, int64_t H, int64_t W, int6
 void check_weight_grid(const char* op, const Lc2dGeometry& g, int64_t H_out, int64_t W_out,
                        const char* who) {
   BIOPLAUS_CHECK(g.H_out == H_out && g.W_out == W_out, op, ": input ", g.H, "x", g.W, " with kernel ",
-              g.kH, "x", g.kW, ", stride ", g.sH, "x", g.sW, " and dilation ", g.dH, "x", g.dW,
-              " gives a ", g.H_out, "x", g.W_out, " output, but ", who, " has ", H_out, "x", W_out,
-              " output positions");
+                 g.kH, "x", g.kW, ", stride ", g.sH, "x", g.sW, " and dilation ", g.dH, "x", g.dW,
+                 " gives a ", g.H_out, "x", g.W_out, " output, but ", who, " has ", H_out, "x", W_out,
+                 " output positions");
 }
 
 void check_weight(const char* op, const char* name, const at::Tensor& weight) {
   check_dim(op, name, weight, 6, "[H_out, W_out, C_out, C_in, kH, kW]");
   for (int64_t d = 0; d < 6; ++d) {
     BIOPLAUS_CHECK(weight.size(d) >= 1, op, ": ", name, " sizes must be positive, got ",
-                shape_str(weight.sizes()));
+                   shape_str(weight.sizes()));
   }
   check_float_dtype(op, name, weight);
 }
@@ -99,7 +99,7 @@ Lc2dGeometry check_lc2d_forward_inputs(const at::Tensor& x, const at::Tensor& we
     check_same(op, "bias", b, "weight", weight);
     const std::vector<int64_t> want{g.C_out, g.H_out, g.W_out};
     BIOPLAUS_CHECK(b.sizes() == c10::IntArrayRef(want), op, ": bias must have shape [C_out, H_out, W_out] = ",
-                shape_str(want), ", got ", shape_str(b.sizes()));
+                   shape_str(want), ", got ", shape_str(b.sizes()));
   }
   return g;
 }
@@ -123,7 +123,7 @@ std::pair<Lc2dGeometry, FeedbackSpec> check_lc2d_backward_input_inputs(
                   dilation);
   check_weight_grid(op, g, weight.size(0), weight.size(1), "weight");
   BIOPLAUS_CHECK(grad_y.size(1) == g.C_out, op, ": grad_y has ", grad_y.size(1),
-              " channels but weight expects C_out=", g.C_out);
+                 " channels but weight expects C_out=", g.C_out);
   check_weight_grid(op, g, grad_y.size(2), grad_y.size(3), "grad_y");
   return {g, spec};
 }
@@ -139,9 +139,9 @@ Lc2dGeometry check_lc2d_backward_weight_inputs(const at::Tensor& grad_y, const a
   check_float_dtype(op, "x", x);
   check_same(op, "grad_y", grad_y, "x", x);
   BIOPLAUS_CHECK(grad_y.size(0) == x.size(0), op, ": grad_y has batch size ", grad_y.size(0),
-              " but x has batch size ", x.size(0));
+                 " but x has batch size ", x.size(0));
   BIOPLAUS_CHECK(x.size(1) >= 1 && grad_y.size(1) >= 1, op, ": channel counts must be positive, got C_in=",
-              x.size(1), " and C_out=", grad_y.size(1));
+                 x.size(1), " and C_out=", grad_y.size(1));
   Lc2dGeometry g{};
   g.N = x.size(0);
   g.C_in = x.size(1);

@@ -20,14 +20,15 @@ LinearDims check_linear_backward_input_inputs(const at::Tensor& grad_y, const at
   LinearDims d{};
   d.feedback = check_feedback_spec(op, feedback, seed, stream, step, distribution, scale);
   BIOPLAUS_CHECK(weight.dim() == 2, op, ": weight must be 2-D [out_features, in_features], got a ", weight.dim(),
-              "-D tensor of shape ", shape_str(weight.sizes()));
-  BIOPLAUS_CHECK(grad_y.dim() >= 1, op, ": grad_y must have at least 1 dimension [..., out_features], got a 0-D tensor");
+                 "-D tensor of shape ", shape_str(weight.sizes()));
+  BIOPLAUS_CHECK(grad_y.dim() >= 1, op,
+                 ": grad_y must have at least 1 dimension [..., out_features], got a 0-D tensor");
   check_float_dtype(op, "weight", weight);
   check_same(op, "grad_y", grad_y, "weight", weight);
   d.out = weight.size(0);
   d.in = weight.size(1);
   BIOPLAUS_CHECK(grad_y.size(-1) == d.out, op, ": grad_y has ", grad_y.size(-1),
-              " features in its last dimension but weight expects out_features=", d.out);
+                 " features in its last dimension but weight expects out_features=", d.out);
   d.M = 1;
   for (int64_t k = 0; k + 1 < grad_y.dim(); ++k) d.M *= grad_y.size(k);
   return d;

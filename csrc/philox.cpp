@@ -23,7 +23,7 @@ philox::Distribution check_philox_fill_inputs(const at::Tensor& like, int64_t se
     d = philox::Distribution::kBits;
   } else {
     BIOPLAUS_CHECK(false, op, ": distribution must be 'uniform' or 'normal' (or 'bits' for the raw words), got '",
-                std::string(distribution), "'");
+                   std::string(distribution), "'");
   }
   BIOPLAUS_CHECK(seed >= 0, op, ": seed must be >= 0, got ", seed);
   BIOPLAUS_CHECK(stream >= 0, op, ": stream must be >= 0, got ", stream);
@@ -33,10 +33,10 @@ philox::Distribution check_philox_fill_inputs(const at::Tensor& like, int64_t se
     BIOPLAUS_CHECK(dt == at::kLong, op, ": distribution 'bits' needs an int64 tensor, got ", dt);
   } else if (like.is_cuda()) {
     BIOPLAUS_CHECK(dt == at::kFloat || dt == at::kDouble || dt == at::kHalf || dt == at::kBFloat16, op,
-                ": like must be float32, float64, float16 or bfloat16 on CUDA, got ", dt);
+                   ": like must be float32, float64, float16 or bfloat16 on CUDA, got ", dt);
   } else {
     BIOPLAUS_CHECK(dt == at::kFloat || dt == at::kDouble, op, ": like must be float32 or float64 on the CPU, got ",
-                dt);
+                   dt);
   }
   return d;
 }

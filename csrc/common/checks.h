@@ -68,7 +68,7 @@ inline void check_float_dtype(const char* op, const char* name, const at::Tensor
   const bool cpu_ok = dt == at::kFloat || dt == at::kDouble;
   if (t.is_cuda()) {
     BIOPLAUS_CHECK(cpu_ok || dt == at::kHalf || dt == at::kBFloat16, op, ": ", name,
-                " must be float32, float64, float16 or bfloat16 on CUDA, got ", dt);
+                   " must be float32, float64, float16 or bfloat16 on CUDA, got ", dt);
   } else {
     BIOPLAUS_CHECK(cpu_ok, op, ": ", name, " must be float32 or float64 on the CPU, got ", dt);
   }
@@ -78,9 +78,9 @@ inline void check_float_dtype(const char* op, const char* name, const at::Tensor
 inline void check_same(const char* op, const char* a_name, const at::Tensor& a, const char* b_name,
                        const at::Tensor& b) {
   BIOPLAUS_CHECK(a.device() == b.device(), op, ": ", a_name, " is on ", a.device(), " but ", b_name, " is on ",
-              b.device(), "; they must be on the same device");
+                 b.device(), "; they must be on the same device");
   BIOPLAUS_CHECK(a.scalar_type() == b.scalar_type(), op, ": ", a_name, " has dtype ", a.scalar_type(), " but ",
-              b_name, " has dtype ", b.scalar_type(), "; they must match");
+                 b_name, " has dtype ", b.scalar_type(), "; they must match");
 }
 
 }  // namespace bioplaus

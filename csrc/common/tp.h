@@ -84,7 +84,7 @@ inline Activation parse_activation(const char* op, c10::string_view name) {
   if (name == "sigmoid") return Activation::kSigmoid;
   if (name == "relu") return Activation::kRelu;
   BIOPLAUS_CHECK(false, op, ": activation must be 'tanh', 'sigmoid', 'relu' or 'identity', got '", std::string(name),
-              "'");
+                 "'");
 }
 
 // Every tensor argument of a TP op on weight's device with weight's dtype.
@@ -97,7 +97,7 @@ inline void check_like_weight(const char* op, const at::Tensor& weight,
 inline void check_shape(const char* op, const char* name, const at::Tensor& t, const std::vector<int64_t>& want,
                         const char* layout) {
   BIOPLAUS_CHECK(t.sizes() == c10::IntArrayRef(want), op, ": ", name, " must have shape ", layout, " = ",
-              shape_str(want), ", got ", shape_str(t.sizes()));
+                 shape_str(want), ", got ", shape_str(t.sizes()));
 }
 
 // Linear inverse g(y) = act(y V^T + c): weight V [D_in, D_out], `above` [N, D_out], `below` [N, D_in],
@@ -106,9 +106,9 @@ inline void check_linear_inverse_geometry(const char* op, const at::Tensor& belo
                                           const at::Tensor& above, const char* above_name,
                                           const at::Tensor& weight, const at::Tensor& bias) {
   BIOPLAUS_CHECK(weight.dim() == 2, op, ": weight must be 2-D [D_in, D_out] (the shape of the forward weight's "
-              "transpose), got shape ", shape_str(weight.sizes()));
+                 "transpose), got shape ", shape_str(weight.sizes()));
   BIOPLAUS_CHECK(above.dim() == 2, op, ": ", above_name, " must be 2-D [N, D_out], got shape ",
-              shape_str(above.sizes()));
+                 shape_str(above.sizes()));
   const int64_t N = above.size(0), D_in = weight.size(0), D_out = weight.size(1);
   check_shape(op, above_name, above, {N, D_out}, "[N, D_out]");
   check_shape(op, below_name, below, {N, D_in}, "[N, D_in]");
@@ -123,18 +123,18 @@ inline void check_lc2d_inverse_geometry(const char* op, const at::Tensor& below,
                                         const at::Tensor& bias, c10::IntArrayRef stride, c10::IntArrayRef padding,
                                         c10::IntArrayRef dilation) {
   BIOPLAUS_CHECK(weight.dim() == 6, op, ": weight must be 6-D [H_out, W_out, C_out, C_in, kH, kW], got shape ",
-              shape_str(weight.sizes()));
+                 shape_str(weight.sizes()));
   for (int64_t d = 0; d < 6; ++d) {
     BIOPLAUS_CHECK(weight.size(d) >= 1, op, ": weight sizes must be positive, got ", shape_str(weight.sizes()));
   }
   BIOPLAUS_CHECK(stride.size() == 2 && padding.size() == 4 && dilation.size() == 2, op,
-              ": stride, padding and dilation must have 2, 4 and 2 values, got ", stride.size(), ", ",
-              padding.size(), " and ", dilation.size());
+                 ": stride, padding and dilation must have 2, 4 and 2 values, got ", stride.size(), ", ",
+                 padding.size(), " and ", dilation.size());
   for (int64_t v : stride) BIOPLAUS_CHECK(v >= 1, op, ": stride values must be >= 1, got ", shape_str(stride));
   for (int64_t v : dilation) BIOPLAUS_CHECK(v >= 1, op, ": dilation values must be >= 1, got ", shape_str(dilation));
   for (int64_t v : padding) BIOPLAUS_CHECK(v >= 0, op, ": padding values must be >= 0, got ", shape_str(padding));
   BIOPLAUS_CHECK(below.dim() == 4, op, ": ", below_name, " must be 4-D [N, C_in, H, W], got shape ",
-              shape_str(below.sizes()));
+                 shape_str(below.sizes()));
   const int64_t N = below.size(0), H = below.size(2), W = below.size(3);
   const int64_t H_out = weight.size(0), W_out = weight.size(1), C_out = weight.size(2), C_in = weight.size(3);
   BIOPLAUS_CHECK(H >= 1 && W >= 1, op, ": ", below_name, " spatial size must be positive, got ", H, "x", W);
@@ -144,10 +144,11 @@ inline void check_lc2d_inverse_geometry(const char* op, const at::Tensor& below,
   const int64_t spans[2] = {dilation[0] * (weight.size(4) - 1) + 1, dilation[1] * (weight.size(5) - 1) + 1};
   const int64_t padded[2] = {H + padding[0] + padding[1], W + padding[2] + padding[3]};
   BIOPLAUS_CHECK(spans[0] <= padded[0] && spans[1] <= padded[1], op, ": the kernel spans ", spans[0], "x", spans[1],
-              " which is larger than the padded input ", padded[0], "x", padded[1]);
+                 " which is larger than the padded input ", padded[0], "x", padded[1]);
   const int64_t got_h = (padded[0] - spans[0]) / stride[0] + 1, got_w = (padded[1] - spans[1]) / stride[1] + 1;
-  BIOPLAUS_CHECK(got_h == H_out && got_w == W_out, op, ": input ", H, "x", W, " with this kernel, stride and padding gives a ",
-              got_h, "x", got_w, " output, but weight has ", H_out, "x", W_out, " output positions");
+  BIOPLAUS_CHECK(got_h == H_out && got_w == W_out, op, ": input ", H, "x", W,
+                 " with this kernel, stride and padding gives a ", got_h, "x", got_w, " output, but weight has ", H_out,
+                 "x", W_out, " output positions");
 }
 
 // The transposed LC layer x[N, C_in, H, W] = LC^T(y; weight) (no bias): lc2d_backward_input with `weight`

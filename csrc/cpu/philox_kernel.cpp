@@ -64,7 +64,7 @@ at::Tensor philox_fill_cpu(const at::Tensor& like, int64_t seed, int64_t stream,
 
 void check_words(const char* name, const at::Tensor& t, int64_t cols) {
   BIOPLAUS_CHECK(t.dim() == 2 && t.size(1) == cols, "philox4x32_10: ", name, " must be an int64 tensor of shape [N, ",
-              cols, "], got shape ", t.sizes());
+                 cols, "], got shape ", t.sizes());
   BIOPLAUS_CHECK(t.scalar_type() == at::kLong, "philox4x32_10: ", name, " must be int64, got ", t.scalar_type());
 }
 
@@ -72,7 +72,7 @@ at::Tensor philox4x32_10_cpu(const at::Tensor& counter, const at::Tensor& key) {
   check_words("counter", counter, 4);
   check_words("key", key, 2);
   BIOPLAUS_CHECK(counter.size(0) == key.size(0), "philox4x32_10: counter has ", counter.size(0),
-              " rows but key has ", key.size(0));
+                 " rows but key has ", key.size(0));
   const at::Tensor c = counter.contiguous(), k = key.contiguous();
   at::Tensor out = at::empty({c.size(0), 4}, c.options().memory_format(at::MemoryFormat::Contiguous));
   const int64_t* cp = c.const_data_ptr<int64_t>();
@@ -81,7 +81,8 @@ at::Tensor philox4x32_10_cpu(const at::Tensor& counter, const at::Tensor& key) {
   auto in_range = [](int64_t v) { return v >= 0 && v <= int64_t{0xFFFFFFFF}; };
   for (int64_t i = 0; i < c.size(0); ++i) {
     for (int j = 0; j < 4; ++j) {
-      BIOPLAUS_CHECK(in_range(cp[4 * i + j]), "philox4x32_10: counter values must be in [0, 2^32), got ", cp[4 * i + j]);
+      BIOPLAUS_CHECK(in_range(cp[4 * i + j]), "philox4x32_10: counter values must be in [0, 2^32), got ",
+                     cp[4 * i + j]);
     }
     for (int j = 0; j < 2; ++j) {
       BIOPLAUS_CHECK(in_range(kp[2 * i + j]), "philox4x32_10: key values must be in [0, 2^32), got ", kp[2 * i + j]);

@@ -64,7 +64,7 @@ at::Tensor difference_target_cuda(const at::Tensor& h_below, const at::Tensor& t
   at::Tensor out = at::empty(hb.sizes(), hb.options().memory_format(at::MemoryFormat::Contiguous));
   const int64_t M = hb.size(0), D_in = v.size(0), D_out = v.size(1);
   BIOPLAUS_CHECK(M <= int64_t{65535} * tp::kGemmTile, "difference_target: batch size ", M,
-              " exceeds the CUDA kernel's grid limit of ", int64_t{65535} * tp::kGemmTile, " rows");
+                 " exceeds the CUDA kernel's grid limit of ", int64_t{65535} * tp::kGemmTile, " rows");
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, hb.scalar_type(), "difference_target_cuda", [&] {
     LinearEpilogue<scalar_t> ep{hb.const_data_ptr<scalar_t>(), c.const_data_ptr<scalar_t>(),
                                 out.mutable_data_ptr<scalar_t>(), D_in, act};

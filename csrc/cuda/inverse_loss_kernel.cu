@@ -139,7 +139,7 @@ Result inverse_loss_cuda(const at::Tensor& y, const at::Tensor& h, const at::Ten
   const int64_t M = hc.size(0), D_in = v.size(0), D_out = v.size(1);
   if (hc.numel() == 0) return {loss, x_hat, residual};
   BIOPLAUS_CHECK(M <= int64_t{65535} * tp::kGemmTile, "inverse_loss: batch size ", M,
-              " exceeds the CUDA kernel's grid limit of ", int64_t{65535} * tp::kGemmTile, " rows");
+                 " exceeds the CUDA kernel's grid limit of ", int64_t{65535} * tp::kGemmTile, " rows");
   const cudaStream_t cuda_stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, hc.scalar_type(), "inverse_loss_cuda", [&] {
     ResidualWriter<scalar_t> writer{hc.const_data_ptr<scalar_t>(), x_hat.mutable_data_ptr<scalar_t>(),

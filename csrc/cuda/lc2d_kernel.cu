@@ -341,7 +341,7 @@ Lc2dDims make_dims(const Lc2dGeometry& g, const char* op) {
   const int64_t w_block = g.C_out * g.patch();
   for (int64_t v : {g.N, g.sH, g.sW, g.pT, g.pL, g.dH, g.dW, reach_h, reach_w, x_sample, y_sample, w_block}) {
     BIOPLAUS_CHECK(v <= kIndexLimit, op, ": a size, padded extent, per-sample or per-position element count is ", v,
-                ", beyond the 32-bit indexing of the CUDA kernels (limit ", kIndexLimit, ")");
+                   ", beyond the 32-bit indexing of the CUDA kernels (limit ", kIndexLimit, ")");
   }
   // Every other value is bounded by one checked above: H, W, H * W, C_in <= x_sample; H_out, W_out, P,
   // C_out <= y_sample; kH, kW, K <= w_block.
@@ -374,7 +374,7 @@ Lc2dDims make_dims(const Lc2dGeometry& g, const char* op) {
 unsigned tiles_yz(int64_t extent, const char* op, const char* what) {
   const int64_t t = (extent + kTile - 1) / kTile;
   BIOPLAUS_CHECK(t <= 65535, op, ": ", what, " = ", extent, " needs ", t, " tiles of ", kTile,
-              ", more than the 65535 blocks a CUDA grid dimension allows");
+                 ", more than the 65535 blocks a CUDA grid dimension allows");
   return static_cast<unsigned>(t);
 }
 

@@ -193,10 +193,10 @@ at::Tensor linear_backward_input_cuda(const at::Tensor& grad_y, const at::Tensor
   // Loop counters step past an extent by at most one tile, so every per-axis value keeps a tile of headroom.
   constexpr int64_t kLimit = INT_MAX - kTile;
   BIOPLAUS_CHECK(d.M <= kLimit && d.out <= kLimit && d.in <= kLimit, op, ": grad_y rows (", d.M, "), out_features (",
-              d.out, ") and in_features (", d.in, ") must each be at most ", kLimit, " for the CUDA kernel");
+                 d.out, ") and in_features (", d.in, ") must each be at most ", kLimit, " for the CUDA kernel");
   const int64_t col_tiles = (d.in + kTile - 1) / kTile;
   BIOPLAUS_CHECK(col_tiles <= 65535, op, ": in_features = ", d.in, " needs ", col_tiles, " tiles of ", kTile,
-              ", more than the 65535 blocks a CUDA grid dimension allows");
+                 ", more than the 65535 blocks a CUDA grid dimension allows");
   const int64_t row_tiles = (d.M + kTile - 1) / kTile;
   const bool wide_acc = grad_y.scalar_type() == at::kDouble;
   const Splits splits = choose_splits(row_tiles * col_tiles, d.M, d.out, d.in, wide_acc ? 8 : 4, grad_y.get_device());
