@@ -20,7 +20,8 @@ Shapes: the layers of the reference networks (papers.md section 1: MNIST/CIFAR F
 the LC nets, the LC layers, and their weight-shared conv twins, SAME padding) at --batch (128), and
 ResNet-18's convolutions at 224x224 input (stem, one 3x3 conv per stage, fc) at --resnet-batch (8 on the CPU:
 2 cores), and its fc once more at the training batch 256 (r18-fc-b256). Timing: benchmarks/common.py (perf_counter on the CPU, CUDA events on CUDA), all impls of a shape
-interleaved, median of --repeats after --warmup.
+interleaved, median of --repeats after --warmup; shapes whose step is short get more repeats, up to
+--min-time seconds of samples per impl (at most --max-repeats).
 
 Examples:
   python3 benchmarks/bench_feedback.py --device cpu                       # all groups (~5 min on 2 cores)
@@ -32,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import sys
@@ -220,12 +222,20 @@ def bench_shape(shape: Shape, args, log) -> List[Dict]:
     impls = list(RULES) + (list(BT_RULES) if shape.kind != "lc" else [])
     case = Case(shape, batch, args.device, torch.float32, impls)
     case.verify()
-    samples = common.time_interleaved([case.step(i) for i in impls], args.device, args.repeats, args.warmup)
+    steps = [case.step(i) for i in impls]
+    repeats = args.repeats
+    if args.min_time > 0:
+        # Small layers take well under a millisecond a step: time them until every impl has --min-time
+        # seconds of samples, so that their medians are as steady as the large layers'.
+        (probe,) = common.time_interleaved([steps[0]], args.device, 3, 0)
+        repeats = max(repeats, min(args.max_repeats, math.ceil(args.min_time * 1e3 / max(min(probe), 1e-3))))
+    samples = common.time_interleaved(steps, args.device, repeats, args.warmup)
     med = {i: statistics.median(s) for i, s in zip(impls, samples)}
     best = {i: min(s) for i, s in zip(impls, samples)}
     rows = []
     for impl, s in zip(impls, samples):
         row = {"shape": shape.name, "group": shape.group, "kind": shape.kind, "batch": batch, "impl": impl,
+               "repeats": repeats,
                "geometry": asdict(shape), "ratio_to_bp": med[impl] / med["bp"],
                "ratio_min_to_bp": best[impl] / best["bp"],
                "stored_bytes": stored_bytes(case.modules[impl]) if not impl.startswith("bt-") else
@@ -282,6 +292,10 @@ def parse_args(argv=None):
     ap.add_argument("--resnet-batch", type=int, default=None, help="batch of the ResNet-18 shapes (cpu 8, cuda 64)")
     ap.add_argument("--repeats", type=int, default=None, help="timed steps per impl (cpu 7, cuda 30)")
     ap.add_argument("--warmup", type=int, default=None, help="untimed steps first (cpu 1, cuda 3)")
+    ap.add_argument("--min-time", type=float, default=None,
+                    help="seconds of samples per impl at least: more repeats on fast shapes (cpu 0.5, cuda 0.2; "
+                         "0: exactly --repeats)")
+    ap.add_argument("--max-repeats", type=int, default=2000, help="cap on the repeats --min-time adds")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     ap.add_argument("--json", default=None, help="output path (default: benchmarks/results/feedback-<device>-...json)")
     ap.add_argument("--table-from", default=None, metavar="JSON", help="print the table of a saved result and exit")
@@ -299,6 +313,7 @@ def main(argv=None) -> int:
     args.resnet_batch = args.resnet_batch or (8 if cpu else 64)
     args.repeats = args.repeats or (7 if cpu else 30)
     args.warmup = args.warmup if args.warmup is not None else (1 if cpu else 3)
+    args.min_time = args.min_time if args.min_time is not None else (0.5 if cpu else 0.2)
     if args.shapes:
         wanted = args.shapes.split(",")
         shapes = [s for s in SHAPES if s.name in wanted]
@@ -318,7 +333,8 @@ def main(argv=None) -> int:
     result = {"benchmark": "feedback", "date": common.now_iso(), "command": " ".join(sys.argv), "machine": machine,
               "versions": common.versions(), "git": common.git_info(),
               "settings": {"device": args.device, "dtype": "float32", "batch": args.batch,
-                           "resnet_batch": args.resnet_batch, "repeats": args.repeats, "warmup": args.warmup},
+                           "resnet_batch": args.resnet_batch, "repeats": args.repeats, "warmup": args.warmup,
+                           "min_time_s": args.min_time, "max_repeats": args.max_repeats},
               "rows": rows, "errors": errors, "wall_s": time.time() - t0}
     path = args.json or os.path.join(common.REPO_ROOT, "benchmarks", "results",
                                      f"feedback-{args.device}-float32-{common.slug(machine['gpu']['name'] if machine['gpu'] else machine['hostname'])}-"
