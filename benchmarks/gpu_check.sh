@@ -2,11 +2,10 @@
 # GPU check (DESIGN.md section 8): on a machine with an NVIDIA GPU, from the repository root,
 #   bash benchmarks/gpu_check.sh [OUTDIR]
 # builds the extension in place for that GPU, runs the CUDA tests, then the CPU tests under this machine's
-# torch, the feedback-rule benchmark (each rule's layer step against bp,
-# stored against regenerated B) and the Linear feedback-mode benchmark on CUDA, a compute-sanitizer memcheck
-# over a subset that reaches every CUDA kernel (where compute-sanitizer exists), then the LC benchmark on
-# CUDA in float32 and bfloat16 (all shapes, batch 128); prints a stage summary, the failed tests and the
-# tables last.
+# torch, the feedback-rule benchmark (each rule's layer step against bp, stored against regenerated B) and
+# the Linear feedback-mode benchmark on CUDA, compute-sanitizer's memcheck and racecheck over a subset that
+# reaches every CUDA kernel (where compute-sanitizer exists), then the LC benchmark on CUDA in float32 and
+# bfloat16 (all shapes, batch 128); prints a stage summary, the failed tests and the tables last.
 #
 # OUTDIR: the argument, else $OUT if set, else benchmarks/results/gpu-<date>. At most 8 files are written
 # there (gpu_check.log, stages.txt, feedback-cuda.json, linear-cuda-float32.json,
@@ -139,6 +138,8 @@ main() {
     # No caching allocator under memcheck, so that an access past a tensor's end is not inside a cached block.
     run_stage memcheck 60 60 env PYTORCH_NO_CUDA_MEMORY_CACHING=1 \
       "$cs" --tool memcheck --error-exitcode 9 --print-limit 20 "$PY" "${subset[@]}"
+    # Shared-memory races (the tiled kernels' staging between __syncthreads): the same subset.
+    run_stage racecheck 45 60 "$cs" --tool racecheck --error-exitcode 9 --print-limit 20 "$PY" "${subset[@]}"
   else
     echo "compute-sanitizer not found: memory checks skipped"
     STAGES+=("$(printf '%-24s %-12s %5ss' "sanitizer" "not found" 0)")
