@@ -50,28 +50,41 @@ at::Tensor linear_backward_input_autocast(const at::Tensor& grad_y, const at::Te
                  distribution, scale);
 }
 
-// Under CUDA autocast, x, weight and bias in autocast's dtype, as autocast casts F.linear's.
+// Under CUDA autocast, x, weight, bias and matrix in autocast's dtype, as autocast casts F.linear's.
 at::Tensor linear_autocast(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                            c10::string_view feedback, int64_t seed, int64_t stream, int64_t step,
-                           c10::string_view distribution, double scale) {
+                           c10::string_view distribution, double scale, const std::optional<at::Tensor>& matrix) {
   c10::impl::ExcludeDispatchKeyGuard guard(c10::DispatchKey::AutocastCUDA);
   static auto op = c10::Dispatcher::singleton()
                        .findSchemaOrThrow("bioplaus::linear", "")
                        .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
-                                         c10::string_view, int64_t, int64_t, int64_t, c10::string_view, double)>();
+                                         c10::string_view, int64_t, int64_t, int64_t, c10::string_view, double,
+                                         const std::optional<at::Tensor>&)>();
   const auto dt = at::autocast::get_autocast_dtype(at::kCUDA);
-  const auto cast = [&](const at::Tensor& t) { return at::autocast::cached_cast(dt, t, c10::DeviceType::CUDA); };
-  std::optional<at::Tensor> b;
-  if (bias.has_value() && bias->defined()) b = cast(*bias);
-  return op.call(cast(x), cast(weight), b, feedback, seed, stream, step, distribution, scale);
+  const auto cast = [&](const std::optional<at::Tensor>& t) -> std::optional<at::Tensor> {
+    if (!t.has_value() || !t->defined()) return std::nullopt;
+    return at::autocast::cached_cast(dt, *t, c10::DeviceType::CUDA);
+  };
+  return op.call(*cast(x), *cast(weight), cast(bias), feedback, seed, stream, step, distribution, scale,
+                 cast(matrix));
 }
 
 // y = F.linear(x, weight, bias) on any backend: the autograd kernel (linear_autograd.cpp) gives it the
-// feedback backward; the spec is validated here, at the forward, so a bad spec fails before any backward.
+// feedback backward; the spec (or the stored matrix) is validated here, at the forward, so a bad one fails
+// before any backward.
 at::Tensor linear_forward(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                           c10::string_view feedback, int64_t seed, int64_t stream, int64_t step,
-                          c10::string_view distribution, double scale) {
-  check_feedback_spec("linear", feedback, seed, stream, step, distribution, scale);
+                          c10::string_view distribution, double scale, const std::optional<at::Tensor>& matrix) {
+  constexpr const char* op = "linear";
+  const FeedbackSpec spec = check_feedback_spec(op, feedback, seed, stream, step, distribution, scale);
+  if (matrix.has_value() && matrix->defined()) {
+    BIOPLAUS_CHECK(spec.mode == FeedbackMode::kWeight, op,
+                   ": a matrix is the feedback itself; feedback must be 'weight' with it, got '",
+                   std::string(feedback), "'");
+    BIOPLAUS_CHECK(matrix->sizes() == weight.sizes(), op, ": matrix must have weight's shape ",
+                   shape_str(weight.sizes()), ", got ", shape_str(matrix->sizes()));
+    check_same(op, "matrix", *matrix, "weight", weight);
+  }
   return at::linear(x, weight, bias);
 }
 
@@ -81,9 +94,10 @@ TORCH_LIBRARY_FRAGMENT(bioplaus, m) {
   m.def(
       "linear_backward_input(Tensor grad_y, Tensor weight, str feedback=\"weight\", int seed=0, int stream=0, "
       "int step=0, str distribution=\"uniform\", float scale=1.0) -> Tensor");
+  // matrix: a stored feedback matrix B (weight's shape; feedback "weight"): grad_x = grad_y @ matrix.
   m.def(
       "linear(Tensor x, Tensor weight, Tensor? bias=None, str feedback=\"weight\", int seed=0, int stream=0, "
-      "int step=0, str distribution=\"uniform\", float scale=1.0) -> Tensor");
+      "int step=0, str distribution=\"uniform\", float scale=1.0, Tensor? matrix=None) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(bioplaus, CompositeExplicitAutograd, m) {

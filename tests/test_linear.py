@@ -144,6 +144,65 @@ def test_linear_forward_and_gradients(spec, device):
         assert_close_to_ref(gb, gb_ref, dtype)
 
 
+@pytest.mark.parametrize("device", DEVICES)
+def test_linear_with_a_stored_matrix(device):
+    # matrix: a stored B; grad_x = grad_y @ B by torch's GEMM, weight and bias get the true gradients and
+    # matrix (a buffer) none, even when it requires grad.
+    for dtype in dtypes_for(device):
+        gen = torch.Generator().manual_seed(6)
+        make_t = lambda *shape: torch.randn(*shape, generator=gen, dtype=torch.float64).to(dtype=dtype, device=device)
+        x, w, b, B = make_t(2, 5, 19).requires_grad_(), make_t(11, 19).requires_grad_(), make_t(11), make_t(11, 19)
+        b.requires_grad_()
+        B.requires_grad_()
+        y = ops.linear(x, w, b, matrix=B)
+        assert torch.equal(y, F.linear(x, w, b))
+        gy = make_t(*y.shape)
+        gx, gw, gb, gB = torch.autograd.grad(y, (x, w, b, B), gy, allow_unused=True)
+        assert gB is None
+        assert_close_to_ref(gx, gy.cpu().double() @ B.detach().cpu().double(), dtype)
+        x64, w64, b64 = (t.detach().cpu().double().requires_grad_() for t in (x, w, b))
+        gw_ref, gb_ref = torch.autograd.grad(F.linear(x64, w64, b64), (w64, b64), gy.cpu().double())
+        assert_close_to_ref(gw, gw_ref, dtype)
+        assert_close_to_ref(gb, gb_ref, dtype)
+
+
+def test_gradcheck_with_a_stored_matrix():
+    x = torch.randn(4, 5, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(3, 5, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(3, dtype=torch.float64, requires_grad=True)
+    B = torch.randn(3, 5, dtype=torch.float64)
+    # the input gradient is B's: gradcheck x against F.linear with B in W's place, weight and bias as they are
+    torch.autograd.gradcheck(lambda w_, b_: ops.linear(x.detach(), w_, b_, matrix=B), (w, b))
+    gy = torch.randn(4, 3, dtype=torch.float64)
+    (gx,) = torch.autograd.grad(ops.linear(x, w, b, matrix=B), (x,), gy)
+    (gx_ref,) = torch.autograd.grad(F.linear(x, B, b), (x,), gy)
+    torch.testing.assert_close(gx, gx_ref, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
+def test_opcheck_linear_with_a_stored_matrix(bias, device):
+    x = torch.randn(2, 3, 13, device=device, requires_grad=True)
+    w = torch.randn(9, 13, device=device, requires_grad=True)
+    b = torch.randn(9, device=device, requires_grad=True) if bias else None
+    B = torch.randn(9, 13, device=device)
+    opcheck(torch.ops.bioplaus.linear, (x, w, b, "weight", 0, 0, 0, "uniform", 1.0, B))
+
+
+@pytest.mark.parametrize("name", ["spec", "shape", "dtype"])
+def test_bad_stored_matrix_is_rejected(name):
+    x, w = torch.randn(2, 3), torch.randn(4, 3)
+    bad = {
+        "spec": ((x, w, None, "random", 1, 0, 0, "uniform", 1.0, torch.randn(4, 3)),
+                 r"linear: a matrix is the feedback itself; feedback must be 'weight' with it, got 'random'"),
+        "shape": ((x, w, None, "weight", 0, 0, 0, "uniform", 1.0, torch.randn(3, 4)),
+                  r"linear: matrix must have weight's shape \[4, 3\], got \[3, 4\]"),
+        "dtype": ((x, w, None, "weight", 0, 0, 0, "uniform", 1.0, torch.randn(4, 3, dtype=torch.float64)),
+                  r"linear: matrix has dtype Double but weight has dtype Float; they must match"),
+    }
+    assert_rejected(torch.ops.bioplaus.linear, *bad[name])
+
+
 def test_linear_without_bias_and_partial_requires_grad():
     x = torch.randn(5, 8, dtype=torch.float64, requires_grad=True)
     w = torch.randn(6, 8, dtype=torch.float64)

@@ -1,7 +1,7 @@
 """Autograd functions of the module paths that the ops' own autograd does not cover: the forward is the
 layer's ordinary forward, the weight and bias gradients are the true local gradients, and the input gradient
-goes through a given feedback matrix B (stored FA), through B materialised in the backward (Conv2d), or is
-not computed at all (``B is None``: DFA replaces it; see nn.dfa)."""
+goes through a given feedback matrix B (stored FA on LC), through B materialised in the backward (Conv2d), or
+is not computed at all (DFA replaces it; see nn.dfa)."""
 from __future__ import annotations
 
 from typing import List, Optional, Tuple, Union
@@ -19,29 +19,25 @@ def _linear_weight_grads(g: torch.Tensor, x: torch.Tensor, has_bias: bool):
     return g2.t().mm(x2), (g2.sum(0) if has_bias else None)
 
 
-class LinearWithMatrix(torch.autograd.Function):
-    """y = x W^T + b; grad_x = grad_y B (B None: no input gradient)."""
+class LinearWithoutInputGrad(torch.autograd.Function):
+    """y = x W^T + b under DFA: no gradient for x (the output error's projection replaces it; see nn.dfa), the
+    true weight and bias gradients. (A stored B goes through the op bioplaus::linear's ``matrix``.)"""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, matrix):
-        ctx.save_for_backward(x, matrix)
+    def forward(ctx, x, weight, bias):
+        ctx.save_for_backward(x)
         ctx.has_bias = bias is not None
         ctx.set_materialize_grads(False)
         return F.linear(x, weight, bias)
 
     @staticmethod
     def backward(ctx, g):
-        x, matrix = ctx.saved_tensors
+        (x,) = ctx.saved_tensors
         if g is None:
-            return None, None, None, None
-        gx = None
-        if ctx.needs_input_grad[0] and matrix is not None:
-            # a stored B is a plain GEMM, exactly backprop's with B for W: torch's BLAS call, without the
-            # custom op's dispatch and checks (~60 us on small layers)
-            gx = g.matmul(matrix)
+            return None, None, None
         gw, gb = _linear_weight_grads(g, x, ctx.has_bias) if (ctx.needs_input_grad[1] or ctx.needs_input_grad[2]) \
             else (None, None)
-        return gx, gw, gb, None
+        return None, gw, gb
 
 
 class LC2dWithMatrix(torch.autograd.Function):

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..feedback import Fans, Scale
-from ._autograd import LinearWithMatrix
+from ._autograd import LinearWithoutInputGrad
 from ._feedback import FeedbackMixin, autocast_inputs
 
 
@@ -24,8 +24,9 @@ class Linear(FeedbackMixin, nn.Linear):
 
     Paths:
         "bp": torch's own F.linear and its backward.
-        "fa", seed=None: B is a buffer ``feedback_matrix`` (saved in the state dict); the input gradient is
-            ``grad_y @ B``, the same BLAS GEMM that backprop runs with W.
+        "fa", seed=None: B is a buffer ``feedback_matrix`` (saved in the state dict), passed to the op
+            ``bioplaus::linear`` as its ``matrix``; the input gradient is ``grad_y @ B``, the same BLAS GEMM that
+            backprop runs with W.
         "fa" with a seed, "usf", "frsf", "brsf": the op ``bioplaus::linear`` (``ops.linear``) with the rule's
             spec: the kernel computes B from (seed, stream, step) and/or sign(W) as it goes; no B or sign
             tensor is materialised.
@@ -43,8 +44,10 @@ class Linear(FeedbackMixin, nn.Linear):
         if self._uses_backprop():
             return F.linear(x, self.weight, self.bias)
         x, weight, bias, matrix = autocast_inputs(x, self.weight, self.bias, self.feedback_matrix)
-        if self.feedback == "dfa" or matrix is not None:
-            return LinearWithMatrix.apply(x, weight, bias, matrix)
+        if self.feedback == "dfa":  # no input gradient: DFA sends the output error there
+            return LinearWithoutInputGrad.apply(x, weight, bias)
+        if matrix is not None:  # stored B: the op's C++ autograd, grad_y @ B by torch's GEMM
+            return torch.ops.bioplaus.linear(x, weight, bias, "weight", 0, 0, 0, "uniform", 1.0, matrix)
         # the op itself, positionally: the functional wrapper's keyword handling is a few us per step
         return torch.ops.bioplaus.linear(x, weight, bias, *self._forward_args())
 

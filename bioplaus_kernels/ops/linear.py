@@ -2,9 +2,10 @@
 (forward; its autograd kernel is C++, csrc/linear_autograd.cpp) and ``torch.ops.bioplaus.linear_backward_input``,
 their fake kernels and functional forms.
 
-``linear(x, weight, bias, *, feedback=..., ...)`` computes ``F.linear(x, weight, bias)``; its backward returns
-the true local gradients of weight and bias and, for x, ``grad_y @ B`` with B the feedback matrix of the spec
-(see ``ops.feedback_source``), which the kernels build tile by tile on the fly and never store.
+``linear(x, weight, bias, *, feedback=..., ..., matrix=None)`` computes ``F.linear(x, weight, bias)``; its
+backward returns the true local gradients of weight and bias and, for x, ``grad_y @ B`` with B the feedback
+matrix of the spec (see ``ops.feedback_source``), which the kernels build tile by tile on the fly and never
+store, or the given stored ``matrix``.
 """
 from __future__ import annotations
 
@@ -38,11 +39,18 @@ def _linear_backward_input_fake(grad_y, weight, feedback="weight", seed=0, strea
     return grad_y.new_empty((*grad_y.shape[:-1], in_features))
 
 
-# Fake kernel of the forward: the spec check of linear_forward (csrc/linear.cpp), then F.linear's shapes.
+# Fake kernel of the forward: the checks of linear_forward (csrc/linear.cpp), then F.linear's shapes.
 @torch.library.register_fake("bioplaus::linear")
 def _linear_fake(x, weight, bias=None, feedback="weight", seed=0, stream=0, step=0, distribution="uniform",
-                 scale=1.0):
-    check_feedback_spec("linear", feedback, seed, stream, step, distribution)
+                 scale=1.0, matrix=None):
+    op = "linear"
+    check_feedback_spec(op, feedback, seed, stream, step, distribution)
+    if matrix is not None:
+        torch._check(feedback == "weight", lambda: f"{op}: a matrix is the feedback itself; feedback must be "
+                                                   f"'weight' with it, got '{feedback}'")
+        torch._check(matrix.shape == weight.shape, lambda: f"{op}: matrix must have weight's shape "
+                                                           f"{_shape(weight.shape)}, got {_shape(matrix.shape)}")
+        _check_same(op, "matrix", matrix, "weight", weight)
     return F.linear(x, weight, bias)
 
 
@@ -56,8 +64,10 @@ def linear_backward_input(grad_y: torch.Tensor, weight: torch.Tensor, *, feedbac
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None, *, feedback: str = "weight",
-           seed: int = 0, stream: int = 0, step: int = 0, distribution: str = "uniform",
-           scale: float = 1.0) -> torch.Tensor:
+           seed: int = 0, stream: int = 0, step: int = 0, distribution: str = "uniform", scale: float = 1.0,
+           matrix: Optional[torch.Tensor] = None) -> torch.Tensor:
     """``F.linear(x, weight, bias)`` whose backward sends ``grad_y @ B`` to x (B of the feedback spec, see
-    ``ops.feedback_source``) and the true gradients to weight and bias. ``feedback="weight"`` is backprop."""
-    return _ops.linear(x, weight, bias, feedback, int(seed), int(stream), int(step), distribution, float(scale))
+    ``ops.feedback_source``, or ``matrix`` when given: a stored B of weight's shape, with feedback "weight")
+    and the true gradients to weight and bias. ``feedback="weight"`` without a matrix is backprop."""
+    return _ops.linear(x, weight, bias, feedback, int(seed), int(stream), int(step), distribution, float(scale),
+                       matrix)
