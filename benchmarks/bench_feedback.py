@@ -282,6 +282,43 @@ def format_table(result: Dict) -> str:
     return "\n".join(lines)
 
 
+def write_plot(result: Dict, path: str) -> bool:
+    """One panel per layer kind: each rule's step time over bp's (ratio of medians) per shape, the 1.10 target
+    dashed; BioTorch-style impls are left out (their brSF runs to 200x on CUDA and would flatten the rest)."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("--plot: matplotlib is not installed; no plot written", file=sys.stderr)
+        return False
+    rules = [r for r in RULES if r != "bp"]
+    kinds = [k for k in ("linear", "conv", "lc") if any(r["kind"] == k for r in result["rows"])]
+    shapes = {k: list(dict.fromkeys(r["shape"] for r in result["rows"] if r["kind"] == k)) for k in kinds}
+    ratio = {(r["shape"], r["impl"]): r["ratio_to_bp"] for r in result["rows"]}
+    fig, axes = plt.subplots(len(kinds), 1, figsize=(max(8, 0.75 * max(len(v) for v in shapes.values()) + 3),
+                                                     2.8 * len(kinds)), squeeze=False)
+    width = 0.8 / len(rules)
+    for ax, kind in zip(axes[:, 0], kinds):
+        for j, rule in enumerate(rules):
+            xs = [i + (j - (len(rules) - 1) / 2) * width for i in range(len(shapes[kind]))]
+            ax.bar(xs, [ratio.get((s, rule), float("nan")) for s in shapes[kind]], width, label=rule)
+        ax.axhline(1.0, color="k", lw=0.8)
+        ax.axhline(1.10, color="tab:red", lw=0.8, ls="--")
+        ax.set_xticks(range(len(shapes[kind])), shapes[kind], rotation=30, ha="right")
+        ax.set_ylabel(f"{kind}: step / bp")
+        vals = [ratio[(s, r)] for s in shapes[kind] for r in rules if (s, r) in ratio]
+        ax.set_ylim(max(0.0, min(0.8, min(vals) * 0.9)), max(1.6, min(2.5, max(vals) * 1.05)))
+    axes[0, 0].legend(ncol=len(rules), fontsize=8, loc="upper left")
+    st, m = result["settings"], result["machine"]
+    where = m["gpu"]["name"] if m.get("gpu") else f"{m.get('cpu_model', 'CPU')}, {m['torch_threads']} thread(s)"
+    axes[0, 0].set_title(f"feedback rules: one layer's step against bp ({st['device']}, {where}; ratio of medians)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0],
                                  epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -298,6 +335,8 @@ def parse_args(argv=None):
     ap.add_argument("--max-repeats", type=int, default=2000, help="cap on the repeats --min-time adds")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     ap.add_argument("--json", default=None, help="output path (default: benchmarks/results/feedback-<device>-...json)")
+    ap.add_argument("--plot", default=None, metavar="PNG", help="also write a bar chart of the rule/bp ratios "
+                    "(with --table-from: of the saved result); needs matplotlib")
     ap.add_argument("--table-from", default=None, metavar="JSON", help="print the table of a saved result and exit")
     return ap.parse_args(argv)
 
@@ -305,6 +344,10 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.table_from:
+        if args.plot:
+            with open(args.table_from) as f:
+                if write_plot(json.load(f), args.plot):
+                    print(f"wrote {args.plot}")
         return common.print_saved_table(args.table_from, format_table)
     args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if args.threads:
@@ -343,6 +386,8 @@ def main(argv=None) -> int:
     with open(path, "w") as f:
         json.dump(result, f, indent=1)
     print(f"wrote {path}")
+    if args.plot and write_plot(result, args.plot):
+        print(f"wrote {args.plot}")
     print(format_table(result))
     return 1 if errors else 0
 
