@@ -8,8 +8,8 @@
 # bfloat16 (all shapes, batch 128); prints a stage summary, the failed tests and the tables last.
 #
 # OUTDIR: the argument, else $OUT if set, else benchmarks/results/gpu-<date>. At most 8 files are written
-# there (gpu_check.log, stages.txt, feedback-cuda.json, linear-cuda-float32.json,
-# lc2d-cuda-float32.json, lc2d-cuda-bfloat16.json, lc2d-cuda-float32.png when matplotlib is present), no
+# there (gpu_check.log, stages.txt, feedback-cuda.json, linear-cuda-float32.json, lc2d-cuda-float32.json,
+# lc2d-cuda-bfloat16.json, and feedback-cuda.png and lc2d-cuda-float32.png when matplotlib is present), no
 # subfolders.
 #
 # Needs only python3 with torch (a CUDA build), pytest, pytest-benchmark, ninja and nvcc (pytest-xdist
@@ -120,7 +120,7 @@ main() {
 
   # --- feedback: each rule's layer step against bp (issue 3's ratios), then linear_backward_input per mode ---
   run_stage bench-feedback 100 45 "$PY" benchmarks/bench_feedback.py --device cuda \
-    --json "$OUTDIR/feedback-cuda.json"
+    --json "$OUTDIR/feedback-cuda.json" --plot "$OUTDIR/feedback-cuda.png"
   run_stage bench-linear 45 60 "$PY" benchmarks/bench_linear.py --device cuda --dtype float32 \
     --json "$OUTDIR/linear-cuda-float32.json"
 
