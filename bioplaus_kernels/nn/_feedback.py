@@ -143,9 +143,12 @@ def autocast_inputs(*tensors: Optional[torch.Tensor]):
     """Under autocast, the floating tensors cast to autocast's dtype (as autocast does for F.linear/conv2d):
     the rule's ops then see one dtype in the forward and the backward (grad_y in that dtype, the saved
     tensors too), and the casts' own backward returns the gradients to the parameters' dtype. Unchanged
-    otherwise."""
-    first = next(t for t in tensors if t is not None)
-    device = first.device.type
+    otherwise. The first tensor (the layer's input) is never None."""
+    # The common case first, without reading a tensor's device: in a small layer's training step that read
+    # and a generator here cost ~10 us (a third of the rule's whole overhead over backprop).
+    if not (torch.is_autocast_enabled("cpu") or torch.is_autocast_enabled("cuda")):
+        return tensors
+    device = tensors[0].device.type
     if device not in ("cpu", "cuda") or not torch.is_autocast_enabled(device):  # e.g. "meta" has no autocast
         return tensors
     dtype = torch.get_autocast_dtype(device)

@@ -11,6 +11,9 @@ from ..feedback import Fans, Scale
 from ._autograd import LinearWithoutInputGrad
 from ._feedback import FeedbackMixin, autocast_inputs
 
+# The op's overload, resolved once: calling the packet resolves it on every call (a few us in a step).
+_LINEAR = torch.ops.bioplaus.linear.default
+
 
 class Linear(FeedbackMixin, nn.Linear):
     """``torch.nn.Linear`` (same arguments, parameters, initialisation and forward) whose backward sends the
@@ -47,9 +50,9 @@ class Linear(FeedbackMixin, nn.Linear):
         if self.feedback == "dfa":  # no input gradient: DFA sends the output error there
             return LinearWithoutInputGrad.apply(x, weight, bias)
         if matrix is not None:  # stored B: the op's C++ autograd, grad_y @ B by torch's GEMM
-            return torch.ops.bioplaus.linear(x, weight, bias, "weight", 0, 0, 0, "uniform", 1.0, matrix)
+            return _LINEAR(x, weight, bias, "weight", 0, 0, 0, "uniform", 1.0, matrix)
         # the op itself, positionally: the functional wrapper's keyword handling is a few us per step
-        return torch.ops.bioplaus.linear(x, weight, bias, *self._forward_args())
+        return _LINEAR(x, weight, bias, *self._forward_args())
 
     def extra_repr(self) -> str:
         return super().extra_repr() + self._feedback_repr()
