@@ -400,3 +400,46 @@ def test_on_the_fly_B_equals_materialised_B_on_one_thread():
                 assert torch.equal(ops.linear_backward_input(gy, w, **spec), ops.linear_backward_input(gy, B))
     finally:
         torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_small_batch_path_every_mode(threads):
+    # Up to 8 rows of grad_y, float32 on an AVX-512 CPU, take the small-batch path (B streamed through a
+    # register-blocked kernel; "sign" formed in registers from weight read in place); more rows take the tile
+    # path. Both must match the float64 reference and equal a "weight" run on the materialised B bit for
+    # bit, at widths that end mid-vector and mid-group, with rows that cross the kernel's row blocks.
+    prior = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads)
+        for lead, out, inp in [((1,), 3, 5), ((8,), 130, 49), ((2, 4), 65, 301), ((9,), 70, 100), ((5,), 300, 4000)]:
+            gy, w = make(lead, out, inp, dtype=torch.float32, seed=9)
+            w.view(-1)[3:7] = torch.tensor([float("nan"), -0.0, 1e-40, -1e-40])  # sign: 0, 0, +, -
+            for spec in map(full_spec, FEEDBACK_SPECS):
+                got = ops.linear_backward_input(gy, w, **spec)
+                if spec["feedback"] == "weight":  # NaN in weight: the column of grad_x is NaN
+                    want = gy.double() @ w.double()
+                    scale = want.nan_to_num().abs().max().item()
+                    torch.testing.assert_close(got.double(), want, rtol=2e-5, atol=2e-5 * scale, equal_nan=True)
+                    continue
+                B = ops.feedback_source(w, **spec)
+                assert torch.equal(got, ops.linear_backward_input(gy, B)), spec
+                want = gy.double() @ reference.feedback_source(w, **spec).double()
+                assert_close_to_ref(got, want, torch.float32, spec)
+    finally:
+        torch.set_num_threads(prior)
+
+
+@pytest.mark.skipif(torch.backends.cpu.get_cpu_capability() != "AVX512", reason="the small-batch path needs AVX-512")
+def test_small_batch_path_is_independent_of_the_thread_count():
+    # Each element is one sequential sum over out_features, whatever the column blocking per thread.
+    gy, w = make((8,), 200, 1000, dtype=torch.float32, seed=4)
+    prior = torch.get_num_threads()
+    try:
+        results = []
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            results.append([ops.linear_backward_input(gy, w, **full_spec(s)) for s in FEEDBACK_SPECS])
+    finally:
+        torch.set_num_threads(prior)
+    for a, b in zip(*results):
+        assert torch.equal(a, b)

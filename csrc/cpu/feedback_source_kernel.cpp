@@ -315,6 +315,12 @@ bool cpu_allows(Isa isa) {
 #endif
 }
 
+}  // namespace
+
+bool cpu_allows_avx512() { return cpu_allows(kAvx512); }
+
+namespace {
+
 UniformGroups pick_uniform_groups() {
 #if defined(BIOPLAUS_X86_SIMD)
   if (cpu_allows(kAvx512)) return uniform_groups_avx512;

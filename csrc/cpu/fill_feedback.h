@@ -23,4 +23,8 @@ void philox_words(philox::Key key, uint64_t step, uint64_t b0, int64_t n, uint32
 // the TP noise) goes through this function, so they agree bit for bit.
 void normal_samples(philox::Key key, uint64_t step, uint64_t b0, int64_t n, float scale, float* out);
 
+// Whether the CPU kernels may take their AVX-512 paths (the CPU has AVX-512F and ATEN_CPU_CAPABILITY, if
+// set, allows it). Kernels with an AVX-512-only path choose with this once per call, for all modes alike.
+bool cpu_allows_avx512();
+
 }  // namespace bioplaus

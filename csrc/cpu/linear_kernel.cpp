@@ -1,15 +1,26 @@
 // linear_backward_input on the CPU: float32 and float64, all threads, B never materialised.
 //
-// grad_x[M, in] = grad_y[M, out] * B[out, in] is split into column tiles of B (and of grad_x):
+// Two paths, chosen per call from the shapes, the dtype and the CPU alone, never from the mode, so that
+// every mode runs the same arithmetic and a spec run equals a "weight" run on the materialised B bit for
+// bit. The modes differ only in where B's values come from: "weight" reads weight; "random" / "sign" /
+// "random_sign" build them (fill_feedback) into a kept buffer just before they are used.
+//
+// Tile path (the general case): grad_x[M, in] = grad_y[M, out] * B[out, in] is split into column tiles
 //   grad_x[:, c0 : c0 + tw] = grad_y * B[:, c0 : c0 + tw]
-// one GEMM per tile (at::mm, torch's BLAS with all its threads), one tile at a time. Each element of
-// grad_x is one dot product over `out` inside one GEMM, so the result needs no reduction and is
-// bit-identical run to run (for a given thread count, which sets the tile width and the BLAS's split).
-// The modes differ only in where the tile comes from: "weight" passes a view of weight; "random" /
-// "sign" / "random_sign" build the tile (out x tw, within kTileBytes per thread) in a kept buffer, all
-// threads filling rows of it (fill_feedback), just before its GEMM. Every mode runs the same GEMMs on the
-// same tile shapes, so a spec run equals a "weight" run on the materialised B bit for bit. A small layer
-// is one tile: its whole B in one contiguous run, and one GEMM exactly as backprop's.
+// one GEMM per tile (at::mm, torch's BLAS with all its threads), one tile at a time; a spec mode builds the
+// tile (out x tw, within kTileBytes per thread) first, all threads filling rows of it. Each element of
+// grad_x is one dot product inside one GEMM, so the result is bit-identical run to run (for a given thread
+// count, which sets the tile width and the BLAS's split). A small layer is one tile: its whole B in one
+// contiguous run, and one GEMM exactly as backprop's.
+//
+// Small-batch path (float32, M <= kSmallBatch, AVX-512): with a few rows of grad_y the GEMM streams B
+// (8 FMAs per element of B at M = 8), and the tile path's cost is writing and re-reading its out x tw tile
+// (1 MB, as much time as the GEMM itself on a 1000 x 512 layer). Here no tile exists: "weight" and "sign"
+// read weight in place (sign(w) * scale formed in registers), "random" / "random_sign" build at most
+// kSmallRows rows of B at a time into a 256 KB block, and a register-blocked kernel consumes them at once:
+//   grad_x[m, i] = fma(grad_y[m, o], B[o, i], acc) for o = 0, 1, ..., out - 1, in that order.
+// Each element is that one sequential sum, so the result does not depend on the thread count or on how
+// columns are blocked.
 #include "linear.h"
 
 #include "cpu/fill_feedback.h"
@@ -24,7 +35,13 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <type_traits>
 #include <vector>
+
+#if defined(__GNUC__) && defined(__x86_64__)
+#include <immintrin.h>
+#define BIOPLAUS_X86_SIMD 1
+#endif
 
 namespace bioplaus {
 namespace {
@@ -97,6 +114,171 @@ void backward_input_kernel(const at::Tensor& gy, const at::Tensor& weight, at::T
   }
 }
 
+#if defined(BIOPLAUS_X86_SIMD)
+constexpr int64_t kSmallBatch = 8;          // rows of grad_y up to which the small-batch path runs (at 16,
+                                            // torch's BLAS beats it in "weight" and "random" mode)
+constexpr int64_t kSmallRows = 64;          // rows of B per block at most
+constexpr int64_t kBuiltElems = 64 * 1024;  // elements of a built block at most (256 KB: it stays in L2)
+constexpr int kMicroRows = 8;               // rows of grad_x per register block
+constexpr int kStripVectors = 3;            // 16-float vectors per row of a register block (24 accumulators)
+constexpr int64_t kStrip = 16 * kStripVectors;  // columns of a register block
+constexpr int64_t kBlockAhead = 16;         // rows of B a register block prefetches ahead
+
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"  // GCC's AVX-512 headers (see feedback_source_kernel.cpp)
+#pragma GCC diagnostic ignored "-Wuninitialized"
+
+// Lanes [0, n) of a 16-lane vector, n clamped to [0, 16].
+__attribute__((target("avx512f"))) inline __mmask16 first_lanes(int64_t n) {
+  return n >= 16 ? __mmask16(0xFFFF) : n <= 0 ? __mmask16(0) : __mmask16((1u << n) - 1u);
+}
+
+// "sign" mode's three values, sign_of(w) * scale for w > 0, w < 0 and otherwise (0 and NaN), computed as
+// fill_feedback computes them, so the block's B equals the materialised B bit for bit.
+struct SignValues {
+  float pos, neg, zero;
+};
+
+// B's values from 16 lanes of b: the values themselves, or (kSign) sign(w) * scale of the weights w.
+template <bool kSign>
+__attribute__((target("avx512f"))) inline __m512 block_values(__m512 v, const SignValues& sv) {
+  if constexpr (!kSign) {
+    return v;
+  } else {
+    const __mmask16 pos = _mm512_cmp_ps_mask(v, _mm512_setzero_ps(), _CMP_GT_OQ);
+    const __mmask16 neg = _mm512_cmp_ps_mask(v, _mm512_setzero_ps(), _CMP_LT_OQ);
+    const __m512 p = _mm512_mask_mov_ps(_mm512_set1_ps(sv.zero), pos, _mm512_set1_ps(sv.pos));
+    return _mm512_mask_mov_ps(p, neg, _mm512_set1_ps(sv.neg));
+  }
+}
+
+// gx[m, 0 : nv) for m < MR (row stride ldx) = (first ? 0 : gx) + sum over k < K of gy[m, k] * B[k, 0 : nv)
+// with B[k, :] = block_values(b[k, :]), the terms added in order of k, each with one FMA; nv <= kStrip
+// columns, masked lanes never touch memory. Rows k < `rows` (>= K) of b exist and may be prefetched.
+template <int MR, bool kSign>
+__attribute__((target("avx512f"))) void small_batch_block(const float* gy, int64_t ldg, const float* b, int64_t ldb,
+                                                          int64_t K, int64_t rows, float* gx, int64_t ldx, int64_t nv,
+                                                          bool first, const SignValues& sv) {
+  __mmask16 lanes[kStripVectors];
+  for (int v = 0; v < kStripVectors; ++v) lanes[v] = first_lanes(nv - 16 * v);
+  // Plain arrays, every loop unrolled: GCC then keeps all MR x kStripVectors accumulators in registers.
+  __m512 acc[kStripVectors][MR];
+#pragma GCC unroll 8
+  for (int m = 0; m < MR; ++m) {
+#pragma GCC unroll 4
+    for (int v = 0; v < kStripVectors; ++v) acc[v][m] = _mm512_maskz_loadu_ps(first ? 0 : lanes[v], gx + m * ldx + 16 * v);
+  }
+  for (int64_t k = 0; k < K; ++k) {
+    // B's rows are short runs at a large stride (weight read in place), each on a new page for large
+    // layers: without a prefetch every row waits for memory (1.5x the GEMM's time at 1000 x 512).
+    if (k + kBlockAhead < rows) {
+      const char* ahead = reinterpret_cast<const char*>(b + (k + kBlockAhead) * ldb);
+      _mm_prefetch(ahead, _MM_HINT_T0);
+      if (nv > 16) _mm_prefetch(ahead + 64, _MM_HINT_T0);
+      if (nv > 32) _mm_prefetch(ahead + 128, _MM_HINT_T0);
+    }
+    __m512 bv[kStripVectors];
+#pragma GCC unroll 4
+    for (int v = 0; v < kStripVectors; ++v) bv[v] = block_values<kSign>(_mm512_maskz_loadu_ps(lanes[v], b + k * ldb + 16 * v), sv);
+#pragma GCC unroll 8
+    for (int m = 0; m < MR; ++m) {
+      const __m512 g = _mm512_set1_ps(gy[m * ldg + k]);
+#pragma GCC unroll 4
+      for (int v = 0; v < kStripVectors; ++v) acc[v][m] = _mm512_fmadd_ps(g, bv[v], acc[v][m]);
+    }
+  }
+#pragma GCC unroll 8
+  for (int m = 0; m < MR; ++m) {
+#pragma GCC unroll 4
+    for (int v = 0; v < kStripVectors; ++v) _mm512_mask_storeu_ps(gx + m * ldx + 16 * v, lanes[v], acc[v][m]);
+  }
+}
+
+using SmallBatchBlock = void (*)(const float*, int64_t, const float*, int64_t, int64_t, int64_t, float*, int64_t,
+                                 int64_t, bool, const SignValues&);
+
+template <bool kSign>
+SmallBatchBlock small_batch_block_for(int64_t mr) {
+  static const SmallBatchBlock blocks[kMicroRows] = {
+      small_batch_block<1, kSign>, small_batch_block<2, kSign>, small_batch_block<3, kSign>,
+      small_batch_block<4, kSign>, small_batch_block<5, kSign>, small_batch_block<6, kSign>,
+      small_batch_block<7, kSign>, small_batch_block<8, kSign>};
+  return blocks[mr - 1];
+}
+
+// The register block for mr rows (1 .. kMicroRows) that reads weight in place ("weight", and "sign" with
+// its transform) or a built block of B.
+SmallBatchBlock small_batch_block_for(FeedbackMode mode, int64_t mr) {
+  return mode == FeedbackMode::kSign ? small_batch_block_for<true>(mr) : small_batch_block_for<false>(mr);
+}
+#pragma GCC diagnostic pop
+
+// grad_x[:, c0 : c0 + cw) of the small-batch path, kSmallRows rows of B (fewer when built) at a time: B's
+// values for them (weight in place for "weight" and "sign", else built into buf), then, kStrip columns at
+// a time, every register block of grad_x's rows (the strip stays in L1 between them).
+void small_batch_columns(const float* gyp, const float* wp, float* gxp, const LinearDims& d, int64_t c0, int64_t cw,
+                         float* buf) {
+  const FeedbackSpec& f = d.feedback;
+  const float s = sign_scale<float>(f);
+  const SignValues sv{1.0f * s, -1.0f * s, 0.0f * s};
+  const bool in_place = f.mode == FeedbackMode::kWeight || f.mode == FeedbackMode::kSign;
+  const int64_t step = in_place ? kSmallRows : std::clamp<int64_t>(kBuiltElems / cw, 1, kSmallRows);
+  for (int64_t o0 = 0; o0 < d.out; o0 += step) {
+    const int64_t K = std::min(step, d.out - o0);
+    const float* b = buf;
+    int64_t ldb = cw, rows = K;
+    if (in_place) {
+      b = wp + o0 * d.in + c0, ldb = d.in, rows = d.out - o0;  // weight[o0 + k, c0 + j]
+    } else {
+      // buf[k * cw + j] = B[o0 + k, c0 + j]: row k is the run of elements (o0 + k) * in + c0 .. + cw, and
+      // a block of whole rows (cw == in) is one run.
+      const int64_t runs = cw == d.in ? 1 : K, len = cw == d.in ? K * d.in : cw;
+      for (int64_t r = 0; r < runs; ++r) {
+        const int64_t e0 = (o0 + r) * d.in + c0;
+        fill_feedback<float>(f, f.reads_weight() ? wp + e0 : nullptr, e0, len, buf + r * cw);
+      }
+    }
+    for (int64_t j = 0; j < cw; j += kStrip) {
+      for (int64_t m0 = 0; m0 < d.M; m0 += kMicroRows) {
+        const int64_t mr = std::min<int64_t>(kMicroRows, d.M - m0);
+        small_batch_block_for(f.mode, mr)(gyp + m0 * d.out + o0, d.out, b + j, ldb, K, rows,
+                                          gxp + m0 * d.in + c0 + j, d.in, cw - j, o0 == 0, sv);
+      }
+    }
+  }
+}
+
+// The small-batch path over all columns: one block of whole rows on one thread (a built block is then one
+// run of B, no generator group split), else about one block of whole uniform groups per thread. Each
+// element of grad_x is the same sequential sum however the columns are blocked.
+void backward_input_small_batch(const at::Tensor& gy, const at::Tensor& weight, at::Tensor& gx, const LinearDims& d) {
+  const FeedbackSpec& f = d.feedback;
+  const bool reads = f.mode == FeedbackMode::kWeight || f.reads_weight();
+  const at::Tensor w = reads ? weight.contiguous() : weight;
+  const float* wp = reads ? w.const_data_ptr<float>() : nullptr;
+  const float* gyp = gy.const_data_ptr<float>();
+  float* gxp = gx.mutable_data_ptr<float>();
+  const int64_t groups = (d.in + kColAlign - 1) / kColAlign, threads = at::get_num_threads();
+  const int64_t width = std::min(d.in, (groups + threads - 1) / threads * kColAlign);
+  const int64_t blocks = (d.in + width - 1) / width;
+  const bool builds = f.mode != FeedbackMode::kWeight && f.mode != FeedbackMode::kSign;
+  at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
+    float* buf = builds ? tile_scratch<float>(std::max(kBuiltElems, width)) : nullptr;
+    for (int64_t blk = b0; blk < b1; ++blk) {
+      const int64_t c0 = blk * width;
+      small_batch_columns(gyp, wp, gxp, d, c0, std::min(width, d.in - c0), buf);
+    }
+  });
+}
+
+// Whether this call takes the small-batch path: shapes, dtype and CPU only (never the mode).
+template <typename scalar_t>
+bool takes_small_batch_path(const LinearDims& d) {
+  static const bool avx512 = cpu_allows_avx512();
+  return std::is_same_v<scalar_t, float> && d.M <= kSmallBatch && avx512;
+}
+#endif
+
 at::Tensor linear_backward_input_cpu(const at::Tensor& grad_y, const at::Tensor& weight, c10::string_view feedback,
                                      int64_t seed, int64_t stream, int64_t step, c10::string_view distribution,
                                      double scale) {
@@ -111,8 +293,12 @@ at::Tensor linear_backward_input_cpu(const at::Tensor& grad_y, const at::Tensor&
   if (d.out == 0) return at::zeros(shape, opts);  // an empty sum
   at::Tensor gx = at::empty({d.M, d.in}, opts);
   const at::Tensor gy = grad_y.reshape({d.M, d.out});
-  AT_DISPATCH_FLOATING_TYPES(grad_y.scalar_type(), "linear_backward_input_cpu",
-                             [&] { backward_input_kernel<scalar_t>(gy, weight, gx, d); });
+  AT_DISPATCH_FLOATING_TYPES(grad_y.scalar_type(), "linear_backward_input_cpu", [&] {
+#if defined(BIOPLAUS_X86_SIMD)
+    if (takes_small_batch_path<scalar_t>(d)) return backward_input_small_batch(gy.contiguous(), weight, gx, d);
+#endif
+    backward_input_kernel<scalar_t>(gy, weight, gx, d);
+  });
   return gx.view(shape);
 }
 
