@@ -2,8 +2,9 @@
 //
 // Two paths, chosen per call from the shapes, the dtype and the CPU alone, never from the mode, so that
 // every mode runs the same arithmetic and a spec run equals a "weight" run on the materialised B bit for
-// bit. The modes differ only in where B's values come from: "weight" reads weight; "random" / "sign" /
-// "random_sign" build them (fill_feedback) into a kept buffer just before they are used.
+// bit. The modes differ only in where B's values come from: "weight" reads weight, the others build them
+// (fill_feedback) into a kept buffer just before they are used, or (small-batch "sign") form them in
+// registers.
 //
 // Tile path (the general case): grad_x[M, in] = grad_y[M, out] * B[out, in] is split into column tiles
 //   grad_x[:, c0 : c0 + tw] = grad_y * B[:, c0 : c0 + tw]
@@ -115,14 +116,14 @@ void backward_input_kernel(const at::Tensor& gy, const at::Tensor& weight, at::T
 }
 
 #if defined(BIOPLAUS_X86_SIMD)
-constexpr int64_t kSmallBatch = 8;          // rows of grad_y up to which the small-batch path runs (at 16,
-                                            // torch's BLAS beats it in "weight" and "random" mode)
-constexpr int64_t kSmallRows = 64;          // rows of B per block at most
-constexpr int64_t kBuiltElems = 64 * 1024;  // elements of a built block at most (256 KB: it stays in L2)
-constexpr int kMicroRows = 8;               // rows of grad_x per register block
-constexpr int kStripVectors = 3;            // 16-float vectors per row of a register block (24 accumulators)
+// Rows of grad_y up to which the small-batch path runs, all of them in one register block (at 16, torch's
+// BLAS beat it in "weight" and "random" mode).
+constexpr int64_t kSmallBatch = 8;
+constexpr int64_t kSmallRows = 64;              // rows of B per block at most
+constexpr int64_t kBuiltElems = 64 * 1024;      // elements of a built block at most (256 KB: it stays in L2)
+constexpr int kStripVectors = 3;                // 16-float vectors per row of a register block (24 accumulators)
 constexpr int64_t kStrip = 16 * kStripVectors;  // columns of a register block
-constexpr int64_t kBlockAhead = 16;         // rows of B a register block prefetches ahead
+constexpr int64_t kBlockAhead = 16;             // rows of B a register block prefetches ahead
 
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"  // GCC's AVX-512 headers (see feedback_source_kernel.cpp)
@@ -197,31 +198,30 @@ __attribute__((target("avx512f"))) void small_batch_block(const float* gy, int64
 using SmallBatchBlock = void (*)(const float*, int64_t, const float*, int64_t, int64_t, int64_t, float*, int64_t,
                                  int64_t, bool, const SignValues&);
 
+// The register block for mr rows of grad_x (1 .. kSmallBatch).
 template <bool kSign>
 SmallBatchBlock small_batch_block_for(int64_t mr) {
-  static const SmallBatchBlock blocks[kMicroRows] = {
+  static_assert(kSmallBatch == 8, "one entry per row count");
+  static const SmallBatchBlock blocks[kSmallBatch] = {
       small_batch_block<1, kSign>, small_batch_block<2, kSign>, small_batch_block<3, kSign>,
       small_batch_block<4, kSign>, small_batch_block<5, kSign>, small_batch_block<6, kSign>,
       small_batch_block<7, kSign>, small_batch_block<8, kSign>};
   return blocks[mr - 1];
 }
 
-// The register block for mr rows (1 .. kMicroRows) that reads weight in place ("weight", and "sign" with
-// its transform) or a built block of B.
-SmallBatchBlock small_batch_block_for(FeedbackMode mode, int64_t mr) {
-  return mode == FeedbackMode::kSign ? small_batch_block_for<true>(mr) : small_batch_block_for<false>(mr);
-}
+// "weight" and "sign" read weight in place ("sign" with its transform in registers); the others build B.
+bool reads_weight_in_place(FeedbackMode mode) { return mode == FeedbackMode::kWeight || mode == FeedbackMode::kSign; }
 #pragma GCC diagnostic pop
 
 // grad_x[:, c0 : c0 + cw) of the small-batch path, kSmallRows rows of B (fewer when built) at a time: B's
-// values for them (weight in place for "weight" and "sign", else built into buf), then, kStrip columns at
-// a time, every register block of grad_x's rows (the strip stays in L1 between them).
-void small_batch_columns(const float* gyp, const float* wp, float* gxp, const LinearDims& d, int64_t c0, int64_t cw,
-                         float* buf) {
+// values for them (weight in place for "weight" and "sign", else built into buf), then the register block
+// over all M rows of grad_x, kStrip columns at a time.
+void small_batch_columns(SmallBatchBlock block, const float* gyp, const float* wp, float* gxp, const LinearDims& d,
+                         int64_t c0, int64_t cw, float* buf) {
   const FeedbackSpec& f = d.feedback;
   const float s = sign_scale<float>(f);
   const SignValues sv{1.0f * s, -1.0f * s, 0.0f * s};
-  const bool in_place = f.mode == FeedbackMode::kWeight || f.mode == FeedbackMode::kSign;
+  const bool in_place = reads_weight_in_place(f.mode);
   const int64_t step = in_place ? kSmallRows : std::clamp<int64_t>(kBuiltElems / cw, 1, kSmallRows);
   for (int64_t o0 = 0; o0 < d.out; o0 += step) {
     const int64_t K = std::min(step, d.out - o0);
@@ -239,11 +239,7 @@ void small_batch_columns(const float* gyp, const float* wp, float* gxp, const Li
       }
     }
     for (int64_t j = 0; j < cw; j += kStrip) {
-      for (int64_t m0 = 0; m0 < d.M; m0 += kMicroRows) {
-        const int64_t mr = std::min<int64_t>(kMicroRows, d.M - m0);
-        small_batch_block_for(f.mode, mr)(gyp + m0 * d.out + o0, d.out, b + j, ldb, K, rows,
-                                          gxp + m0 * d.in + c0 + j, d.in, cw - j, o0 == 0, sv);
-      }
+      block(gyp + o0, d.out, b + j, ldb, K, rows, gxp + c0 + j, d.in, cw - j, o0 == 0, sv);
     }
   }
 }
@@ -253,7 +249,7 @@ void small_batch_columns(const float* gyp, const float* wp, float* gxp, const Li
 // element of grad_x is the same sequential sum however the columns are blocked.
 void backward_input_small_batch(const at::Tensor& gy, const at::Tensor& weight, at::Tensor& gx, const LinearDims& d) {
   const FeedbackSpec& f = d.feedback;
-  const bool reads = f.mode == FeedbackMode::kWeight || f.reads_weight();
+  const bool reads = f.reads_weight();  // every mode but "random"
   const at::Tensor w = reads ? weight.contiguous() : weight;
   const float* wp = reads ? w.const_data_ptr<float>() : nullptr;
   const float* gyp = gy.const_data_ptr<float>();
@@ -261,12 +257,14 @@ void backward_input_small_batch(const at::Tensor& gy, const at::Tensor& weight, 
   const int64_t groups = (d.in + kColAlign - 1) / kColAlign, threads = at::get_num_threads();
   const int64_t width = std::min(d.in, (groups + threads - 1) / threads * kColAlign);
   const int64_t blocks = (d.in + width - 1) / width;
-  const bool builds = f.mode != FeedbackMode::kWeight && f.mode != FeedbackMode::kSign;
+  const bool in_place = reads_weight_in_place(f.mode);
+  const SmallBatchBlock block =
+      f.mode == FeedbackMode::kSign ? small_batch_block_for<true>(d.M) : small_batch_block_for<false>(d.M);
   at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
-    float* buf = builds ? tile_scratch<float>(std::max(kBuiltElems, width)) : nullptr;
+    float* buf = in_place ? nullptr : tile_scratch<float>(std::max(kBuiltElems, width));
     for (int64_t blk = b0; blk < b1; ++blk) {
       const int64_t c0 = blk * width;
-      small_batch_columns(gyp, wp, gxp, d, c0, std::min(width, d.in - c0), buf);
+      small_batch_columns(block, gyp, wp, gxp, d, c0, std::min(width, d.in - c0), buf);
     }
   });
 }
