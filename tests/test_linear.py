@@ -403,6 +403,27 @@ def test_on_the_fly_B_equals_materialised_B_on_one_thread():
 
 
 @pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_tile_path_rows_cut_across_generator_groups(dtype, threads):
+    # More than 8 rows and so many out_features that B takes several column tiles; in_features that are not
+    # whole 128-element uniform groups, so a tile edge falls inside a group on most rows: the tile that
+    # continues a row takes that group's values from the row's carry instead of generating them again. B
+    # must still equal the materialised B bit for bit and match the float64 reference.
+    prior = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads)
+        for lead, out, inp in [((9,), 1100, 1000), ((12,), 2100, 328)]:
+            gy, w = make(lead, out, inp, dtype=dtype, seed=12)
+            for spec in map(full_spec, FEEDBACK_SPECS[1:]):
+                got = ops.linear_backward_input(gy, w, **spec)
+                assert torch.equal(got, ops.linear_backward_input(gy, ops.feedback_source(w, **spec))), spec
+                want = gy.double() @ reference.feedback_source(w, **spec).double()
+                assert_close_to_ref(got, want, dtype, spec)
+    finally:
+        torch.set_num_threads(prior)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
 def test_small_batch_path_every_mode(threads):
     # Up to 8 rows of grad_y, float32 on an AVX-512 CPU, take the small-batch path (B streamed through a
     # register-blocked kernel; "sign" formed in registers from weight read in place); more rows take the tile

@@ -452,9 +452,12 @@ void generated_run(FeedbackMode mode, const float* __restrict r, const scalar_t*
 
 // Uniform "random"/"random_sign" over a run. Whole groups inside the run are generated straight into dst
 // (float), at most kMaxGroups at a time through a staging buffer (double); the partial groups at the run's
-// ends through the staging buffer. So a run wastes fewer than 2 x 128 generated values.
+// ends through the staging buffer, or through `carry` when given (a group the previous run of the row left
+// there is taken, not generated again). So a run wastes fewer than 2 x 128 generated values, and a row cut
+// into runs with a carry fewer than 128.
 template <typename scalar_t>
-void uniform_run(const FeedbackSpec& f, const scalar_t* w, int64_t e0, int64_t count, scalar_t* dst) {
+void uniform_run(const FeedbackSpec& f, const scalar_t* w, int64_t e0, int64_t count, scalar_t* dst,
+                 GroupCarry* carry) {
   static const UniformGroups groups = pick_uniform_groups();
   constexpr int64_t kMaxGroups = 8;
   alignas(64) float r[kMaxGroups * kGroupElems];
@@ -472,8 +475,15 @@ void uniform_run(const FeedbackSpec& f, const scalar_t* w, int64_t e0, int64_t c
     }
     const int64_t n = std::max<int64_t>(std::min(whole, kMaxGroups), 1);
     const int64_t take = std::min(end - e, n * kGroupElems - lo);
-    groups(f.key, f.step, static_cast<uint64_t>(g), n, f.scale, nullptr, r);
-    generated_run(f.mode, r + lo, signs ? w + (e - e0) : nullptr, dst + (e - e0), take);
+    const float* values = r;
+    if (carry && n == 1) {
+      if (carry->group != g) groups(f.key, f.step, static_cast<uint64_t>(g), 1, f.scale, nullptr, carry->values);
+      carry->group = g;
+      values = carry->values;
+    } else {
+      groups(f.key, f.step, static_cast<uint64_t>(g), n, f.scale, nullptr, r);
+    }
+    generated_run(f.mode, values + lo, signs ? w + (e - e0) : nullptr, dst + (e - e0), take);
     e += take;
   }
 }
@@ -495,19 +505,20 @@ void normal_run(const FeedbackSpec& f, const scalar_t* w, int64_t e0, int64_t co
 
 // float and double are their own accumulation types, so the sign product is formed in scalar_t.
 template <typename scalar_t>
-void fill_feedback(const FeedbackSpec& f, const scalar_t* w, int64_t e0, int64_t count, scalar_t* dst) {
+void fill_feedback(const FeedbackSpec& f, const scalar_t* w, int64_t e0, int64_t count, scalar_t* dst,
+                   GroupCarry* carry) {
   if (count <= 0) return;
   if (f.mode == FeedbackMode::kWeight) {
     std::memcpy(dst, w, sizeof(scalar_t) * count);
     return;
   }
   if (f.mode == FeedbackMode::kSign) return sign_run(f, w, dst, count);
-  if (f.distribution == philox::Distribution::kUniform) return uniform_run(f, w, e0, count, dst);
+  if (f.distribution == philox::Distribution::kUniform) return uniform_run(f, w, e0, count, dst, carry);
   normal_run(f, w, e0, count, dst);
 }
 
-template void fill_feedback<float>(const FeedbackSpec&, const float*, int64_t, int64_t, float*);
-template void fill_feedback<double>(const FeedbackSpec&, const double*, int64_t, int64_t, double*);
+template void fill_feedback<float>(const FeedbackSpec&, const float*, int64_t, int64_t, float*, GroupCarry*);
+template void fill_feedback<double>(const FeedbackSpec&, const double*, int64_t, int64_t, double*, GroupCarry*);
 
 void philox_words(philox::Key key, uint64_t step, uint64_t b0, int64_t n, uint32_t* out) {
   static const BlockWords words = pick_block_words();
