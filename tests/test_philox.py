@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.testing._internal.optests import opcheck
 
-from bioplaus_kernels import ops
+from bioplaus_kernels import ops, reference
 from bioplaus_kernels.reference import philox as ref
 
 from conftest import DEVICES
@@ -88,6 +88,24 @@ def test_scale_and_dtype(dtype):
     assert got.dtype == dtype and torch.equal(got, want)
     # float64 holds the float32 value exactly: same numbers as the float32 output.
     assert torch.equal(got.float(), ops.philox(shape, seed, scale=0.3))
+
+
+@pytest.mark.parametrize("scale", [0.37, 1.0, 2.0 ** -111, 1e-38, 0.0, -0.0, -0.5, 3e38, math.inf, math.nan], ids=str)
+def test_uniform_scale_edge_values_bit_for_bit(scale):
+    # The AVX-512 generator folds a positive scale whose scale * 2^-15 is a normal float into one FMA; other
+    # scales (zero, negative, a subnormal scale * 2^-15, inf, NaN) take the two-step conversion. Either way the
+    # bits are the reference's, signed zeros included (|-0| is +0 in "random_sign" mode, as torch's abs gives it).
+    def assert_same_bits(got, want):  # NaN's sign bit carries nothing: NaN where the reference has NaN
+        nan = want.isnan()
+        assert torch.equal(got.isnan(), nan)
+        assert torch.equal(got[~nan].view(torch.int32), want[~nan].view(torch.int32))
+
+    assert_same_bits(ops.philox((3, 1000), 5, 2, 1, scale=scale), ref.philox((3, 1000), 5, 2, 1, scale=scale))
+    w = torch.randn(3, 1000, generator=torch.Generator().manual_seed(0))
+    spec = dict(seed=5, stream=2, step=1, scale=scale)
+    # 3000 elements: whole groups, with w's signs applied in registers, then a partial group's tail.
+    assert_same_bits(ops.feedback_source(w, feedback="random_sign", **spec),
+                     reference.feedback_source(w, feedback="random_sign", **spec))
 
 
 def test_uniform_range_and_grid():

@@ -42,10 +42,11 @@ BIOPLAUS_HD acc_t sign_scale(const FeedbackSpec& f) {
   return sizeof(acc_t) == 8 ? static_cast<acc_t>(f.scale_f64) : static_cast<acc_t>(f.scale);
 }
 
-// |r| * sign(w), exact.
+// |r| * sign(w), exact; |-0| = +0 (a zero or negative scale makes R's zeros -0), as torch's abs and the
+// AVX-512 kernel's sign-bit select give it.
 template <typename acc_t>
 BIOPLAUS_HD acc_t signed_magnitude(acc_t r, acc_t w) {
-  return (r < acc_t(0) ? -r : r) * sign_of(w);
+  return (r < acc_t(0) ? -r : r == acc_t(0) ? acc_t(0) : r) * sign_of(w);
 }
 
 // R[e] as float, before the conversion to weight's dtype.

@@ -100,12 +100,15 @@ bool crosses_hi_word(uint64_t first, int lanes) {
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #pragma GCC diagnostic ignored "-Wuninitialized"
 
-// (hi, lo) 32-bit halves of m * c in every 32-bit lane.
+// (hi, lo) 32-bit halves of m * c in every 32-bit lane. even / odd hold the 64-bit products of the even /
+// odd lanes (dwords 2i, 2i + 1 of each: low, high half); one masked in-lane swap (CDAB) per result moves
+// the other product's halves into place: hi = (even's high halves, odd's high halves), lo = (even's low,
+// odd's low). Two ops where a shift and a blend took four: the rounds are bound by the two vector ports.
 __attribute__((target("avx512f"))) inline void mulhilo_avx512(__m512i m, __m512i c, __m512i& hi, __m512i& lo) {
-  const __m512i even = _mm512_mul_epu32(c, m);                         // lanes 0, 2, ...: 64-bit products
-  const __m512i odd = _mm512_mul_epu32(_mm512_srli_epi64(c, 32), m);  // lanes 1, 3, ...
-  hi = _mm512_mask_blend_epi32(0xAAAA, _mm512_srli_epi64(even, 32), odd);
-  lo = _mm512_mask_blend_epi32(0xAAAA, even, _mm512_slli_epi64(odd, 32));
+  const __m512i even = _mm512_mul_epu32(c, m);
+  const __m512i odd = _mm512_mul_epu32(_mm512_srli_epi64(c, 32), m);
+  hi = _mm512_mask_shuffle_epi32(odd, 0x5555, even, _MM_PERM_CDAB);  // even lanes: even's dword 2i + 1
+  lo = _mm512_mask_shuffle_epi32(even, 0xAAAA, odd, _MM_PERM_CDAB);  // odd lanes: odd's dword 2i
 }
 
 // Philox4x32-10 of NV vectors at once: lane l of vector v runs block first[v] + l; c[v][j] = word j.
@@ -138,12 +141,24 @@ __attribute__((target("avx512f"))) inline void philox_avx512(philox::Key key, ui
   }
 }
 
-// mul_rn(scale, uniform16(h)) for the 16-bit values h in the lanes.
-__attribute__((target("avx512f"))) inline __m512 uniform16_avx512(__m512i h, __m512 scale) {
-  const __m512i offset = _mm512_set1_epi32(1 << 15);
-  const __m512 inv = _mm512_set1_ps(philox::kTwoPow15Inv);
-  return _mm512_mul_ps(scale, _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(h, offset)), inv));
+// mul_rn(scale, uniform16(h)) for the 16-bit values h in the lanes. kFolded (scale > 0 with scale * 2^-15
+// a normal float, see folds_scale): one FMA, h * a - scale with a = scale * 2^-15, whose exact value
+// (h - 2^15) * 2^-15 * scale is rounded once, as the product is; else the exact conversion, then the product.
+template <bool kFolded>
+__attribute__((target("avx512f"))) inline __m512 uniform16_avx512(__m512i h, __m512 scale, __m512 a) {
+  if constexpr (kFolded) {
+    return _mm512_fmsub_ps(_mm512_cvtepi32_ps(h), a, scale);
+  } else {
+    const __m512i offset = _mm512_set1_epi32(1 << 15);
+    const __m512 inv = _mm512_set1_ps(philox::kTwoPow15Inv);
+    return _mm512_mul_ps(scale, _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(h, offset)), inv));
+  }
 }
+
+// Whether uniform16_avx512 may fold the scale into one FMA and give the product's bits: a = scale * 2^-15
+// exact (normal), so h * a and 2^15 * a = scale are exact; scale > 0, so the zero at h = 2^15 is +0 either way
+// (the product gives -0 for a negative or zero scale times a negative value, the FMA +0).
+bool folds_scale(float scale) { return scale > 0.0f && std::isnormal(scale * philox::kTwoPow15Inv); }
 
 // signed_magnitude(u, w) lane by lane: |u| with w's sign bit where w is nonzero and not NaN, else +0
 // (|u| * sign(w) is exact, so the bit pattern is the scalar's, -0 for u = 0 < w included).
@@ -154,20 +169,20 @@ __attribute__((target("avx512f"))) inline __m512 signed_magnitude_avx512(__m512 
   return _mm512_maskz_mov_ps(nonzero, _mm512_castsi512_ps(bits));  // 0xCA: sign ? w : u, bit by bit
 }
 
-template <int NV>
+template <int NV, bool kFolded>
 __attribute__((target("avx512f"))) void groups_avx512(philox::Key key, uint64_t step, uint64_t g0, float scale,
                                                       const float* w, float* out) {
   uint64_t first[NV];
   for (int v = 0; v < NV; ++v) first[v] = (g0 + v) * kGroupBlocks;
   __m512i c[NV][4];
   philox_avx512<NV>(key, step, first, c);
-  const __m512 s = _mm512_set1_ps(scale);
+  const __m512 s = _mm512_set1_ps(scale), a = _mm512_set1_ps(scale * philox::kTwoPow15Inv);
   const __m512i low = _mm512_set1_epi32(0xFFFF);
   for (int v = 0; v < NV; ++v) {
     for (int j = 0; j < 4; ++j) {  // slots 2j (bits 0-15) and 2j + 1 (bits 16-31) of word j
       const int o = kGroupElems * v + 32 * j;
-      __m512 lo = uniform16_avx512(_mm512_and_si512(c[v][j], low), s);
-      __m512 hi = uniform16_avx512(_mm512_srli_epi32(c[v][j], 16), s);
+      __m512 lo = uniform16_avx512<kFolded>(_mm512_and_si512(c[v][j], low), s, a);
+      __m512 hi = uniform16_avx512<kFolded>(_mm512_srli_epi32(c[v][j], 16), s, a);
       if (w) {
         lo = signed_magnitude_avx512(lo, _mm512_loadu_ps(w + o));
         hi = signed_magnitude_avx512(hi, _mm512_loadu_ps(w + o + 16));
@@ -178,15 +193,24 @@ __attribute__((target("avx512f"))) void groups_avx512(philox::Key key, uint64_t 
   }
 }
 
-__attribute__((target("avx512f"))) void uniform_groups_avx512(philox::Key key, uint64_t step, uint64_t g0,
-                                                               int64_t n, float scale, const float* w, float* out) {
+template <bool kFolded>
+__attribute__((target("avx512f"))) void uniform_groups_avx512_as(philox::Key key, uint64_t step, uint64_t g0,
+                                                                  int64_t n, float scale, const float* w, float* out) {
   constexpr int64_t kStride = 4 * kGroupElems;
-  for (; n >= 4; n -= 4, g0 += 4, out += kStride, w = w ? w + kStride : w) groups_avx512<4>(key, step, g0, scale, w, out);
+  for (; n >= 4; n -= 4, g0 += 4, out += kStride, w = w ? w + kStride : w) {
+    groups_avx512<4, kFolded>(key, step, g0, scale, w, out);
+  }
   if (n >= 2) {
-    groups_avx512<2>(key, step, g0, scale, w, out);
+    groups_avx512<2, kFolded>(key, step, g0, scale, w, out);
     n -= 2, g0 += 2, out += 2 * kGroupElems, w = w ? w + 2 * kGroupElems : w;
   }
-  if (n) groups_avx512<1>(key, step, g0, scale, w, out);
+  if (n) groups_avx512<1, kFolded>(key, step, g0, scale, w, out);
+}
+
+void uniform_groups_avx512(philox::Key key, uint64_t step, uint64_t g0, int64_t n, float scale, const float* w,
+                           float* out) {
+  if (folds_scale(scale)) return uniform_groups_avx512_as<true>(key, step, g0, n, scale, w, out);
+  uniform_groups_avx512_as<false>(key, step, g0, n, scale, w, out);
 }
 
 // 64-bit unpacks of integer vectors (pairs of words move together).
