@@ -404,15 +404,17 @@ def test_on_the_fly_B_equals_materialised_B_on_one_thread():
 
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
-def test_tile_path_rows_cut_across_generator_groups(dtype, threads):
-    # More than 8 rows and so many out_features that B takes several column tiles; in_features that are not
-    # whole 128-element uniform groups, so a tile edge falls inside a group on most rows: the tile that
-    # continues a row takes that group's values from the row's carry instead of generating them again. B
-    # must still equal the materialised B bit for bit and match the float64 reference.
+def test_tile_path_row_blocks_and_column_tiles(dtype, threads):
+    # More than 8 rows and a B larger than the tile budget (1 MB per thread): blocks of whole rows whose
+    # GEMMs add up (1100 x 1000, 2100 x 328), or, where fewer than 64 whole rows fit (300 x 5000 on one
+    # thread, and in float64 on two), column tiles. in_features are not whole 128-element uniform groups, so
+    # a column tile's edge falls inside a group on most rows: the tile that continues a row takes that
+    # group's values from the row's carry instead of generating them again. Every mode must still equal
+    # "weight" mode on the materialised B bit for bit and match the float64 reference.
     prior = torch.get_num_threads()
     try:
         torch.set_num_threads(threads)
-        for lead, out, inp in [((9,), 1100, 1000), ((12,), 2100, 328)]:
+        for lead, out, inp in [((9,), 1100, 1000), ((12,), 2100, 328), ((9,), 300, 5000)]:
             gy, w = make(lead, out, inp, dtype=dtype, seed=12)
             for spec in map(full_spec, FEEDBACK_SPECS[1:]):
                 got = ops.linear_backward_input(gy, w, **spec)

@@ -6,16 +6,18 @@
 // (fill_feedback) into a kept buffer just before they are used, or (small-batch "sign") form them in
 // registers.
 //
-// Tile path (the general case): grad_x[M, in] = grad_y[M, out] * B[out, in] is split into column tiles
-//   grad_x[:, c0 : c0 + tw] = grad_y * B[:, c0 : c0 + tw]
-// one GEMM per tile (at::mm, torch's BLAS with all its threads), one tile at a time; a spec mode builds the
-// tile (out x tw, within kTileBytes per thread) first, all threads filling rows of it. Each element of
-// grad_x is one dot product inside one GEMM, so the result is bit-identical run to run (for a given thread
-// count, which sets the tile width and the BLAS's split). A small layer is one tile: its whole B in one
-// contiguous run, and one GEMM exactly as backprop's. Where rows are not whole generator groups, a row's
-// run in one tile ends inside the group its next tile's run starts in: the row keeps that group's values
-// (GroupCarry) rather than generate it twice (mnist-lc-fc, 1024 x 3136 in 256-column tiles: 0.25 ms of
-// generation saved per call).
+// Tile path (the general case): grad_x[M, in] = grad_y[M, out] * B[out, in] is split into tiles of B (the
+// whole B, or blocks of whole rows, or column tiles of all rows: tile_shape), one GEMM per tile (at::mm,
+// torch's BLAS with all its threads), one tile at a time; a block of rows adds its share (addmm):
+//   grad_x[:, c0 : c0 + cw] (+)= grad_y[:, r0 : r0 + rh] * B[r0 : r0 + rh, c0 : c0 + cw]
+// A spec mode builds the tile (within kTileBytes per thread) first, all threads filling rows of it. The
+// result is bit-identical run to run (for a given thread count, which sets the tiles and the BLAS's split).
+// A small layer is one tile: its whole B in one contiguous run, and one GEMM exactly as backprop's. A block
+// of whole rows is one contiguous run too: weight is read in order and the generator's groups stay whole
+// (1024 x 3136 at batch 128, one thread: "random_sign" 6.8 -> 6.0 ms against column tiles, whose rows are
+// 1 KB runs 12.5 KB apart). In column tiles whose rows are not whole generator groups, a row's run in one
+// tile ends inside the group its next tile's run starts in: the row keeps that group's values (GroupCarry)
+// rather than generate it twice.
 //
 // Small-batch path (float32, M <= kSmallBatch, AVX-512): with a few rows of grad_y the GEMM streams B
 // (8 FMAs per element of B at M = 8), and the tile path's cost is writing and re-reading its out x tw tile
@@ -34,6 +36,7 @@
 #include <ATen/core/LegacyTypeDispatch.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/from_blob.h>
+#include <ATen/ops/addmm.h>
 #include <ATen/ops/mm.h>
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
@@ -51,6 +54,7 @@ namespace bioplaus {
 namespace {
 
 constexpr int64_t kTileBytes = int64_t{1} << 20;  // B tile bytes per thread: stays in L2 from fill to GEMM
+constexpr int64_t kMinBlockRows = 64;              // rows of a block of whole rows at least (its GEMM's depth)
 constexpr int64_t kFillGrain = int64_t{1} << 15;  // elements: the smallest share of a tile's fill
 // Tile widths are multiples of the uniform generator's group (common/philox.h), so when in % 128 == 0
 // every tile row is whole groups, generated straight into the tile.
@@ -68,11 +72,21 @@ scalar_t* tile_scratch(int64_t elems) {
   return scratch.data();
 }
 
-// Columns per tile: all of them if B fits the threads' budget, else the most that do, in whole kColAlign.
-int64_t tile_width(int64_t out, int64_t in, int64_t elem_size) {
-  const int64_t budget = kTileBytes * at::get_num_threads();
-  const int64_t by_budget = std::max<int64_t>(budget / (elem_size * std::max<int64_t>(out, 1)) / kColAlign, 1);
-  return std::min(by_budget * kColAlign, in);
+// A tile of B: `rows` consecutive rows by `cols` consecutive columns.
+struct TileShape {
+  int64_t rows, cols;
+};
+
+// The tiles: the whole B if it fits the threads' budget; else blocks of whole rows, the most that fit, if
+// that is at least kMinBlockRows (each block one run of B: weight read in order, the generator's groups
+// whole); else column tiles of all rows, the most whole kColAlign columns that fit (the widest layers,
+// where a block of whole rows would be too thin a GEMM).
+TileShape tile_shape(int64_t out, int64_t in, int64_t elem_size) {
+  const int64_t budget = kTileBytes * at::get_num_threads() / elem_size;  // elements
+  if (out * in <= budget) return {out, in};
+  if (budget / in >= kMinBlockRows) return {budget / in, in};
+  const int64_t by_budget = std::max<int64_t>(budget / std::max<int64_t>(out, 1) / kColAlign, 1);
+  return {out, std::min(by_budget * kColAlign, in)};
 }
 
 // A tile row of weight is a short run (a few cache lines) at a large stride, a new page per row: the
@@ -88,46 +102,58 @@ void prefetch_run(const scalar_t* p, int64_t count) {
 
 template <typename scalar_t>
 void backward_input_kernel(const at::Tensor& gy, const at::Tensor& weight, at::Tensor& gx, const LinearDims& d) {
-  const int64_t tw = tile_width(d.out, d.in, sizeof(scalar_t));
-  const int64_t tiles = (d.in + tw - 1) / tw;
+  const TileShape ts = tile_shape(d.out, d.in, sizeof(scalar_t));
   const FeedbackSpec& f = d.feedback;
   // "sign" / "random_sign" read weight row by row (element (o, i) at o * in + i): a contiguous weight.
   const bool transforms_weight = f.reads_weight() && f.mode != FeedbackMode::kWeight;
   const at::Tensor w = transforms_weight ? weight.contiguous() : weight;
   const scalar_t* wp = transforms_weight ? w.const_data_ptr<scalar_t>() : nullptr;
-  scalar_t* tp = f.mode == FeedbackMode::kWeight ? nullptr : tile_scratch<scalar_t>(d.out * tw);
-  // Rows that are not whole uniform groups (in % 128 != 0) cut across groups at tile edges: each row keeps
-  // the group its run ended in for its next tile's run (carries[o]; one thread fills a row at a time).
-  const bool carries_groups = f.generates() && f.distribution == philox::Distribution::kUniform && tiles > 1 &&
-                              d.in % philox::kGroupElems != 0;
+  scalar_t* tp = f.mode == FeedbackMode::kWeight ? nullptr : tile_scratch<scalar_t>(ts.rows * ts.cols);
+  // Column tiles of rows that are not whole uniform groups (in % 128 != 0) cut across groups at tile edges:
+  // each row keeps the group its run ended in for its next tile's run (carries[o]; one thread fills a row
+  // at a time).
+  const bool carries_groups = f.generates() && f.distribution == philox::Distribution::kUniform &&
+                              ts.cols < d.in && d.in % philox::kGroupElems != 0;
   std::vector<GroupCarry> carries(carries_groups ? d.out : 0);
   float* carried = carries_groups ? tile_scratch<float, Scratch::kCarry>(d.out * philox::kGroupElems) : nullptr;
   for (int64_t o = 0; o < static_cast<int64_t>(carries.size()); ++o) {
     carries[o].values = carried + o * philox::kGroupElems;
   }
-  for (int64_t t = 0; t < tiles; ++t) {
-    const int64_t c0 = t * tw, cw = std::min(tw, d.in - c0);
-    at::Tensor gx_t = gx.narrow(1, c0, cw);
-    if (f.mode == FeedbackMode::kWeight) {
-      at::mm_out(gx_t, gy, weight.narrow(1, c0, cw));
-      continue;
+  for (int64_t r0 = 0; r0 < d.out; r0 += ts.rows) {
+    const int64_t rh = std::min(ts.rows, d.out - r0);
+    const at::Tensor gy_r = gy.narrow(1, r0, rh);
+    for (int64_t c0 = 0; c0 < d.in; c0 += ts.cols) {
+      const int64_t cw = std::min(ts.cols, d.in - c0);
+      at::Tensor gx_t = gx.narrow(1, c0, cw);
+      // grad_x[:, c0 : c0 + cw] (+)= grad_y[:, r0 : r0 + rh] * tile: the first row block writes, the others add.
+      const auto gemm = [&](const at::Tensor& tile) {
+        if (r0 == 0) {
+          at::mm_out(gx_t, gy_r, tile);
+        } else {
+          gx_t.addmm_(gy_r, tile);
+        }
+      };
+      if (f.mode == FeedbackMode::kWeight) {
+        gemm(weight.narrow(0, r0, rh).narrow(1, c0, cw));
+        continue;
+      }
+      // tp[k * cw + j] = B[r0 + k, c0 + j]: row k of the tile is the run of elements (r0 + k) * in + c0 .. + cw;
+      // the threads take blocks of rows, and a tile of whole rows (cw == in) gives each one contiguous run.
+      at::parallel_for(0, rh, std::max<int64_t>(1, kFillGrain / cw), [&](int64_t k0, int64_t k1) {
+        if (cw == d.in) {
+          const int64_t e0 = (r0 + k0) * d.in;
+          fill_feedback<scalar_t>(f, wp ? wp + e0 : nullptr, e0, (k1 - k0) * d.in, tp + k0 * d.in);
+          return;
+        }
+        for (int64_t k = k0; k < k1; ++k) {
+          const int64_t o = r0 + k, e0 = o * d.in + c0;
+          if (wp && k + kPrefetchRows < k1) prefetch_run(wp + e0 + kPrefetchRows * d.in, cw);
+          fill_feedback<scalar_t>(f, wp ? wp + e0 : nullptr, e0, cw, tp + k * cw,
+                                  carries_groups ? &carries[o] : nullptr);
+        }
+      });
+      gemm(at::from_blob(tp, {rh, cw}, gy.options()));
     }
-    // tp[o * cw + k] = B[o, c0 + k]: row o of the tile is the run of elements o * in + c0 .. + cw; the
-    // threads take blocks of rows, and a tile of whole rows (cw == in) gives each one contiguous run.
-    at::parallel_for(0, d.out, std::max<int64_t>(1, kFillGrain / cw), [&](int64_t o0, int64_t o1) {
-      if (cw == d.in) {
-        const int64_t e0 = o0 * d.in;
-        fill_feedback<scalar_t>(f, wp ? wp + e0 : nullptr, e0, (o1 - o0) * d.in, tp + e0);
-        return;
-      }
-      for (int64_t o = o0; o < o1; ++o) {
-        const int64_t e0 = o * d.in + c0;
-        if (wp && o + kPrefetchRows < o1) prefetch_run(wp + e0 + kPrefetchRows * d.in, cw);
-        fill_feedback<scalar_t>(f, wp ? wp + e0 : nullptr, e0, cw, tp + o * cw,
-                                carries_groups ? &carries[o] : nullptr);
-      }
-    });
-    at::mm_out(gx_t, gy, at::from_blob(tp, {d.out, cw}, gy.options()));
   }
 }
 
