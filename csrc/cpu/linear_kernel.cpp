@@ -20,7 +20,7 @@
 // rather than generate it twice.
 //
 // Small-batch path (float32, M <= kSmallBatch, AVX-512): with a few rows of grad_y the GEMM streams B
-// (8 FMAs per element of B at M = 8), and the tile path's cost is writing and re-reading its out x tw tile
+// (8 FMAs per element of B at M = 8), and the tile path's cost is writing and re-reading its tile
 // (1 MB, as much time as the GEMM itself on a 1000 x 512 layer). Here no tile exists: "weight" and "sign"
 // read weight in place (sign(w) * scale formed in registers), "random" / "random_sign" build at most
 // kSmallRows rows of B at a time into a 256 KB block, and a register-blocked kernel consumes them at once:
