@@ -277,11 +277,16 @@ for n in (1, 127, 129, 1000, 40_001):
 w = torch.randn(37, 301, generator=torch.Generator().manual_seed(0))
 w.view(-1)[:4] = torch.tensor([0.0, -0.0, float("nan"), 1e-40])
 out["rs"] = ops.feedback_source(w, "random_sign", seed=5, stream=1, step=2)
+for scale in SCALES:  # folded into one FMA or not
+    out[f"rs{scale}"] = ops.feedback_source(w, "random_sign", seed=5, stream=1, step=2, scale=scale)
 out["gx"] = ops.linear_backward_input(torch.randn(4, 37, generator=torch.Generator().manual_seed(1)), w,
                                       feedback="random", seed=5)
 out["noise"] = torch.ops.bioplaus.inverse_loss_noisy_input(torch.zeros(3, 333), 0.1, 9, 2, 4)
 torch.save(out, sys.argv[1])
 """
+
+
+_PATH_SCALES = (0.37, 0.0, -0.5, 1e-38)
 
 
 @pytest.mark.parametrize("capability", ["avx2", "default"])
@@ -292,7 +297,8 @@ def test_every_cpu_path_gives_the_same_samples(capability, tmp_path):
 
     got_file = tmp_path / "got.pt"
     env = {**os.environ, "ATEN_CPU_CAPABILITY": capability}
-    subprocess.run([sys.executable, "-c", _PATHS_SCRIPT, str(got_file)], check=True, env=env,
+    script = _PATHS_SCRIPT.replace("SCALES", repr(_PATH_SCALES))
+    subprocess.run([sys.executable, "-c", script, str(got_file)], check=True, env=env,
                    cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     got = torch.load(got_file)
     for n in (1, 127, 129, 1000, 40_001):
@@ -307,6 +313,9 @@ def test_every_cpu_path_gives_the_same_samples(capability, tmp_path):
     w.view(-1)[:4] = torch.tensor([0.0, -0.0, float("nan"), 1e-40])
     want = ops.feedback_source(w, "random_sign", seed=5, stream=1, step=2)
     assert torch.equal(got["rs"].view(torch.int32), want.view(torch.int32))
+    for scale in _PATH_SCALES:
+        want = reference.feedback_source(w, "random_sign", seed=5, stream=1, step=2, scale=scale)
+        assert torch.equal(got[f"rs{scale}"].view(torch.int32), want.view(torch.int32)), scale
     gy = torch.randn(4, 37, generator=torch.Generator().manual_seed(1))
     torch.testing.assert_close(got["gx"], ops.linear_backward_input(gy, w, feedback="random", seed=5))
     torch.testing.assert_close(got["noise"], torch.ops.bioplaus.inverse_loss_noisy_input(torch.zeros(3, 333), 0.1, 9,

@@ -6,12 +6,13 @@
 // group is one 16-lane vector per Philox word, so the 8 half-word slots of a group are 8 plain 16-float
 // stores: no transpose. Up to four groups run interleaved (their rounds are independent, which keeps both
 // vector ports busy), each lane running exactly the rounds of philox::philox4x32_10. The 32 x 32 -> 64-bit
-// products come from the even/odd-lane multiply (mul_epu32), split back into hi/lo 32-bit lanes by blends.
-// The conversion (mask or shift, subtract, int -> float, multiply by 2^-15) is exact and the final
-// multiply by `scale` rounds the same way in a vector lane, so every value equals the scalar
-// philox::element_sample's bit for bit. "random_sign" combines |R| with sign(W) in the same pass (float).
-// AVX2 runs a group as two 8-lane halves; the scalar path serves other CPUs and the partial groups at the
-// ends of a run. Normal samples: Philox words as above, Box-Muller on Sleef's vector log/sin/cos
+// products come from the even/odd-lane multiply (mul_epu32), split back into hi/lo 32-bit lanes by masked
+// in-lane swaps. The conversion (mask or shift, subtract, int -> float, multiply by 2^-15) is exact and the
+// final multiply by `scale` rounds the same way in a vector lane (or, for a positive scale, one FMA rounds
+// the same exact value once), so every value equals the scalar philox::element_sample's bit for bit.
+// "random_sign" combines |R| with sign(W) in the same pass (float). AVX2 runs a group as two 8-lane halves,
+// interleaved, blends for the swaps; the scalar path serves other CPUs and the partial groups at the ends
+// of a run. Normal samples: Philox words as above, Box-Muller on Sleef's vector log/sin/cos
 // (normal_samples).
 #include "cpu/fill_feedback.h"
 
@@ -255,50 +256,87 @@ __attribute__((target("avx2"))) inline void mulhilo_avx2(__m256i m, __m256i c, _
   lo = _mm256_blend_epi32(even, _mm256_slli_epi64(odd, 32), 0xAA);
 }
 
-// Philox4x32-10 of the blocks first + l, l < 8: c[j] lane l = word j.
-__attribute__((target("avx2"))) inline void philox_avx2(philox::Key key, uint64_t step, uint64_t first,
-                                                        __m256i (&c)[4]) {
-  c[0] = _mm256_add_epi32(_mm256_set1_epi32(static_cast<int>(static_cast<uint32_t>(first))),
-                          _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-  c[1] = _mm256_set1_epi32(static_cast<int>(static_cast<uint32_t>(first >> 32)));
-  c[2] = _mm256_set1_epi32(static_cast<int>(static_cast<uint32_t>(step)));
-  c[3] = _mm256_set1_epi32(static_cast<int>(static_cast<uint32_t>(step >> 32)));
+// Philox4x32-10 of NV vectors at once (independent rounds interleaved, as in philox_avx512): lane l of
+// vector v runs block first[v] + l, l < 8; c[v][j] lane l = word j.
+template <int NV>
+__attribute__((target("avx2"))) inline void philox_avx2(philox::Key key, uint64_t step, const uint64_t* first,
+                                                        __m256i (&c)[NV][4]) {
+  for (int v = 0; v < NV; ++v) {
+    c[v][0] = _mm256_add_epi32(_mm256_set1_epi32(static_cast<int>(static_cast<uint32_t>(first[v]))),
+                               _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    c[v][1] = _mm256_set1_epi32(static_cast<int>(static_cast<uint32_t>(first[v] >> 32)));
+    c[v][2] = _mm256_set1_epi32(static_cast<int>(static_cast<uint32_t>(step)));
+    c[v][3] = _mm256_set1_epi32(static_cast<int>(static_cast<uint32_t>(step >> 32)));
+  }
   const __m256i m0 = _mm256_set1_epi32(static_cast<int>(philox::kMul0));
   const __m256i m1 = _mm256_set1_epi32(static_cast<int>(philox::kMul1));
   uint32_t k0 = key.k0, k1 = key.k1;
   for (int r = 0; r < philox::kRounds; ++r) {
-    __m256i hi0, lo0, hi1, lo1;
-    mulhilo_avx2(m0, c[0], hi0, lo0);
-    mulhilo_avx2(m1, c[2], hi1, lo1);
-    c[0] = _mm256_xor_si256(_mm256_xor_si256(hi1, c[1]), _mm256_set1_epi32(static_cast<int>(k0)));
-    c[2] = _mm256_xor_si256(_mm256_xor_si256(hi0, c[3]), _mm256_set1_epi32(static_cast<int>(k1)));
-    c[1] = lo1;
-    c[3] = lo0;
+    const __m256i kk0 = _mm256_set1_epi32(static_cast<int>(k0)), kk1 = _mm256_set1_epi32(static_cast<int>(k1));
+    for (int v = 0; v < NV; ++v) {
+      __m256i hi0, lo0, hi1, lo1;
+      mulhilo_avx2(m0, c[v][0], hi0, lo0);
+      mulhilo_avx2(m1, c[v][2], hi1, lo1);
+      c[v][0] = _mm256_xor_si256(_mm256_xor_si256(hi1, c[v][1]), kk0);
+      c[v][2] = _mm256_xor_si256(_mm256_xor_si256(hi0, c[v][3]), kk1);
+      c[v][1] = lo1;
+      c[v][3] = lo0;
+    }
     k0 += philox::kWeyl0;
     k1 += philox::kWeyl1;
   }
 }
 
-__attribute__((target("avx2"))) void uniform_groups_avx2(philox::Key key, uint64_t step, uint64_t g0, int64_t n,
-                                                          float scale, const float* w, float* out) {
-  const __m256i offset = _mm256_set1_epi32(1 << 15), low = _mm256_set1_epi32(0xFFFF);
-  const __m256 inv = _mm256_set1_ps(philox::kTwoPow15Inv), s = _mm256_set1_ps(scale);
+// signed_magnitude_avx512's twin: |u| with w's sign bit where w is nonzero and not NaN, else +0.
+__attribute__((target("avx2"))) inline __m256 signed_magnitude_avx2(__m256 u, __m256 w) {
+  const __m256 sign = _mm256_set1_ps(-0.0f);
+  const __m256 nonzero = _mm256_cmp_ps(w, _mm256_setzero_ps(), _CMP_NEQ_OQ);
+  return _mm256_and_ps(nonzero, _mm256_or_ps(_mm256_and_ps(sign, w), _mm256_andnot_ps(sign, u)));
+}
+
+// uniform16_avx512's twin (kFolded needs FMA: folds_scale_avx2).
+template <bool kFolded>
+__attribute__((target("avx2,fma"))) inline __m256 uniform16_avx2(__m256i h, __m256 scale, __m256 a) {
+  if constexpr (kFolded) {
+    return _mm256_fmsub_ps(_mm256_cvtepi32_ps(h), a, scale);
+  } else {
+    const __m256i offset = _mm256_set1_epi32(1 << 15);
+    const __m256 inv = _mm256_set1_ps(philox::kTwoPow15Inv);
+    return _mm256_mul_ps(scale, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(h, offset)), inv));
+  }
+}
+
+// A group's two 8-lane halves run interleaved; "random_sign" takes w's signs in registers.
+template <bool kFolded>
+__attribute__((target("avx2,fma"))) void uniform_groups_avx2_as(philox::Key key, uint64_t step, uint64_t g0,
+                                                                 int64_t n, float scale, const float* w, float* out) {
+  const __m256i low = _mm256_set1_epi32(0xFFFF);
+  const __m256 s = _mm256_set1_ps(scale), a = _mm256_set1_ps(scale * philox::kTwoPow15Inv);
   for (int64_t g = 0; g < n; ++g) {
+    const uint64_t first[2] = {(g0 + g) * kGroupBlocks, (g0 + g) * kGroupBlocks + 8};
+    __m256i c[2][4];
+    philox_avx2<2>(key, step, first, c);
     for (int half = 0; half < 2; ++half) {  // lanes 8 half .. 8 half + 7 of the group
-      __m256i c[4];
-      philox_avx2(key, step, (g0 + g) * kGroupBlocks + 8 * half, c);
       for (int j = 0; j < 4; ++j) {
         for (int h = 0; h < 2; ++h) {  // slot 2j + h
-          const __m256i bits = h ? _mm256_srli_epi32(c[j], 16) : _mm256_and_si256(c[j], low);
-          const __m256 u = _mm256_mul_ps(s, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(bits, offset)), inv));
-          _mm256_storeu_ps(out + kGroupElems * g + 16 * (2 * j + h) + 8 * half, u);
+          const __m256i bits = h ? _mm256_srli_epi32(c[half][j], 16) : _mm256_and_si256(c[half][j], low);
+          const int64_t o = kGroupElems * g + 16 * (2 * j + h) + 8 * half;
+          __m256 u = uniform16_avx2<kFolded>(bits, s, a);
+          if (w) u = signed_magnitude_avx2(u, _mm256_loadu_ps(w + o));
+          _mm256_storeu_ps(out + o, u);
         }
       }
     }
   }
-  if (w) {
-    for (int64_t k = 0; k < n * kGroupElems; ++k) out[k] = signed_magnitude<float>(out[k], w[k]);
-  }
+}
+
+// Whether uniform16_avx2 may fold the scale (folds_scale) and the CPU has FMA (every AVX2 CPU in practice).
+bool folds_scale_avx2(float scale) { return folds_scale(scale) && __builtin_cpu_supports("fma"); }
+
+void uniform_groups_avx2(philox::Key key, uint64_t step, uint64_t g0, int64_t n, float scale, const float* w,
+                         float* out) {
+  if (folds_scale_avx2(scale)) return uniform_groups_avx2_as<true>(key, step, g0, n, scale, w, out);
+  uniform_groups_avx2_as<false>(key, step, g0, n, scale, w, out);
 }
 
 __attribute__((target("avx2"))) void block_words_avx2(philox::Key key, uint64_t step, uint64_t b0, int64_t n,
@@ -308,10 +346,11 @@ __attribute__((target("avx2"))) void block_words_avx2(philox::Key key, uint64_t 
       block_words_scalar(key, step, b0, 8, out);
       continue;
     }
-    __m256i c[4];
-    philox_avx2(key, step, b0, c);
+    const uint64_t first[1] = {b0};
+    __m256i c[1][4];
+    philox_avx2<1>(key, step, first, c);
     alignas(32) uint32_t lanes[4][8];
-    for (int j = 0; j < 4; ++j) _mm256_store_si256(reinterpret_cast<__m256i*>(lanes[j]), c[j]);
+    for (int j = 0; j < 4; ++j) _mm256_store_si256(reinterpret_cast<__m256i*>(lanes[j]), c[0][j]);
     for (int l = 0; l < 8; ++l)
       for (int j = 0; j < 4; ++j) out[4 * l + j] = lanes[j][l];
   }
