@@ -408,9 +408,8 @@ def test_tile_path_row_blocks_and_column_tiles(dtype, threads):
     # More than 8 rows and a B larger than the tile budget (1 MB per thread): blocks of whole rows whose
     # GEMMs add up (1100 x 1000, 2100 x 328), or, where fewer than 64 whole rows fit (300 x 5000 on one
     # thread, and in float64 on two), column tiles. in_features are not whole 128-element uniform groups, so
-    # a column tile's edge falls inside a group on most rows: the tile that continues a row takes that
-    # group's values from the row's carry instead of generating them again. Every mode must still equal
-    # "weight" mode on the materialised B bit for bit and match the float64 reference.
+    # a column tile's edge falls inside a group on most rows. Every mode must still equal "weight" mode on the
+    # materialised B bit for bit and match the float64 reference.
     prior = torch.get_num_threads()
     try:
         torch.set_num_threads(threads)

@@ -294,7 +294,7 @@ __attribute__((target("avx2"))) inline __m256 signed_magnitude_avx2(__m256 u, __
   return _mm256_and_ps(nonzero, _mm256_or_ps(_mm256_and_ps(sign, w), _mm256_andnot_ps(sign, u)));
 }
 
-// uniform16_avx512's twin (kFolded needs FMA: folds_scale_avx2).
+// uniform16_avx512's twin.
 template <bool kFolded>
 __attribute__((target("avx2,fma"))) inline __m256 uniform16_avx2(__m256i h, __m256 scale, __m256 a) {
   if constexpr (kFolded) {
@@ -330,12 +330,9 @@ __attribute__((target("avx2,fma"))) void uniform_groups_avx2_as(philox::Key key,
   }
 }
 
-// Whether uniform16_avx2 may fold the scale (folds_scale) and the CPU has FMA (every AVX2 CPU in practice).
-bool folds_scale_avx2(float scale) { return folds_scale(scale) && __builtin_cpu_supports("fma"); }
-
 void uniform_groups_avx2(philox::Key key, uint64_t step, uint64_t g0, int64_t n, float scale, const float* w,
                          float* out) {
-  if (folds_scale_avx2(scale)) return uniform_groups_avx2_as<true>(key, step, g0, n, scale, w, out);
+  if (folds_scale(scale)) return uniform_groups_avx2_as<true>(key, step, g0, n, scale, w, out);
   uniform_groups_avx2_as<false>(key, step, g0, n, scale, w, out);
 }
 
@@ -372,7 +369,9 @@ enum Isa : int { kAvx2 = 1, kAvx512 = 2 };
 bool cpu_allows(Isa isa) {
 #if defined(BIOPLAUS_X86_SIMD)
   if (capability_cap() < isa) return false;
-  return isa == kAvx512 ? __builtin_cpu_supports("avx512f") : __builtin_cpu_supports("avx2");
+  // The AVX2 level includes FMA, as ATen's AVX2 capability does (the folded uniform conversion uses it).
+  return isa == kAvx512 ? __builtin_cpu_supports("avx512f")
+                        : __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
 #else
   return false;
 #endif
@@ -515,12 +514,9 @@ void generated_run(FeedbackMode mode, const float* __restrict r, const scalar_t*
 
 // Uniform "random"/"random_sign" over a run. Whole groups inside the run are generated straight into dst
 // (float), at most kMaxGroups at a time through a staging buffer (double); the partial groups at the run's
-// ends through the staging buffer, or through `carry` when given (a group the previous run of the row left
-// there is taken, not generated again). So a run wastes fewer than 2 x 128 generated values, and a row cut
-// into runs with a carry fewer than 128.
+// ends through the staging buffer. So a run wastes fewer than 2 x 128 generated values.
 template <typename scalar_t>
-void uniform_run(const FeedbackSpec& f, const scalar_t* w, int64_t e0, int64_t count, scalar_t* dst,
-                 GroupCarry* carry) {
+void uniform_run(const FeedbackSpec& f, const scalar_t* w, int64_t e0, int64_t count, scalar_t* dst) {
   static const UniformGroups groups = pick_uniform_groups();
   constexpr int64_t kMaxGroups = 8;
   alignas(64) float r[kMaxGroups * kGroupElems];
@@ -538,15 +534,8 @@ void uniform_run(const FeedbackSpec& f, const scalar_t* w, int64_t e0, int64_t c
     }
     const int64_t n = std::max<int64_t>(std::min(whole, kMaxGroups), 1);
     const int64_t take = std::min(end - e, n * kGroupElems - lo);
-    const float* values = r;
-    if (carry && n == 1) {
-      if (carry->group != g) groups(f.key, f.step, static_cast<uint64_t>(g), 1, f.scale, nullptr, carry->values);
-      carry->group = g;
-      values = carry->values;
-    } else {
-      groups(f.key, f.step, static_cast<uint64_t>(g), n, f.scale, nullptr, r);
-    }
-    generated_run(f.mode, values + lo, signs ? w + (e - e0) : nullptr, dst + (e - e0), take);
+    groups(f.key, f.step, static_cast<uint64_t>(g), n, f.scale, nullptr, r);
+    generated_run(f.mode, r + lo, signs ? w + (e - e0) : nullptr, dst + (e - e0), take);
     e += take;
   }
 }
@@ -568,20 +557,19 @@ void normal_run(const FeedbackSpec& f, const scalar_t* w, int64_t e0, int64_t co
 
 // float and double are their own accumulation types, so the sign product is formed in scalar_t.
 template <typename scalar_t>
-void fill_feedback(const FeedbackSpec& f, const scalar_t* w, int64_t e0, int64_t count, scalar_t* dst,
-                   GroupCarry* carry) {
+void fill_feedback(const FeedbackSpec& f, const scalar_t* w, int64_t e0, int64_t count, scalar_t* dst) {
   if (count <= 0) return;
   if (f.mode == FeedbackMode::kWeight) {
     std::memcpy(dst, w, sizeof(scalar_t) * count);
     return;
   }
   if (f.mode == FeedbackMode::kSign) return sign_run(f, w, dst, count);
-  if (f.distribution == philox::Distribution::kUniform) return uniform_run(f, w, e0, count, dst, carry);
+  if (f.distribution == philox::Distribution::kUniform) return uniform_run(f, w, e0, count, dst);
   normal_run(f, w, e0, count, dst);
 }
 
-template void fill_feedback<float>(const FeedbackSpec&, const float*, int64_t, int64_t, float*, GroupCarry*);
-template void fill_feedback<double>(const FeedbackSpec&, const double*, int64_t, int64_t, double*, GroupCarry*);
+template void fill_feedback<float>(const FeedbackSpec&, const float*, int64_t, int64_t, float*);
+template void fill_feedback<double>(const FeedbackSpec&, const double*, int64_t, int64_t, double*);
 
 void philox_words(philox::Key key, uint64_t step, uint64_t b0, int64_t n, uint32_t* out) {
   static const BlockWords words = pick_block_words();

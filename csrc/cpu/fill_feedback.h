@@ -8,22 +8,10 @@
 
 namespace bioplaus {
 
-// One uniform group's generated values (R * scale, before any sign), kept for the next run: a run that ends
-// inside a group generates the whole group, and when the next run of the same row starts inside that same
-// group (a column tile of a matrix whose rows are not whole groups), it takes the values from here instead
-// of generating the group again. group < 0: nothing kept.
-struct GroupCarry {
-  int64_t group = -1;
-  float* values = nullptr;  // philox::kGroupElems floats, owned by the caller
-};
-
 // dst[k] = B[e0 + k] for k < count, where w[k] = weight[e0 + k] (w may be null in "random" mode, whose
-// B never reads weight). Deterministic and independent of how a range is split into calls. With a carry
-// (used by uniform "random" / "random_sign" only), the run's partial groups go through it as described
-// above; the values are the same either way.
+// B never reads weight). Deterministic and independent of how a range is split into calls.
 template <typename scalar_t>
-void fill_feedback(const FeedbackSpec& f, const scalar_t* w, int64_t e0, int64_t count, scalar_t* dst,
-                   GroupCarry* carry = nullptr);
+void fill_feedback(const FeedbackSpec& f, const scalar_t* w, int64_t e0, int64_t count, scalar_t* dst);
 
 // The raw Philox words of the n counter blocks b0 .. b0 + n - 1 at `step`: out[4 (b - b0) + j] = word j of
 // philox::block_words(key, b, step) (vectorised; for kernels that convert words themselves).

@@ -15,9 +15,7 @@
 // A small layer is one tile: its whole B in one contiguous run, and one GEMM exactly as backprop's. A block
 // of whole rows is one contiguous run too: weight is read in order and the generator's groups stay whole
 // (1024 x 3136 at batch 128, one thread: "random_sign" 6.8 -> 6.0 ms against column tiles, whose rows are
-// 1 KB runs 12.5 KB apart). In column tiles whose rows are not whole generator groups, a row's run in one
-// tile ends inside the group its next tile's run starts in: the row keeps that group's values (GroupCarry)
-// rather than generate it twice.
+// 1 KB runs 12.5 KB apart, and each run that starts or ends inside a generator group generates all of it).
 //
 // Small-batch path (float32, M <= kSmallBatch, AVX-512): with a few rows of grad_y the GEMM streams B
 // (8 FMAs per element of B at M = 8), and the tile path's cost is writing and re-reading its tile
@@ -60,12 +58,9 @@ constexpr int64_t kFillGrain = int64_t{1} << 15;  // elements: the smallest shar
 // every tile row is whole groups, generated straight into the tile.
 constexpr int64_t kColAlign = philox::kGroupElems;
 
-// The tile buffer and the rows' kept groups (GroupCarry values), kept between calls (per calling thread):
-// a fresh allocation of a tile is an mmap whose page faults and zeroing cost as much as building a small
-// layer's B.
-enum class Scratch { kTile, kCarry };
-
-template <typename scalar_t, Scratch kWhich = Scratch::kTile>
+// The tile buffer, kept between calls (per calling thread): a fresh allocation of a tile is an mmap whose
+// page faults and zeroing cost as much as building a small layer's B.
+template <typename scalar_t>
 scalar_t* tile_scratch(int64_t elems) {
   thread_local std::vector<scalar_t> scratch;
   if (static_cast<int64_t>(scratch.size()) < elems) scratch.resize(static_cast<size_t>(elems));
@@ -109,16 +104,6 @@ void backward_input_kernel(const at::Tensor& gy, const at::Tensor& weight, at::T
   const at::Tensor w = transforms_weight ? weight.contiguous() : weight;
   const scalar_t* wp = transforms_weight ? w.const_data_ptr<scalar_t>() : nullptr;
   scalar_t* tp = f.mode == FeedbackMode::kWeight ? nullptr : tile_scratch<scalar_t>(ts.rows * ts.cols);
-  // Column tiles of rows that are not whole uniform groups (in % 128 != 0) cut across groups at tile edges:
-  // each row keeps the group its run ended in for its next tile's run (carries[o]; one thread fills a row
-  // at a time).
-  const bool carries_groups = f.generates() && f.distribution == philox::Distribution::kUniform &&
-                              ts.cols < d.in && d.in % philox::kGroupElems != 0;
-  std::vector<GroupCarry> carries(carries_groups ? d.out : 0);
-  float* carried = carries_groups ? tile_scratch<float, Scratch::kCarry>(d.out * philox::kGroupElems) : nullptr;
-  for (int64_t o = 0; o < static_cast<int64_t>(carries.size()); ++o) {
-    carries[o].values = carried + o * philox::kGroupElems;
-  }
   for (int64_t r0 = 0; r0 < d.out; r0 += ts.rows) {
     const int64_t rh = std::min(ts.rows, d.out - r0);
     const at::Tensor gy_r = gy.narrow(1, r0, rh);
@@ -146,10 +131,9 @@ void backward_input_kernel(const at::Tensor& gy, const at::Tensor& weight, at::T
           return;
         }
         for (int64_t k = k0; k < k1; ++k) {
-          const int64_t o = r0 + k, e0 = o * d.in + c0;
+          const int64_t e0 = (r0 + k) * d.in + c0;
           if (wp && k + kPrefetchRows < k1) prefetch_run(wp + e0 + kPrefetchRows * d.in, cw);
-          fill_feedback<scalar_t>(f, wp ? wp + e0 : nullptr, e0, cw, tp + k * cw,
-                                  carries_groups ? &carries[o] : nullptr);
+          fill_feedback<scalar_t>(f, wp ? wp + e0 : nullptr, e0, cw, tp + k * cw);
         }
       });
       gemm(at::from_blob(tp, {rh, cw}, gy.options()));
