@@ -35,7 +35,7 @@ Result inverse_loss_autocast(const at::Tensor& y, const at::Tensor& h, const at:
                              bool preserve_noise) {
   c10::impl::ExcludeDispatchKeyGuard guard(c10::DispatchKey::AutocastCUDA);
   static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("bioplaus::inverse_loss", "")
+                       .findSchemaOrThrow(BIOPLAUS_OP("inverse_loss"), "")
                        .typed<Result(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
                                      c10::string_view, double, int64_t, int64_t, int64_t, bool)>();
   return op.call(to_float(y), to_float(h), to_float(weight), to_float(bias), activation, sigma, seed, stream, step,
@@ -48,7 +48,7 @@ Result inverse_loss_lc2d_autocast(const at::Tensor& y, const at::Tensor& h, cons
                                   int64_t stream, int64_t step, bool preserve_noise) {
   c10::impl::ExcludeDispatchKeyGuard guard(c10::DispatchKey::AutocastCUDA);
   static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("bioplaus::inverse_loss_lc2d", "")
+                       .findSchemaOrThrow(BIOPLAUS_OP("inverse_loss_lc2d"), "")
                        .typed<Result(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
                                      c10::IntArrayRef, c10::IntArrayRef, c10::IntArrayRef, c10::string_view, double,
                                      int64_t, int64_t, int64_t, bool)>();

@@ -166,7 +166,7 @@ at::Tensor lc2d_forward_autocast(const at::Tensor& x, const at::Tensor& weight,
                                  c10::IntArrayRef padding, c10::IntArrayRef dilation) {
   c10::impl::ExcludeDispatchKeyGuard guard(kAutocast);
   static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("bioplaus::lc2d_forward", "")
+                       .findSchemaOrThrow(BIOPLAUS_OP("lc2d_forward"), "")
                        .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
                                          c10::IntArrayRef, c10::IntArrayRef, c10::IntArrayRef)>();
   std::optional<at::Tensor> b;
@@ -181,7 +181,7 @@ at::Tensor lc2d_backward_input_autocast(const at::Tensor& grad_y, const at::Tens
                                         c10::string_view distribution, double scale) {
   c10::impl::ExcludeDispatchKeyGuard guard(kAutocast);
   static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("bioplaus::lc2d_backward_input", "")
+                       .findSchemaOrThrow(BIOPLAUS_OP("lc2d_backward_input"), "")
                        .typed<at::Tensor(const at::Tensor&, const at::Tensor&, c10::IntArrayRef,
                                          c10::IntArrayRef, c10::IntArrayRef, c10::IntArrayRef, c10::string_view,
                                          int64_t, int64_t, int64_t, c10::string_view, double)>();
@@ -194,7 +194,7 @@ std::tuple<at::Tensor, at::Tensor> lc2d_backward_weight_autocast(
     c10::IntArrayRef padding, c10::IntArrayRef dilation) {
   c10::impl::ExcludeDispatchKeyGuard guard(kAutocast);
   static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("bioplaus::lc2d_backward_weight", "")
+                       .findSchemaOrThrow(BIOPLAUS_OP("lc2d_backward_weight"), "")
                        .typed<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&,
                                                                  c10::IntArrayRef, c10::IntArrayRef,
                                                                  c10::IntArrayRef, c10::IntArrayRef)>();

@@ -41,7 +41,7 @@ at::Tensor linear_backward_input_autocast(const at::Tensor& grad_y, const at::Te
                                           c10::string_view distribution, double scale) {
   c10::impl::ExcludeDispatchKeyGuard guard(c10::DispatchKey::AutocastCUDA);
   static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("bioplaus::linear_backward_input", "")
+                       .findSchemaOrThrow(BIOPLAUS_OP("linear_backward_input"), "")
                        .typed<at::Tensor(const at::Tensor&, const at::Tensor&, c10::string_view, int64_t, int64_t,
                                          int64_t, c10::string_view, double)>();
   const auto dt = at::autocast::get_autocast_dtype(at::kCUDA);
@@ -56,7 +56,7 @@ at::Tensor linear_autocast(const at::Tensor& x, const at::Tensor& weight, const 
                            c10::string_view distribution, double scale, const std::optional<at::Tensor>& matrix) {
   c10::impl::ExcludeDispatchKeyGuard guard(c10::DispatchKey::AutocastCUDA);
   static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("bioplaus::linear", "")
+                       .findSchemaOrThrow(BIOPLAUS_OP("linear"), "")
                        .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
                                          c10::string_view, int64_t, int64_t, int64_t, c10::string_view, double,
                                          const std::optional<at::Tensor>&)>();

@@ -7,6 +7,8 @@
 // Index map (x [..., in] seen as M rows): grad_x = linear_backward_input(grad_y, weight, spec) or
 // grad_y[..., out] * matrix[out, in] (torch's GEMM, as backprop's with W),
 // grad_weight[out, in] = grad_y[M, out]^T * x[M, in], grad_bias[out] = sum over M of grad_y.
+#include "common/checks.h"
+
 #include <ATen/core/LegacyTypeDispatch.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/core/grad_mode.h>
@@ -29,7 +31,7 @@ at::Tensor call_linear(const at::Tensor& x, const at::Tensor& weight, const std:
                        c10::string_view feedback, int64_t seed, int64_t stream, int64_t step,
                        c10::string_view distribution, double scale, const std::optional<at::Tensor>& matrix) {
   static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("bioplaus::linear", "")
+                       .findSchemaOrThrow(BIOPLAUS_OP("linear"), "")
                        .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
                                          c10::string_view, int64_t, int64_t, int64_t, c10::string_view, double,
                                          const std::optional<at::Tensor>&)>();
@@ -40,7 +42,7 @@ at::Tensor call_backward_input(const at::Tensor& grad_y, const at::Tensor& weigh
                                int64_t seed, int64_t stream, int64_t step, c10::string_view distribution,
                                double scale) {
   static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("bioplaus::linear_backward_input", "")
+                       .findSchemaOrThrow(BIOPLAUS_OP("linear_backward_input"), "")
                        .typed<at::Tensor(const at::Tensor&, const at::Tensor&, c10::string_view, int64_t, int64_t,
                                          int64_t, c10::string_view, double)>();
   return op.call(grad_y, weight, feedback, seed, stream, step, distribution, scale);

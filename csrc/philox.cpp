@@ -31,7 +31,7 @@ philox::Distribution check_philox_fill_inputs(const at::Tensor& like, int64_t se
   const auto dt = like.scalar_type();
   if (d == philox::Distribution::kBits) {
     BIOPLAUS_CHECK(dt == at::kLong, op, ": distribution 'bits' needs an int64 tensor, got ", dt);
-  } else if (like.is_cuda()) {
+  } else if (on_cuda(like)) {
     BIOPLAUS_CHECK(dt == at::kFloat || dt == at::kDouble || dt == at::kHalf || dt == at::kBFloat16, op,
                    ": like must be float32, float64, float16 or bfloat16 on CUDA, got ", dt);
   } else {

@@ -1,9 +1,13 @@
 """Shared test setup: CUDA cases carry the `cuda` mark and are skipped (shown, never silently missing)
-where no CUDA device or no CUDA build of the kernels is present."""
+where no CUDA device or no CUDA build of the kernels is present. The CUDA kernels' own cases run twice:
+marked `emulation`, in the CPU execution layer on every run (docs/emulation.md), and marked `cuda` on a GPU."""
+import contextlib
+
 import pytest
 import torch
 
 import bioplaus_kernels
+import emulated_cuda
 
 HAS_CUDA = torch.cuda.is_available() and bioplaus_kernels.with_cuda
 CUDA_SKIP_REASON = ("no CUDA device visible" if not torch.cuda.is_available()
@@ -11,6 +15,32 @@ CUDA_SKIP_REASON = ("no CUDA device visible" if not torch.cuda.is_available()
 
 #: parametrize over this to run a test on the CPU and, marked `cuda`, on the GPU.
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)]
+
+#: parametrize over this to run a CUDA kernel's case in the CPU execution layer ("emu") and on the GPU.
+KERNEL_DEVICES = [pytest.param("emu", marks=pytest.mark.emulation), pytest.param("cuda", marks=pytest.mark.cuda)]
+KERNEL_DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
+
+
+def kernel_ops(device):
+    """(operator namespace, tensor device) that runs the CUDA kernels on `device` ("emu" or "cuda")."""
+    if device == "emu":
+        return emulated_cuda.load(), "cpu"
+    return torch.ops.bioplaus, "cuda"
+
+
+@contextlib.contextmanager
+def multiprocessors(device, count):
+    """The emulated device has `count` SMs inside the block (grid sizing, split-K); a no-op on a real GPU, whose
+    SM count the case then reads from torch to know which path it reaches."""
+    if device != "emu":
+        yield torch.cuda.get_device_properties(0).multi_processor_count
+        return
+    ops = emulated_cuda.load()
+    previous = ops.emulated_device(count)
+    try:
+        yield count
+    finally:
+        ops.emulated_device(previous)
 
 
 def pytest_collection_modifyitems(config, items):
@@ -20,3 +50,17 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "cuda" in item.keywords:
             item.add_marker(skip)
+
+
+_emulated = {"passed": 0, "failed": 0, "skipped": 0}
+
+
+def pytest_runtest_logreport(report):
+    if "emulation" in report.keywords and (report.when == "call" or report.outcome != "passed"):
+        _emulated[report.outcome] += 1
+
+
+def pytest_terminal_summary(terminalreporter):
+    terminalreporter.write_line(
+        f"CUDA kernels in the CPU execution layer: {_emulated['passed']} cases passed, {_emulated['failed']} failed, "
+        f"{_emulated['skipped']} skipped")

@@ -8,7 +8,8 @@ from bioplaus_kernels import ops
 from bioplaus_kernels._geometry import output_size, resolve_padding
 from bioplaus_kernels.reference import difference_target as ref
 
-from conftest import DEVICES
+from conftest import DEVICES, KERNEL_DEVICES, KERNEL_DTYPES, kernel_ops, multiprocessors
+from tolerance import assert_elementwise_close, stable_seed, ulp
 
 ACTS = ["tanh", "sigmoid", "relu", "identity"]
 LC_CASES = [  # (N, C_in, C_out, hw, k, stride, padding, dilation)
@@ -195,3 +196,64 @@ def test_bad_lc2d_inputs(fake):
         else:
             with pytest.raises(RuntimeError, match=msg):
                 torch.ops.bioplaus.difference_target_lc2d(**args)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The CUDA kernels, in the CPU execution layer ("emu", every run) and on a GPU ("cuda"). Linear: the tiled GEMM
+# of csrc/cuda/tp_gemm.cuh (64 x 64 tiles, 16-step chunks) with its fused epilogue; LC: the transposed LC (the
+# lc2d input-gradient kernel) and the grid-stride epilogue (on 1 emulated SM, 2048 threads are resident, so
+# the 2340-element case loops). Padding is explicit (top, bottom, left, right).
+KERNEL_LINEAR_SHAPES = [(70, 67, 37), (5, 7, 3), (130, 1, 20), (0, 4, 3)]  # (N, D_in, D_out)
+KERNEL_LC_CASES = [  # (N, C_in, C_out, hw, k, stride, padding, dilation, SMs)
+    (3, 5, 4, (13, 12), (3, 3), (2, 2), (1, 1, 1, 1), (1, 1), 1),
+    (2, 3, 2, (7, 7), (5, 3), (1, 2), (0, 0, 0, 0), (1, 1), 132),
+    (1, 1, 3, (10, 6), (3, 2), (3, 1), (1, 0, 2, 1), (2, 1), 132),
+    (0, 2, 2, (5, 5), (2, 2), (2, 2), (0, 0, 0, 0), (1, 1), 132),
+]
+
+
+def _activation_magnitude(pre_t, pre_h, act):
+    a = {"tanh": torch.tanh, "sigmoid": torch.sigmoid, "relu": torch.relu, "identity": lambda v: v}[act]
+    return a(pre_t).abs() + a(pre_h).abs()
+
+
+@pytest.mark.parametrize("device", KERNEL_DEVICES)
+@pytest.mark.parametrize("act", ACTS)
+@pytest.mark.parametrize("dtype", KERNEL_DTYPES, ids=str)
+@pytest.mark.parametrize("shape", KERNEL_LINEAR_SHAPES, ids=str)
+def test_kernel_linear(shape, dtype, act, device):
+    ops_, on = kernel_ops(device)
+    t = linear_tensors(*shape, dtype=dtype, device=on, seed=stable_seed("dt", shape, str(dtype)))
+    got = ops_.difference_target(*t, activation=act)
+    hb, ta, ha, V, c = (v.double().cpu() for v in t)
+    want = ref.difference_target(hb, ta, ha, V, c, activation=act)
+    # the two GEMMs' accumulation (through an activation of slope <= 1), the activations' own rounding, the sum
+    pre_t, pre_h = ta @ V.t() + c, ha @ V.t() + c
+    magnitude = (ta.abs() @ V.abs().t() + ha.abs() @ V.abs().t() + 2 * c.abs() + hb.abs()
+                 + _activation_magnitude(pre_t, pre_h, act))
+    assert_elementwise_close(got, want, dtype, magnitude=magnitude, terms=shape[2] + 8)
+
+
+@pytest.mark.parametrize("device", KERNEL_DEVICES)
+@pytest.mark.parametrize("act", ACTS)
+@pytest.mark.parametrize("dtype", KERNEL_DTYPES, ids=str)
+@pytest.mark.parametrize("case", KERNEL_LC_CASES, ids=str)
+def test_kernel_lc2d(case, dtype, act, device):
+    ops_, on = kernel_ops(device)
+    *geometry, sms = case
+    t, hp = lc_tensors(tuple(geometry), dtype=dtype, device=on, seed=stable_seed("dt-lc", case, str(dtype)))
+    with multiprocessors(device, sms):
+        got = ops_.difference_target_lc2d(*t, list(hp["stride"]), list(hp["padding"]), list(hp["dilation"]),
+                                          activation=act)
+    assert got.shape == t[0].shape and got.dtype == dtype
+    if got.numel() == 0:
+        return  # the reference's reshape cannot take an empty batch
+    hb, ta, ha, V, c = (v.double().cpu() for v in t)
+    want = ref.difference_target_lc2d(hb, ta, ha, V, c, **hp, activation=act)
+    g = lambda y, w: ref.lc2d_transposed(y, w, hb.shape[-2:], **hp)  # noqa: E731
+    magnitude = (g(ta.abs(), V.abs()) + g(ha.abs(), V.abs()) + 2 * c.abs() + hb.abs()
+                 + _activation_magnitude(g(ta, V) + c, g(ha, V) + c, act))
+    terms = case[2] * case[4][0] * case[4][1] + 8
+    # the transposed LC's result is a tensor in dtype (rounded once) before the epilogue adds c
+    rounding = ulp(g(ta, V), dtype) + ulp(g(ha, V), dtype)
+    assert_elementwise_close(got, want, dtype, magnitude=magnitude, terms=terms, extra=rounding)

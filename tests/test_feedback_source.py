@@ -6,7 +6,7 @@ from torch.testing._internal.optests import opcheck
 
 from bioplaus_kernels import ops, reference
 
-from conftest import DEVICES
+from conftest import DEVICES, KERNEL_DEVICES, KERNEL_DTYPES, kernel_ops, multiprocessors
 from feedback_cases import FEEDBACK_SPECS, assert_rejected, assert_same_feedback, spec_id
 
 SPEC = dict(seed=5, stream=2, step=3, scale=0.6)
@@ -73,3 +73,24 @@ def test_cuda_matches_cpu(spec, dtype):
     w = weights((129, 301), dtype)
     s = {**SPEC, **spec}
     assert_same_feedback(ops.feedback_source(w.cuda(), **s).cpu(), ops.feedback_source(w, **s), spec)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The CUDA kernel, in the CPU execution layer ("emu", every run) and on a GPU ("cuda"): one thread per element
+# in a grid-stride loop; on 1 emulated SM 2048 threads are resident, so the 45 x 50 weight loops.
+KERNEL_SHAPES = [((3,), 132), ((7, 45), 132), ((45, 50), 1), ((0, 4), 132)]
+
+
+@pytest.mark.parametrize("device", KERNEL_DEVICES)
+@pytest.mark.parametrize("spec", FEEDBACK_SPECS, ids=spec_id)
+@pytest.mark.parametrize("dtype", KERNEL_DTYPES, ids=str)
+@pytest.mark.parametrize("shape", KERNEL_SHAPES, ids=str)
+def test_kernel_feedback_source(shape, dtype, spec, device):
+    size, sms = shape
+    ops_, on = kernel_ops(device)
+    w = weights(size, dtype)
+    s = {**SPEC, **spec}
+    with multiprocessors(device, sms):
+        got = ops_.feedback_source(w.to(on), **s).cpu()
+    assert got.shape == w.shape and got.dtype == dtype
+    assert_same_feedback(got, reference.feedback_source(w, **s), s)

@@ -10,7 +10,10 @@ from bioplaus_kernels._geometry import resolve_padding
 from bioplaus_kernels.ops.inverse_loss import parameter_grads
 from bioplaus_kernels.reference import inverse_loss as ref
 
-from conftest import DEVICES
+from bioplaus_kernels.reference import difference_target as dt_ref
+
+from conftest import DEVICES, KERNEL_DEVICES, KERNEL_DTYPES, kernel_ops, multiprocessors
+from tolerance import assert_elementwise_close, stable_seed, ulp
 from test_difference_target import LC_CASES, lc_tensors
 
 NOISE = dict(sigma=0.3, seed=7, stream=3, step=11)
@@ -237,3 +240,94 @@ def test_bad_lc2d_input():
     t, hp = lc_inputs(LC_CASES[0], dtype=torch.float32)
     with pytest.raises(RuntimeError, match=r"inverse_loss_lc2d: y must have shape \[N, C_out, H_out, W_out\]"):
         ops.inverse_loss_lc2d(t[0][:, :2], t[1], t[2], t[3], **hp, preserve_noise=False, **NOISE)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The CUDA kernels, in the CPU execution layer ("emu", every run) and on a GPU ("cuda"). Linear: the tiled GEMM
+# (csrc/cuda/tp_gemm.cuh) with the residual epilogue; LC: the transposed LC and the grid-stride epilogue; both
+# then the fixed-order loss reduction (a block per row: on 1 emulated SM 8 blocks are resident, so 70 rows loop,
+# and 300 elements per row loop over the 256 threads). Padding is explicit (top, bottom, left, right).
+KERNEL_LINEAR_SHAPES = [(70, 300, 37, 1), (70, 67, 20, 132), (5, 7, 3, 132), (0, 4, 3, 132)]  # N, D_in, D_out, SMs
+KERNEL_LC_CASES = [  # (N, C_in, C_out, hw, k, stride, padding, dilation, SMs)
+    (3, 5, 4, (13, 12), (3, 3), (2, 2), (1, 1, 1, 1), (1, 1), 1),
+    (1, 1, 3, (10, 6), (3, 2), (3, 1), (1, 0, 2, 1), (2, 1), 132),
+]
+_ACT = {"tanh": torch.tanh, "relu": torch.relu}
+
+
+def _check_kernel_outputs(got, y, h, pre, pre_magnitude, act, preserve, dtype, terms):
+    """(loss, x_hat, residual) of a kernel against the float64 reference built from pre = the inverse layer's
+    pre-activation (float64) and pre_magnitude (the same on absolute values)."""
+    loss, x_hat, residual = got
+    h64 = h.double().cpu()
+    want_x = _ACT[act](pre)
+    # the GEMM's accumulation error passes through the activation (slope <= 1), which adds its own rounding
+    magnitude = pre_magnitude + want_x.abs()
+    assert_elementwise_close(x_hat, want_x, dtype, magnitude=magnitude, terms=terms, what="x_hat")
+    noise = ref._noise(h.cpu(), NOISE["sigma"], NOISE["seed"], NOISE["stream"], NOISE["step"]) if preserve else None
+    # the target is h + eps formed in dtype, as h + philox_fill(...) is; the residual is x_hat (rounded to dtype)
+    # minus it, rounded once
+    target = (h.cpu() + noise).double() if preserve else h64
+    extra = ulp(want_x, dtype) + (4 * ulp(noise.double(), torch.float32) + ulp(target, dtype) if preserve else 0)
+    assert_elementwise_close(residual, want_x - target, dtype, magnitude=magnitude, terms=terms, extra=extra,
+                             what="residual")
+    # the loss: the kernel's own residuals, squared and summed in the accumulation type, over N
+    r = residual.double().cpu()
+    want_loss = r.pow(2).sum() / max(h.shape[0], 1)
+    assert_elementwise_close(loss, want_loss, dtype, magnitude=want_loss, terms=r.numel() + 1, what="loss")
+
+
+@pytest.mark.parametrize("device", KERNEL_DEVICES)
+@pytest.mark.parametrize("preserve", [True, False], ids=["dtp", "sdtp"])
+@pytest.mark.parametrize("act", ["tanh", "relu"])
+@pytest.mark.parametrize("dtype", KERNEL_DTYPES, ids=str)
+@pytest.mark.parametrize("shape", KERNEL_LINEAR_SHAPES, ids=str)
+def test_kernel_linear(shape, dtype, act, preserve, device):
+    *dims, sms = shape
+    ops_, on = kernel_ops(device)
+    y, h, V, c = linear_tensors(*dims, dtype=dtype, device=on, seed=stable_seed("il", shape, str(dtype)))
+    with multiprocessors(device, sms):
+        got = ops_.inverse_loss(y, h, V, c, act, NOISE["sigma"], NOISE["seed"], NOISE["stream"], NOISE["step"],
+                                preserve)
+    y64, V64, c64 = (v.double().cpu() for v in (y, V, c))
+    pre = y64 @ V64.t() + c64
+    _check_kernel_outputs(got, y, h, pre, y64.abs() @ V64.abs().t() + c64.abs(), act, preserve, dtype,
+                          terms=dims[2] + 8)
+
+
+@pytest.mark.parametrize("device", KERNEL_DEVICES)
+@pytest.mark.parametrize("preserve", [True, False], ids=["dtp", "sdtp"])
+@pytest.mark.parametrize("act", ["tanh", "relu"])
+@pytest.mark.parametrize("dtype", KERNEL_DTYPES, ids=str)
+@pytest.mark.parametrize("case", KERNEL_LC_CASES, ids=str)
+def test_kernel_lc2d(case, dtype, act, preserve, device):
+    *geometry, sms = case
+    ops_, on = kernel_ops(device)
+    (y, h, V, c), hp = lc_inputs(tuple(geometry), dtype=dtype, device=on)
+    with multiprocessors(device, sms):
+        got = ops_.inverse_loss_lc2d(y, h, V, c, list(hp["stride"]), list(hp["padding"]), list(hp["dilation"]),
+                                     act, NOISE["sigma"], NOISE["seed"], NOISE["stream"], NOISE["step"], preserve)
+    y64, V64, c64 = (v.double().cpu() for v in (y, V, c))
+    g = lambda a, w: dt_ref.lc2d_transposed(a, w, h.shape[-2:], **hp)  # noqa: E731
+    pre_lc = g(y64, V64)
+    # the transposed LC's result is a tensor in dtype (rounded once) before the epilogue adds c
+    pre_magnitude = g(y64.abs(), V64.abs()) + c64.abs() + ulp(pre_lc, dtype) / torch.finfo(torch.float32).eps
+    _check_kernel_outputs(got, y, h, pre_lc + c64, pre_magnitude, act, preserve, dtype,
+                          terms=case[2] * case[4][0] * case[4][1] + 8)
+
+
+@pytest.mark.parametrize("device", KERNEL_DEVICES)
+@pytest.mark.parametrize("dtype", KERNEL_DTYPES, ids=str)
+@pytest.mark.parametrize("shape", [((3, 5), 132), ((3, 2755), 1), ((0, 4), 132)], ids=str)
+def test_kernel_noisy_input(shape, dtype, device):
+    # one thread per Philox block of 4 elements (8265 elements: a partial last block; on 1 emulated SM, 2048
+    # threads are resident, so the 2067 blocks loop)
+    size, sms = shape
+    ops_, on = kernel_ops(device)
+    h = torch.randn(size, generator=torch.Generator().manual_seed(3), dtype=torch.float64).to(dtype)
+    with multiprocessors(device, sms):
+        got = ops_.inverse_loss_noisy_input(h.to(on), NOISE["sigma"], NOISE["seed"], NOISE["stream"], NOISE["step"])
+    noise = ref._noise(h, NOISE["sigma"], NOISE["seed"], NOISE["stream"], NOISE["step"])
+    want = (h + noise).double()  # formed in dtype
+    assert_elementwise_close(got, want, dtype, magnitude=torch.zeros_like(want),
+                             extra=4 * ulp(noise.double(), torch.float32))

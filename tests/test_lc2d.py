@@ -9,8 +9,9 @@ from bioplaus_kernels import ops, reference
 from bioplaus_kernels._geometry import output_size, pair, resolve_padding
 from bioplaus_kernels.reference import lc2d as ref
 
-from conftest import DEVICES
+from conftest import DEVICES, KERNEL_DEVICES, KERNEL_DTYPES, kernel_ops
 from feedback_cases import FEEDBACK_SPECS, assert_rejected, spec_id
+from tolerance import assert_elementwise_close, stable_seed, ulp
 
 LOW_PRECISION_TOL = {torch.float16: 1e-2, torch.bfloat16: 4e-2}
 
@@ -443,3 +444,110 @@ def test_feedback_torch_compile_fullgraph():
     want = torch.autograd.grad(step(x, w, b), (x, w, b))
     for g, e in zip(got, want):
         torch.testing.assert_close(g, e)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The CUDA kernels, in the CPU execution layer ("emu", every run) and on a GPU ("cuda"), at shapes that reach
+# every tile path of csrc/cuda/lc2d_kernel.cu (64-row batch tiles, 64-wide channel and patch tiles, 16-step
+# reduction chunks; docs/emulation.md has the table). Padding is given explicitly (top, bottom, left, right).
+KERNEL_CASES = [
+    # forward: 2 batch tiles (70 = 64 + 6), 2 C_out tiles (67), K = 27 = 16 + 11; weight grad: 5 batch chunks
+    dict(N=70, C_in=3, C_out=67, hw=(9, 11), k=(3, 3), stride=(1, 1), padding=(1, 1, 1, 1), dilation=(1, 1)),
+    # input grad: 2 C_in tiles (67), 2 batch tiles (67), C_out = 16 + 4; weight grad: K = 402, 7 patch tiles
+    dict(N=67, C_in=67, C_out=20, hw=(7, 6), k=(2, 3), stride=(2, 1), padding=(1, 0, 2, 1), dilation=(2, 1)),
+    # stride larger than the dilated kernel: input pixels no window covers; stride 3 and 4, dilation 2
+    dict(N=5, C_in=4, C_out=5, hw=(13, 12), k=(2, 2), stride=(3, 4), padding=(0, 0, 0, 0), dilation=(1, 2)),
+    # ImageNet L1's k9 s4: K = 81 (2 patch tiles), up to 9 covering windows per axis... 3 with stride 4
+    dict(N=3, C_in=1, C_out=6, hw=(21, 21), k=(9, 9), stride=(4, 4), padding=(0, 0, 0, 0), dilation=(1, 1)),
+    # TensorFlow SAME for 7x9, k4x3, s1x2: out 7x5, padding (1, 2, 1, 1) (the bottom row takes the odd one)
+    dict(N=2, C_in=2, C_out=3, hw=(7, 9), k=(4, 3), stride=(1, 2), padding=(1, 2, 1, 1), dilation=(1, 1)),
+    # an empty batch
+    dict(N=0, C_in=3, C_out=4, hw=(5, 5), k=(3, 3), stride=(1, 1), padding=(0, 0, 0, 0), dilation=(1, 1)),
+]
+
+
+def kernel_case_id(c):
+    return case_id(c).replace("_p(", "_p").replace(", ", "-").replace(")", "")
+
+
+def kernel_tensors(c, dtype, device, what):
+    """x, weight, bias and grad_y of case c in dtype on device, drawn from a seed stable across processes, and
+    the geometry lists the kernels take."""
+    gen = torch.Generator().manual_seed(stable_seed("lc2d", what, kernel_case_id(c), str(dtype)))
+    out = output_size(c["hw"], c["k"], c["stride"], c["padding"], c["dilation"])
+    to = dict(dtype=dtype, device=device)
+    x = torch.randn(c["N"], c["C_in"], *c["hw"], generator=gen, dtype=torch.float64).to(**to)
+    w = torch.randn(*out, c["C_out"], c["C_in"], *c["k"], generator=gen, dtype=torch.float64).to(**to)
+    b = torch.randn(c["C_out"], *out, generator=gen, dtype=torch.float64).to(**to)
+    gy = torch.randn(c["N"], c["C_out"], *out, generator=gen, dtype=torch.float64).to(**to)
+    geometry = (list(c["stride"]), list(c["padding"]), list(c["dilation"]))
+    return x, w, b, gy, geometry
+
+
+def f64(*ts):
+    return [t.detach().cpu().double() for t in ts]
+
+
+def ref_grads(x, w, b, gy, c):
+    """grad_x, grad_weight, grad_bias of the float64 reference layer (inputs already float64)."""
+    x, w, b = (t.clone().requires_grad_() for t in (x, w, b))
+    y = ref.lc2d(x, w, b, c["stride"], c["padding"], c["dilation"])
+    return torch.autograd.grad(y, (x, w, b), gy)
+
+
+@pytest.mark.parametrize("device", KERNEL_DEVICES)
+@pytest.mark.parametrize("dtype", KERNEL_DTYPES, ids=str)
+@pytest.mark.parametrize("c", KERNEL_CASES, ids=kernel_case_id)
+def test_kernel_forward(c, dtype, device):
+    ops_, on = kernel_ops(device)
+    x, w, b, _, geometry = kernel_tensors(c, dtype, on, "forward")
+    y = ops_.lc2d_forward(x, w, b, *geometry)
+    x64, w64, b64 = f64(x, w, b)
+    want = ref.lc2d(x64, w64, b64, c["stride"], c["padding"], c["dilation"])
+    magnitude = ref.lc2d(x64.abs(), w64.abs(), b64.abs(), c["stride"], c["padding"], c["dilation"])
+    assert y.dtype == dtype and y.is_contiguous()
+    assert_elementwise_close(y, want, dtype, magnitude=magnitude, terms=c["C_in"] * c["k"][0] * c["k"][1] + 1)
+    y_no_bias = ops_.lc2d_forward(x, w, None, *geometry)
+    assert_elementwise_close(y_no_bias, want - b64, dtype, magnitude=magnitude,
+                             terms=c["C_in"] * c["k"][0] * c["k"][1], what="no bias")
+
+
+@pytest.mark.parametrize("device", KERNEL_DEVICES)
+@pytest.mark.parametrize("dtype", KERNEL_DTYPES, ids=str)
+@pytest.mark.parametrize("c", KERNEL_CASES, ids=kernel_case_id)
+def test_kernel_backward_weight(c, dtype, device):
+    ops_, on = kernel_ops(device)
+    x, w, b, gy, geometry = kernel_tensors(c, dtype, on, "weight")
+    gw, gb = ops_.lc2d_backward_weight(gy, x, list(c["k"]), *geometry)
+    x64, w64, b64, gy64 = f64(x, w, b, gy)
+    _, want_w, want_b = ref_grads(x64, w64, b64, gy64, c)
+    _, mag_w, mag_b = ref_grads(x64.abs(), w64.abs(), b64.abs(), gy64.abs(), c)
+    terms = max(c["N"], 1)
+    assert_elementwise_close(gw, want_w, dtype, magnitude=mag_w, terms=terms, what="grad_weight")
+    assert_elementwise_close(gb, want_b, dtype, magnitude=mag_b, terms=terms, what="grad_bias")
+
+
+@pytest.mark.parametrize("device", KERNEL_DEVICES)
+@pytest.mark.parametrize("spec", FEEDBACK_SPECS, ids=spec_id)
+@pytest.mark.parametrize("dtype", KERNEL_DTYPES, ids=str)
+@pytest.mark.parametrize("c", KERNEL_CASES, ids=kernel_case_id)
+def test_kernel_backward_input(c, dtype, spec, device):
+    ops_, on = kernel_ops(device)
+    x, w, b, gy, geometry = kernel_tensors(c, dtype, on, "input")
+    spec = {**FEEDBACK_SEEDS, **spec}
+    gx = ops_.lc2d_backward_input(gy, w, list(c["hw"]), *geometry, **spec)
+    B = reference.feedback_source(w.cpu(), **spec)  # in dtype, as the kernel rounds it
+    x64, B64, b64, gy64 = f64(x, B, b, gy)
+    want, _, _ = ref_grads(x64, B64, b64, gy64, c)
+    magnitude, _, _ = ref_grads(x64, B64.abs(), b64, gy64.abs(), c)
+    extra = None
+    if spec.get("distribution") == "normal":
+        # libm's and the reference's float32 log/cos/sin may differ in the last ulps (a few float32 ulp of the
+        # sample), and that can move B's rounding to dtype by one ulp of dtype: allow that much of every term.
+        ulp_b, _, _ = ref_grads(x64, ulp(B64, dtype) + 4 * ulp(B64, torch.float32), b64, gy64.abs(), c)
+        extra = ulp_b
+    terms = c["C_out"] * c["k"][0] * c["k"][1]
+    assert_elementwise_close(gx, want, dtype, magnitude=magnitude, terms=terms, extra=extra, what="grad_x")
+    # the feedback matrix made on the fly equals "weight" mode on the materialised B, bit for bit
+    materialised = ops_.feedback_source(w, **spec)
+    assert torch.equal(gx, ops_.lc2d_backward_input(gy, materialised, list(c["hw"]), *geometry))

@@ -9,11 +9,11 @@ from bioplaus_kernels import ops
 from bioplaus_kernels import reference
 from bioplaus_kernels.reference import linear as ref
 
-from conftest import DEVICES
+from conftest import DEVICES, KERNEL_DEVICES, KERNEL_DTYPES, kernel_ops, multiprocessors
 from feedback_cases import FEEDBACK_SPECS, assert_rejected, assert_same_feedback, spec_id
+from tolerance import assert_elementwise_close, stable_seed, ulp
 
 SEEDS = dict(seed=11, stream=3, step=7, scale=0.37)
-LOW_PRECISION_TOL = {torch.float16: 1e-2, torch.bfloat16: 4e-2}
 # (leading dims of grad_y, out_features, in_features): odd sizes, several column tiles, > 1 tile rows; the
 # last two have so few tiles that the CUDA kernel splits the reduction over out_features (2 and 8 splits on
 # a 132-SM GPU, the last split shorter than the others).
@@ -36,11 +36,13 @@ def make(lead, out, inp, dtype=torch.float64, device="cpu", seed=0):
     return gy.to(dtype=dtype, device=device), w.to(dtype=dtype, device=device)
 
 
-def assert_close_to_ref(got, want, dtype, spec=None):
+def assert_close_to_ref(got, want, dtype, spec=None, magnitude=None, terms=1):
+    """float16/bfloat16 element by element (tolerance.py: `magnitude` is the reference on absolute values,
+    `terms` the accumulation length); float32/float64 within a relative tolerance."""
     got, want = got.to(device="cpu", dtype=torch.float64), want.to(device="cpu", dtype=torch.float64)
-    if dtype in LOW_PRECISION_TOL:
-        err = (got - want).norm() / want.norm().clamp_min(1e-12)
-        assert err < LOW_PRECISION_TOL[dtype], f"relative error {err:.3g}"
+    if dtype in (torch.float16, torch.bfloat16):
+        assert magnitude is not None, "a low-precision comparison needs the reference's magnitude"
+        assert_elementwise_close(got, want, dtype, magnitude=magnitude, terms=terms)
     else:
         tol = 1e-12 if dtype == torch.float64 else 2e-5
         if spec is not None and spec.get("distribution") == "normal":
@@ -58,7 +60,8 @@ def test_backward_input_matches_reference(shape, spec, device):
         assert got.shape == (*shape[0], shape[2]) and got.dtype == dtype and got.is_contiguous()
         # B in weight's dtype (as the kernels define it), the product in float64 on the CPU.
         B = reference.feedback_source(w.cpu(), **full_spec(spec)).double()
-        assert_close_to_ref(got, gy.cpu().double() @ B, dtype, spec)
+        gy64 = gy.cpu().double()
+        assert_close_to_ref(got, gy64 @ B, dtype, spec, magnitude=gy64.abs() @ B.abs(), terms=shape[1])
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -136,12 +139,14 @@ def test_linear_forward_and_gradients(spec, device):
         gy = torch.randn(y.shape, generator=gen, dtype=torch.float64).to(dtype=dtype, device=device)
         gx, gw, gb = torch.autograd.grad(y, (x, w, b), gy)
         B = reference.feedback_source(w.detach().cpu(), **full_spec(spec)).double()
-        assert_close_to_ref(gx, gy.cpu().double() @ B, dtype, spec)
+        gy64 = gy.cpu().double()
+        assert_close_to_ref(gx, gy64 @ B, dtype, spec, magnitude=gy64.abs() @ B.abs(), terms=17)
         # weight and bias: the true local gradients
         x64, w64, b64 = (t.detach().cpu().double().requires_grad_() for t in (x, w, b))
-        gw_ref, gb_ref = torch.autograd.grad(F.linear(x64, w64, b64), (w64, b64), gy.cpu().double())
-        assert_close_to_ref(gw, gw_ref, dtype)
-        assert_close_to_ref(gb, gb_ref, dtype)
+        gw_ref, gb_ref = torch.autograd.grad(F.linear(x64, w64, b64), (w64, b64), gy64)
+        gw_mag, gb_mag = torch.autograd.grad(F.linear(x64.abs(), w64, b64), (w64, b64), gy64.abs())
+        assert_close_to_ref(gw, gw_ref, dtype, magnitude=gw_mag, terms=12)
+        assert_close_to_ref(gb, gb_ref, dtype, magnitude=gb_mag, terms=12)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -159,11 +164,13 @@ def test_linear_with_a_stored_matrix(device):
         gy = make_t(*y.shape)
         gx, gw, gb, gB = torch.autograd.grad(y, (x, w, b, B), gy, allow_unused=True)
         assert gB is None
-        assert_close_to_ref(gx, gy.cpu().double() @ B.detach().cpu().double(), dtype)
+        gy64, B64 = gy.cpu().double(), B.detach().cpu().double()
+        assert_close_to_ref(gx, gy64 @ B64, dtype, magnitude=gy64.abs() @ B64.abs(), terms=11)
         x64, w64, b64 = (t.detach().cpu().double().requires_grad_() for t in (x, w, b))
-        gw_ref, gb_ref = torch.autograd.grad(F.linear(x64, w64, b64), (w64, b64), gy.cpu().double())
-        assert_close_to_ref(gw, gw_ref, dtype)
-        assert_close_to_ref(gb, gb_ref, dtype)
+        gw_ref, gb_ref = torch.autograd.grad(F.linear(x64, w64, b64), (w64, b64), gy64)
+        gw_mag, gb_mag = torch.autograd.grad(F.linear(x64.abs(), w64, b64), (w64, b64), gy64.abs())
+        assert_close_to_ref(gw, gw_ref, dtype, magnitude=gw_mag, terms=10)
+        assert_close_to_ref(gb, gb_ref, dtype, magnitude=gb_mag, terms=10)
 
 
 def test_gradcheck_with_a_stored_matrix():
@@ -465,3 +472,46 @@ def test_small_batch_path_is_independent_of_the_thread_count():
         torch.set_num_threads(prior)
     for a, b in zip(*results):
         assert torch.equal(a, b)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The CUDA kernel of linear_backward_input, in the CPU execution layer ("emu", every run) and on a GPU ("cuda"),
+# at shapes that reach each of its paths (csrc/cuda/linear_kernel.cu; the table in docs/emulation.md):
+# (grad_y's leading dims, out_features, in_features, SMs of the emulated device).
+KERNEL_SHAPES = [
+    ((3,), 40, 5, 132),        # one tile, one split (40 values of `out` are fewer than 2 x 4 chunks)
+    ((70,), 300, 67, 132),     # 2 row and 2 column tiles; 4 splits of 5 chunks, the last 4 (288 + 12)
+    ((64,), 300, 100, 2),      # 2 splits on 2 SMs; sum_splits loops (6400 sums, 4096 threads resident)
+    ((2, 35), 130, 301, 1),    # 3-D grad_y; one split on 1 SM; 5 column tiles, the last 45 wide
+    ((0,), 16, 8, 132),        # no rows
+    ((4,), 0, 9, 132),         # an empty reduction: zeros
+]
+
+
+def kernel_shape_id(s):
+    lead, out, inp, sms = s
+    return f"{'x'.join(map(str, lead))}-o{out}-i{inp}-sm{sms}"
+
+
+@pytest.mark.parametrize("device", KERNEL_DEVICES)
+@pytest.mark.parametrize("spec", FEEDBACK_SPECS, ids=spec_id)
+@pytest.mark.parametrize("dtype", KERNEL_DTYPES, ids=str)
+@pytest.mark.parametrize("shape", KERNEL_SHAPES, ids=kernel_shape_id)
+def test_kernel_backward_input(shape, dtype, spec, device):
+    lead, out, inp, sms = shape
+    ops_, on = kernel_ops(device)
+    gen = torch.Generator().manual_seed(stable_seed("linear", kernel_shape_id(shape), str(dtype)))
+    gy = torch.randn(*lead, out, generator=gen, dtype=torch.float64).to(dtype=dtype, device=on)
+    w = torch.randn(out, inp, generator=gen, dtype=torch.float64).to(dtype=dtype, device=on)
+    spec = full_spec(spec)
+    with multiprocessors(device, sms):
+        got = ops_.linear_backward_input(gy, w, **spec)
+        materialised = ops_.feedback_source(w, **spec)
+        assert torch.equal(got, ops_.linear_backward_input(gy, materialised))  # on the fly == stored B, bitwise
+    assert got.shape == (*lead, inp) and got.dtype == dtype and got.is_contiguous()
+    B = reference.feedback_source(w.cpu(), **spec).double()
+    gy64 = gy.cpu().double()
+    extra = None
+    if spec.get("distribution") == "normal":
+        extra = gy64.abs() @ (ulp(B, dtype) + 4 * ulp(B, torch.float32))  # see test_lc2d's input gradient
+    assert_elementwise_close(got, gy64 @ B, dtype, magnitude=gy64.abs() @ B.abs(), terms=out, extra=extra)

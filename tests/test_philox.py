@@ -9,7 +9,8 @@ from torch.testing._internal.optests import opcheck
 from bioplaus_kernels import ops, reference
 from bioplaus_kernels.reference import philox as ref
 
-from conftest import DEVICES
+from conftest import DEVICES, KERNEL_DEVICES, KERNEL_DTYPES, kernel_ops, multiprocessors
+from tolerance import assert_elementwise_close, ulp
 
 # Random123 kat_vectors, philox4x32_10: (counter, key) -> output.
 KAT = [
@@ -320,3 +321,32 @@ def test_every_cpu_path_gives_the_same_samples(capability, tmp_path):
     torch.testing.assert_close(got["gx"], ops.linear_backward_input(gy, w, feedback="random", seed=5))
     torch.testing.assert_close(got["noise"], torch.ops.bioplaus.inverse_loss_noisy_input(torch.zeros(3, 333), 0.1, 9,
                                                                                              2, 4), rtol=4e-7, atol=1e-7)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The CUDA kernel of philox_fill, in the CPU execution layer ("emu", every run) and on a GPU ("cuda"): one thread
+# per counter block in a grid-stride loop. (shape, SMs): a partial last uniform group (128 elements) and a
+# partial last block; on 1 emulated SM 2048 threads are resident, so 20000 elements (2512 uniform blocks,
+# 5000 normal/bits blocks) loop; an empty tensor.
+KERNEL_SHAPES = [((7,), 132), ((33, 17), 132), ((20000,), 1), ((0, 3), 132)]
+KERNEL_FILLS = [(d, t) for d in ("uniform", "normal") for t in KERNEL_DTYPES] + [("bits", torch.int64)]
+
+
+@pytest.mark.parametrize("device", KERNEL_DEVICES)
+@pytest.mark.parametrize("distribution,dtype", KERNEL_FILLS, ids=str)
+@pytest.mark.parametrize("shape", KERNEL_SHAPES, ids=str)
+def test_kernel_philox_fill(shape, distribution, dtype, device):
+    size, sms = shape
+    ops_, on = kernel_ops(device)
+    seed, stream, step, scale = 0x299F31D0A4093822, 7, 2**40 + 3, 0.75
+    like = torch.empty(size, dtype=dtype, device=on)
+    with multiprocessors(device, sms):
+        got = ops_.philox_fill(like, seed, stream, step, distribution, scale).cpu()
+    want = ref.philox(size, seed, stream, step, distribution, scale if distribution != "bits" else 1.0,
+                      dtype=dtype if distribution != "bits" else torch.int64)
+    assert got.shape == tuple(size) and got.dtype == dtype
+    if distribution == "normal":
+        # host libm (or CUDA's) log/cos/sin against the reference's: a few float32 ulp, then the rounding to dtype
+        assert_elementwise_close(got, want.double(), dtype, extra=4 * ulp(want.double(), torch.float32))
+    else:
+        assert torch.equal(got, want)  # bit for bit

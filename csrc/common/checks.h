@@ -59,6 +59,23 @@ std::string message(const Parts&... parts) {
 
 #define BIOPLAUS_CHECK(cond, ...) TORCH_CHECK(cond, ::bioplaus::message(__VA_ARGS__))
 
+// "bioplaus::<name>", the operator's qualified name for a dispatcher lookup. The namespace is expanded from
+// the identifier, because the CPU execution layer of the tests compiles these sources into a second
+// library with `bioplaus` defined as `bioplaus_emu` (docs/emulation.md).
+#define BIOPLAUS_STRINGIFY_(x) #x
+#define BIOPLAUS_STRINGIFY(x) BIOPLAUS_STRINGIFY_(x)
+#define BIOPLAUS_OP(name) BIOPLAUS_STRINGIFY(bioplaus) "::" name
+
+// Whether a tensor's data is CUDA device memory to the kernels: in the CPU execution layer of the tests, CPU
+// tensors stand in for it (docs/emulation.md).
+inline bool on_cuda(const at::Tensor& t) {
+#if defined(BIOPLAUS_CUDA_EMULATION)
+  return true;
+#else
+  return t.is_cuda();
+#endif
+}
+
 // "[2, 3, 4]"
 inline std::string shape_str(c10::IntArrayRef s) { return message(s); }
 
@@ -66,7 +83,7 @@ inline std::string shape_str(c10::IntArrayRef s) { return message(s); }
 inline void check_float_dtype(const char* op, const char* name, const at::Tensor& t) {
   const auto dt = t.scalar_type();
   const bool cpu_ok = dt == at::kFloat || dt == at::kDouble;
-  if (t.is_cuda()) {
+  if (on_cuda(t)) {
     BIOPLAUS_CHECK(cpu_ok || dt == at::kHalf || dt == at::kBFloat16, op, ": ", name,
                    " must be float32, float64, float16 or bfloat16 on CUDA, got ", dt);
   } else {

@@ -157,7 +157,7 @@ inline void check_lc2d_inverse_geometry(const char* op, const at::Tensor& below,
 inline at::Tensor lc2d_transposed(const at::Tensor& y, const at::Tensor& weight, c10::IntArrayRef input_size,
                                   c10::IntArrayRef stride, c10::IntArrayRef padding, c10::IntArrayRef dilation) {
   static const c10::OperatorHandle op =
-      c10::Dispatcher::singleton().findSchemaOrThrow("bioplaus::lc2d_backward_input", "");
+      c10::Dispatcher::singleton().findSchemaOrThrow(BIOPLAUS_OP("lc2d_backward_input"), "");
   torch::jit::Stack stack;
   stack.reserve(op.schema().arguments().size());
   stack.emplace_back(y);

@@ -1,6 +1,6 @@
 // Difference target on CUDA (contract in difference_target.h).
 //
-// Linear: one hand-written GEMM pass over V for both inputs (common/tp_gemm.cuh, kInputs = 2: every V tile
+// Linear: one hand-written GEMM pass over V for both inputs (cuda/tp_gemm.cuh, kInputs = 2: every V tile
 // staged in shared memory multiplies the t_above rows and the h_above rows), with the epilogue
 //   out[m, i] = h_below[m, i] + act(acc_t[m, i] + c[i]) - act(acc_h[m, i] + c[i])
 // in registers, so g(t_above) and g(h_above) are never written to memory.
@@ -9,14 +9,13 @@
 //   out[n, e] = h_below[n, e] + act(pre[n, e] + c[e]) - act(pre[N + n, e] + c[e]),  e < E = C_in * H * W.
 // Accumulation and activation in at::opmath_type (float for float16/bfloat16/float32, double for float64).
 #include "difference_target.h"
-#include "common/tp_gemm.cuh"
+#include "cuda/launch.cuh"
+#include "cuda/tp_gemm.cuh"
 
 #include <ATen/Dispatch.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/cat.h>
 #include <ATen/ops/empty.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -58,7 +57,7 @@ __global__ void lc_epilogue_kernel(const scalar_t* __restrict__ h_below, const s
 at::Tensor difference_target_cuda(const at::Tensor& h_below, const at::Tensor& t_above, const at::Tensor& h_above,
                                   const at::Tensor& weight, const at::Tensor& bias, c10::string_view activation) {
   const tp::Activation act = check_difference_target_inputs(h_below, t_above, h_above, weight, bias, activation);
-  const c10::cuda::CUDAGuard guard(weight.device());
+  const DeviceGuard guard(weight.device());
   const at::Tensor hb = h_below.contiguous(), ta = t_above.contiguous(), ha = h_above.contiguous();
   const at::Tensor v = weight.contiguous(), c = bias.contiguous();
   at::Tensor out = at::empty(hb.sizes(), hb.options().memory_format(at::MemoryFormat::Contiguous));
@@ -69,8 +68,7 @@ at::Tensor difference_target_cuda(const at::Tensor& h_below, const at::Tensor& t
     LinearEpilogue<scalar_t> ep{hb.const_data_ptr<scalar_t>(), c.const_data_ptr<scalar_t>(),
                                 out.mutable_data_ptr<scalar_t>(), D_in, act};
     tp::launch_inverse_gemm<scalar_t, 2>(ta.const_data_ptr<scalar_t>(), ha.const_data_ptr<scalar_t>(),
-                                         v.const_data_ptr<scalar_t>(), M, D_in, D_out, ep,
-                                         c10::cuda::getCurrentCUDAStream());
+                                         v.const_data_ptr<scalar_t>(), M, D_in, D_out, ep);
   });
   return out;
 }
@@ -81,7 +79,7 @@ at::Tensor difference_target_lc2d_cuda(const at::Tensor& h_below, const at::Tens
                                        c10::string_view activation) {
   const tp::Activation act = check_difference_target_lc2d_inputs(h_below, t_above, h_above, weight, bias, stride,
                                                                  padding, dilation, activation);
-  const c10::cuda::CUDAGuard guard(weight.device());
+  const DeviceGuard guard(weight.device());
   const at::Tensor hb = h_below.contiguous(), c = bias.contiguous();
   at::Tensor out = at::empty(hb.sizes(), hb.options().memory_format(at::MemoryFormat::Contiguous));
   const int64_t numel = hb.numel();
@@ -90,20 +88,18 @@ at::Tensor difference_target_lc2d_cuda(const at::Tensor& h_below, const at::Tens
                                              stride, padding, dilation)
                              .contiguous();
   constexpr int kThreads = 256;
-  const int64_t blocks = std::min<int64_t>((numel + kThreads - 1) / kThreads, int64_t{65535} * 8);
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const unsigned blocks = grid_stride_blocks(numel, kThreads, weight.get_device());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, hb.scalar_type(), "difference_target_lc2d_cuda", [&] {
-    lc_epilogue_kernel<scalar_t><<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(
-        hb.const_data_ptr<scalar_t>(), pre.const_data_ptr<scalar_t>(), c.const_data_ptr<scalar_t>(),
-        out.mutable_data_ptr<scalar_t>(), numel, c.numel(), act);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    launch_kernel(lc_epilogue_kernel<scalar_t>, blocks, kThreads, 0, hb.const_data_ptr<scalar_t>(),
+                  pre.const_data_ptr<scalar_t>(), c.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(),
+                  numel, c.numel(), act);
   });
   return out;
 }
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(bioplaus, CUDA, m) {
+TORCH_LIBRARY_IMPL(bioplaus, BIOPLAUS_KERNEL_KEY, m) {
   m.impl("difference_target", difference_target_cuda);
   m.impl("difference_target_lc2d", difference_target_lc2d_cuda);
 }

@@ -4,13 +4,12 @@
 // samples to a few ulp: libm and CUDA's log/sin/cos differ).
 #include "feedback_source.h"
 
+#include "cuda/launch.cuh"
+
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -34,25 +33,24 @@ __global__ void feedback_source_kernel(const scalar_t* __restrict__ weight, scal
 at::Tensor feedback_source_cuda(const at::Tensor& weight, c10::string_view feedback, int64_t seed, int64_t stream,
                                 int64_t step, c10::string_view distribution, double scale) {
   const FeedbackSpec f = check_feedback_source_inputs(weight, feedback, seed, stream, step, distribution, scale);
-  const c10::cuda::CUDAGuard guard(weight.device());
+  const DeviceGuard guard(weight.device());
   // "random" never reads weight (it may be an expanded zero-stride tensor): no copy, a null pointer.
   const at::Tensor w = f.reads_weight() ? weight.contiguous() : at::Tensor();
   at::Tensor out = at::empty(weight.sizes(), weight.options().memory_format(at::MemoryFormat::Contiguous));
   const int64_t numel = out.numel();
   if (numel == 0) return out;
-  const int64_t grid = std::min<int64_t>((numel + kThreads - 1) / kThreads, int64_t{65535} * 8);
-  const cudaStream_t cuda_stream = c10::cuda::getCurrentCUDAStream();
+  const unsigned grid = grid_stride_blocks(numel, kThreads, weight.get_device());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out.scalar_type(), "feedback_source_cuda", [&] {
-    feedback_source_kernel<scalar_t><<<static_cast<unsigned>(grid), kThreads, 0, cuda_stream>>>(
-        f.reads_weight() ? w.const_data_ptr<scalar_t>() : nullptr, out.mutable_data_ptr<scalar_t>(), numel, f);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    launch_kernel(feedback_source_kernel<scalar_t>, grid, kThreads, 0,
+                  f.reads_weight() ? w.const_data_ptr<scalar_t>() : nullptr, out.mutable_data_ptr<scalar_t>(), numel,
+                  f);
   });
   return out;
 }
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(bioplaus, CUDA, m) {
+TORCH_LIBRARY_IMPL(bioplaus, BIOPLAUS_KERNEL_KEY, m) {
   m.impl("feedback_source", feedback_source_cuda);
 }
 

@@ -1,6 +1,6 @@
 // Inverse loss on CUDA (contract in inverse_loss.h).
 //
-// Linear: the hand-written GEMM of common/tp_gemm.cuh (kInputs = 1) with the epilogue, per element
+// Linear: the hand-written GEMM of cuda/tp_gemm.cuh (kInputs = 1) with the epilogue, per element
 // idx = m * D_in + i:
 //   x_hat = act(acc + c[i]);  target = h[idx] (+ eps[idx], drawn here from Philox: common/tp.h noise());
 //   residual = x_hat - target
@@ -10,14 +10,13 @@
 // residuals (strided partial sums, then a shared-memory tree), then one block sums the rows and divides
 // by N; results are bit-identical run to run.
 #include "inverse_loss.h"
-#include "common/tp_gemm.cuh"
+#include "cuda/launch.cuh"
+#include "cuda/tp_gemm.cuh"
 
 #include <ATen/Dispatch.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -113,17 +112,17 @@ __global__ void loss_kernel(const at::opmath_type<scalar_t>* __restrict__ row_sq
 }
 
 template <typename scalar_t>
-void reduce_loss(const at::Tensor& residual, at::Tensor& loss, cudaStream_t stream) {
+void reduce_loss(const at::Tensor& residual, at::Tensor& loss) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t N = residual.size(0), E = residual.numel() / N;
   const auto acc_dtype = std::is_same<acc_t, double>::value ? at::kDouble : at::kFloat;
   at::Tensor row_sq = at::empty({N}, residual.options().dtype(acc_dtype));
-  const int64_t grid = std::min<int64_t>(N, int64_t{1} << 20);
-  row_sq_kernel<scalar_t><<<static_cast<unsigned>(grid), kThreads, 0, stream>>>(
-      residual.const_data_ptr<scalar_t>(), row_sq.mutable_data_ptr<acc_t>(), N, E);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-  loss_kernel<scalar_t><<<1, kThreads, 0, stream>>>(row_sq.const_data_ptr<acc_t>(), loss.mutable_data_ptr<scalar_t>(), N);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  // One block per row, as many as the device keeps resident; more rows loop.
+  const unsigned grid = grid_stride_blocks(N * kThreads, kThreads, residual.get_device());
+  launch_kernel(row_sq_kernel<scalar_t>, grid, kThreads, 0, residual.const_data_ptr<scalar_t>(),
+                row_sq.mutable_data_ptr<acc_t>(), N, E);
+  launch_kernel(loss_kernel<scalar_t>, 1, kThreads, 0, row_sq.const_data_ptr<acc_t>(),
+                loss.mutable_data_ptr<scalar_t>(), N);
 }
 
 Result inverse_loss_cuda(const at::Tensor& y, const at::Tensor& h, const at::Tensor& weight, const at::Tensor& bias,
@@ -131,7 +130,7 @@ Result inverse_loss_cuda(const at::Tensor& y, const at::Tensor& h, const at::Ten
                          bool preserve_noise) {
   const InverseLossArgs a =
       check_inverse_loss_inputs(y, h, weight, bias, activation, sigma, seed, stream, step, preserve_noise);
-  const c10::cuda::CUDAGuard guard(weight.device());
+  const DeviceGuard guard(weight.device());
   const at::Tensor yc = y.contiguous(), hc = h.contiguous(), v = weight.contiguous(), c = bias.contiguous();
   const auto opts = hc.options().memory_format(at::MemoryFormat::Contiguous);
   at::Tensor x_hat = at::empty(hc.sizes(), opts), residual = at::empty(hc.sizes(), opts);
@@ -140,14 +139,13 @@ Result inverse_loss_cuda(const at::Tensor& y, const at::Tensor& h, const at::Ten
   if (hc.numel() == 0) return {loss, x_hat, residual};
   BIOPLAUS_CHECK(M <= int64_t{65535} * tp::kGemmTile, "inverse_loss: batch size ", M,
                  " exceeds the CUDA kernel's grid limit of ", int64_t{65535} * tp::kGemmTile, " rows");
-  const cudaStream_t cuda_stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, hc.scalar_type(), "inverse_loss_cuda", [&] {
     ResidualWriter<scalar_t> writer{hc.const_data_ptr<scalar_t>(), x_hat.mutable_data_ptr<scalar_t>(),
                                     residual.mutable_data_ptr<scalar_t>(), a};
     LinearEpilogue<scalar_t> ep{writer, c.const_data_ptr<scalar_t>(), D_in};
     tp::launch_inverse_gemm<scalar_t, 1>(yc.const_data_ptr<scalar_t>(), nullptr, v.const_data_ptr<scalar_t>(), M,
-                                         D_in, D_out, ep, cuda_stream);
-    reduce_loss<scalar_t>(residual, loss, cuda_stream);
+                                         D_in, D_out, ep);
+    reduce_loss<scalar_t>(residual, loss);
   });
   return {loss, x_hat, residual};
 }
@@ -158,7 +156,7 @@ Result inverse_loss_lc2d_cuda(const at::Tensor& y, const at::Tensor& h, const at
                               int64_t stream, int64_t step, bool preserve_noise) {
   const InverseLossArgs a = check_inverse_loss_lc2d_inputs(y, h, weight, bias, stride, padding, dilation, activation,
                                                            sigma, seed, stream, step, preserve_noise);
-  const c10::cuda::CUDAGuard guard(weight.device());
+  const DeviceGuard guard(weight.device());
   const at::Tensor hc = h.contiguous(), c = bias.contiguous();
   const auto opts = hc.options().memory_format(at::MemoryFormat::Contiguous);
   at::Tensor x_hat = at::empty(hc.sizes(), opts), residual = at::empty(hc.sizes(), opts);
@@ -167,15 +165,13 @@ Result inverse_loss_lc2d_cuda(const at::Tensor& y, const at::Tensor& h, const at
   if (numel == 0) return {loss, x_hat, residual};
   const at::Tensor pre =
       tp::lc2d_transposed(y, weight, {hc.size(2), hc.size(3)}, stride, padding, dilation).contiguous();
-  const int64_t blocks = std::min<int64_t>((numel + kThreads - 1) / kThreads, int64_t{65535} * 8);
-  const cudaStream_t cuda_stream = c10::cuda::getCurrentCUDAStream();
+  const unsigned blocks = grid_stride_blocks(numel, kThreads, weight.get_device());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, hc.scalar_type(), "inverse_loss_lc2d_cuda", [&] {
     ResidualWriter<scalar_t> writer{hc.const_data_ptr<scalar_t>(), x_hat.mutable_data_ptr<scalar_t>(),
                                     residual.mutable_data_ptr<scalar_t>(), a};
-    lc_epilogue_kernel<scalar_t><<<static_cast<unsigned>(blocks), kThreads, 0, cuda_stream>>>(
-        writer, pre.const_data_ptr<scalar_t>(), c.const_data_ptr<scalar_t>(), numel, c.numel());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-    reduce_loss<scalar_t>(residual, loss, cuda_stream);
+    launch_kernel(lc_epilogue_kernel<scalar_t>, blocks, kThreads, 0, writer, pre.const_data_ptr<scalar_t>(),
+                  c.const_data_ptr<scalar_t>(), numel, c.numel());
+    reduce_loss<scalar_t>(residual, loss);
   });
   return {loss, x_hat, residual};
 }
@@ -197,23 +193,22 @@ __global__ void noisy_input_kernel(const scalar_t* __restrict__ h, scalar_t* __r
 at::Tensor inverse_loss_noisy_input_cuda(const at::Tensor& h, double sigma, int64_t seed, int64_t stream,
                                          int64_t step) {
   const InverseLossArgs a = check_inverse_loss_noisy_input_inputs(h, sigma, seed, stream, step);
-  const c10::cuda::CUDAGuard guard(h.device());
+  const DeviceGuard guard(h.device());
   const at::Tensor hc = h.contiguous();
   at::Tensor out = at::empty(hc.sizes(), hc.options().memory_format(at::MemoryFormat::Contiguous));
   const int64_t numel = hc.numel();
   if (numel == 0) return out;
-  const int64_t grid = std::min<int64_t>(((numel + 3) / 4 + kThreads - 1) / kThreads, int64_t{65535} * 8);
+  const unsigned grid = grid_stride_blocks((numel + 3) / 4, kThreads, h.get_device());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, hc.scalar_type(), "inverse_loss_noisy_input_cuda", [&] {
-    noisy_input_kernel<scalar_t><<<static_cast<unsigned>(grid), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
-        hc.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(), numel, a);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    launch_kernel(noisy_input_kernel<scalar_t>, grid, kThreads, 0, hc.const_data_ptr<scalar_t>(),
+                  out.mutable_data_ptr<scalar_t>(), numel, a);
   });
   return out;
 }
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(bioplaus, CUDA, m) {
+TORCH_LIBRARY_IMPL(bioplaus, BIOPLAUS_KERNEL_KEY, m) {
   m.impl("inverse_loss", inverse_loss_cuda);
   m.impl("inverse_loss_lc2d", inverse_loss_lc2d_cuda);
   m.impl("inverse_loss_noisy_input", inverse_loss_noisy_input_cuda);

@@ -16,6 +16,7 @@
 #include "lc2d.h"
 
 #include "common/checks.h"
+#include "cuda/launch.cuh"
 #include "cuda/tile_fma.cuh"
 
 #include <ATen/Dispatch.h>
@@ -23,9 +24,6 @@
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -382,7 +380,7 @@ at::Tensor lc2d_forward_cuda(const at::Tensor& x, const at::Tensor& weight, cons
                              c10::IntArrayRef stride, c10::IntArrayRef padding, c10::IntArrayRef dilation) {
   constexpr const char* op = "lc2d_forward";
   const Lc2dGeometry g = check_lc2d_forward_inputs(x, weight, bias, stride, padding, dilation);
-  const c10::cuda::CUDAGuard guard(x.device());
+  const DeviceGuard guard(x.device());
   at::Tensor y = at::empty({g.N, g.C_out, g.H_out, g.W_out}, x.options());
   if (g.N == 0) return y;  // no elements to write
   const Lc2dDims d = make_dims(g, op);
@@ -391,12 +389,10 @@ at::Tensor lc2d_forward_cuda(const at::Tensor& x, const at::Tensor& weight, cons
   const at::Tensor wc = weight.contiguous();
   const bool has_bias = bias.has_value() && bias->defined();
   const at::Tensor bc = has_bias ? bias->contiguous() : at::Tensor();
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "lc2d_forward_cuda", [&] {
-    lc2d_forward_kernel<scalar_t><<<grid, kThreads, 0, stream>>>(
-        xc.const_data_ptr<scalar_t>(), wc.const_data_ptr<scalar_t>(),
-        has_bias ? bc.const_data_ptr<scalar_t>() : nullptr, y.mutable_data_ptr<scalar_t>(), d);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    launch_kernel(lc2d_forward_kernel<scalar_t>, grid, kThreads, 0, xc.const_data_ptr<scalar_t>(),
+                  wc.const_data_ptr<scalar_t>(), has_bias ? bc.const_data_ptr<scalar_t>() : nullptr,
+                  y.mutable_data_ptr<scalar_t>(), d);
   });
   return y;
 }
@@ -408,7 +404,7 @@ at::Tensor lc2d_backward_input_cuda(const at::Tensor& grad_y, const at::Tensor& 
   constexpr const char* op = "lc2d_backward_input";
   const auto [g, f] = check_lc2d_backward_input_inputs(grad_y, weight, input_size, stride, padding, dilation,
                                                        feedback, seed, stream, step, distribution, scale);
-  const c10::cuda::CUDAGuard guard(grad_y.device());
+  const DeviceGuard guard(grad_y.device());
   // The kernel writes every element (pixels no window covers included), so no zero fill.
   at::Tensor grad_x = at::empty({g.N, g.C_in, g.H, g.W}, grad_y.options());
   if (g.N == 0) return grad_x;
@@ -417,14 +413,12 @@ at::Tensor lc2d_backward_input_cuda(const at::Tensor& grad_y, const at::Tensor& 
   const at::Tensor gyc = grad_y.contiguous();
   // "random" never reads weight (it may be an expanded zero-stride tensor): no copy, a null pointer.
   const at::Tensor wc = f.reads_weight() ? weight.contiguous() : at::Tensor();
-  const cudaStream_t cuda_stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad_y.scalar_type(), "lc2d_backward_input_cuda", [&] {
     const scalar_t* w = f.reads_weight() ? wc.const_data_ptr<scalar_t>() : nullptr;
     const auto kernel = f.generates() ? lc2d_backward_input_kernel<scalar_t, true>
                                       : lc2d_backward_input_kernel<scalar_t, false>;
-    kernel<<<grid, kThreads, 0, cuda_stream>>>(gyc.const_data_ptr<scalar_t>(), w, grad_x.mutable_data_ptr<scalar_t>(),
-                                               d, f);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    launch_kernel(kernel, grid, kThreads, 0, gyc.const_data_ptr<scalar_t>(), w, grad_x.mutable_data_ptr<scalar_t>(),
+                  d, f);
   });
   return grad_x;
 }
@@ -434,7 +428,7 @@ std::tuple<at::Tensor, at::Tensor> lc2d_backward_weight_cuda(const at::Tensor& g
                                                              c10::IntArrayRef padding, c10::IntArrayRef dilation) {
   constexpr const char* op = "lc2d_backward_weight";
   const Lc2dGeometry g = check_lc2d_backward_weight_inputs(grad_y, x, kernel_size, stride, padding, dilation);
-  const c10::cuda::CUDAGuard guard(x.device());
+  const DeviceGuard guard(x.device());
   const std::array<int64_t, 6> w_shape{g.H_out, g.W_out, g.C_out, g.C_in, g.kH, g.kW};
   const std::array<int64_t, 3> b_shape{g.C_out, g.H_out, g.W_out};
   if (g.N == 0) {  // an empty batch contributes nothing
@@ -448,19 +442,17 @@ std::tuple<at::Tensor, at::Tensor> lc2d_backward_weight_cuda(const at::Tensor& g
                   tiles_yz(g.C_out, op, "C_out"));
   const at::Tensor gyc = grad_y.contiguous();
   const at::Tensor xc = x.contiguous();
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "lc2d_backward_weight_cuda", [&] {
-    lc2d_backward_weight_kernel<scalar_t><<<grid, kThreads, 0, stream>>>(
-        gyc.const_data_ptr<scalar_t>(), xc.const_data_ptr<scalar_t>(), grad_weight.mutable_data_ptr<scalar_t>(),
-        grad_bias.mutable_data_ptr<scalar_t>(), d);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    launch_kernel(lc2d_backward_weight_kernel<scalar_t>, grid, kThreads, 0, gyc.const_data_ptr<scalar_t>(),
+                  xc.const_data_ptr<scalar_t>(), grad_weight.mutable_data_ptr<scalar_t>(),
+                  grad_bias.mutable_data_ptr<scalar_t>(), d);
   });
   return {grad_weight, grad_bias};
 }
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(bioplaus, CUDA, m) {
+TORCH_LIBRARY_IMPL(bioplaus, BIOPLAUS_KERNEL_KEY, m) {
   m.impl("lc2d_forward", &lc2d_forward_cuda);
   m.impl("lc2d_backward_input", &lc2d_backward_input_cuda);
   m.impl("lc2d_backward_weight", &lc2d_backward_weight_cuda);

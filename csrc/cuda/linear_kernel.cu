@@ -28,15 +28,13 @@
 #include "linear.h"
 
 #include "common/checks.h"
+#include "cuda/launch.cuh"
 #include "cuda/tile_fma.cuh"
 
 #include <ATen/Dispatch.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -168,8 +166,7 @@ struct Splits {
 constexpr int64_t kMaxPartialBytes = int64_t{256} << 20;
 
 Splits choose_splits(int64_t tiles, int64_t M, int64_t out, int64_t in, int64_t acc_bytes, int device) {
-  int sms = 0;
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+  const int sms = multiprocessor_count(device);
   const int64_t chunks = (out + kChunk - 1) / kChunk;
   int64_t s = (2 * static_cast<int64_t>(sms) + tiles - 1) / tiles;
   s = std::min({s, chunks / kMinSplitChunks, kMaxPartialBytes / std::max<int64_t>(1, M * in * acc_bytes), int64_t{64}});
@@ -184,7 +181,7 @@ at::Tensor linear_backward_input_cuda(const at::Tensor& grad_y, const at::Tensor
   constexpr const char* op = "linear_backward_input";
   const LinearDims d =
       check_linear_backward_input_inputs(grad_y, weight, feedback, seed, stream, step, distribution, scale);
-  const c10::cuda::CUDAGuard guard(grad_y.device());
+  const DeviceGuard guard(grad_y.device());
   std::vector<int64_t> shape(grad_y.sizes().begin(), grad_y.sizes().end());
   shape.back() = d.in;
   const auto opts = grad_y.options().memory_format(at::MemoryFormat::Contiguous);
@@ -210,22 +207,18 @@ at::Tensor linear_backward_input_cuda(const at::Tensor& grad_y, const at::Tensor
   const at::Tensor gy = grad_y.reshape({d.M, d.out}).contiguous();
   // "random" never reads weight (it may be an expanded zero-stride tensor): no copy, a null pointer.
   const at::Tensor wc = d.feedback.reads_weight() ? weight.contiguous() : at::Tensor();
-  const cudaStream_t cuda_stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad_y.scalar_type(), "linear_backward_input_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     acc_t* const part = splits.count > 1 ? partial.mutable_data_ptr<acc_t>() : nullptr;
-    linear_backward_input_kernel<scalar_t><<<grid, kThreads, 0, cuda_stream>>>(
-        gy.const_data_ptr<scalar_t>(), d.feedback.reads_weight() ? wc.const_data_ptr<scalar_t>() : nullptr,
-        grad_x.mutable_data_ptr<scalar_t>(), part, static_cast<int>(d.M), static_cast<int>(d.out),
-        static_cast<int>(d.in), splits.len, d.feedback);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    launch_kernel(linear_backward_input_kernel<scalar_t>, grid, kThreads, 0, gy.const_data_ptr<scalar_t>(),
+                  d.feedback.reads_weight() ? wc.const_data_ptr<scalar_t>() : nullptr,
+                  grad_x.mutable_data_ptr<scalar_t>(), part, static_cast<int>(d.M), static_cast<int>(d.out),
+                  static_cast<int>(d.in), splits.len, d.feedback);
     if (part != nullptr) {
       const int64_t n = d.M * d.in;
       constexpr int kSumThreads = 256;
-      const int64_t blocks = std::min<int64_t>((n + kSumThreads - 1) / kSumThreads, int64_t{65535});
-      sum_splits<scalar_t><<<static_cast<unsigned>(blocks), kSumThreads, 0, cuda_stream>>>(
-          part, grad_x.mutable_data_ptr<scalar_t>(), n, splits.count);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      launch_kernel(sum_splits<scalar_t>, grid_stride_blocks(n, kSumThreads, grad_y.get_device()), kSumThreads, 0,
+                    part, grad_x.mutable_data_ptr<scalar_t>(), n, splits.count);
     }
   });
   return grad_x;
@@ -233,7 +226,7 @@ at::Tensor linear_backward_input_cuda(const at::Tensor& grad_y, const at::Tensor
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(bioplaus, CUDA, m) {
+TORCH_LIBRARY_IMPL(bioplaus, BIOPLAUS_KERNEL_KEY, m) {
   m.impl("linear_backward_input", &linear_backward_input_cuda);
 }
 

@@ -3,13 +3,11 @@
 // common/philox.h compiled for the device, so uniform and bits outputs equal the CPU's bit for bit.
 #define BIOPLAUS_PHILOX_OP_DECLS
 #include "common/philox.h"
+#include "cuda/launch.cuh"
 
 #include <ATen/Dispatch.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -58,29 +56,27 @@ __global__ void philox_fill_kernel(scalar_t* __restrict__ out, int64_t numel, in
 
 template <typename scalar_t>
 void launch(scalar_t* out, int64_t numel, philox::Key key, uint64_t step, philox::Distribution d, float scale,
-            cudaStream_t stream) {
+            int device) {
   const int64_t blocks = blocks_for(numel, d);
-  const int64_t grid = std::min<int64_t>((blocks + kThreads - 1) / kThreads, int64_t{65535} * 8);
-  philox_fill_kernel<scalar_t><<<static_cast<unsigned>(grid), kThreads, 0, stream>>>(out, numel, blocks, key, step, d,
-                                                                                     scale);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  launch_kernel(philox_fill_kernel<scalar_t>, grid_stride_blocks(blocks, kThreads, device), kThreads, 0, out, numel,
+                blocks, key, step, d, scale);
 }
 
 at::Tensor philox_fill_cuda(const at::Tensor& like, int64_t seed, int64_t stream, int64_t step,
                             c10::string_view distribution, double scale) {
   const philox::Distribution d = check_philox_fill_inputs(like, seed, stream, step, distribution);
-  const c10::cuda::CUDAGuard guard(like.device());
+  const DeviceGuard guard(like.device());
   at::Tensor out = at::empty(like.sizes(), like.options().memory_format(at::MemoryFormat::Contiguous));
   const int64_t numel = out.numel();
   if (numel == 0) return out;
   const philox::Key key = philox::make_key(static_cast<uint64_t>(seed), static_cast<uint64_t>(stream));
   const float scale_f = static_cast<float>(scale);
-  const cudaStream_t cuda_stream = c10::cuda::getCurrentCUDAStream();
+  const int device = like.get_device();
   if (d == philox::Distribution::kBits) {
-    launch(out.mutable_data_ptr<int64_t>(), numel, key, static_cast<uint64_t>(step), d, scale_f, cuda_stream);
+    launch(out.mutable_data_ptr<int64_t>(), numel, key, static_cast<uint64_t>(step), d, scale_f, device);
   } else {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out.scalar_type(), "philox_fill_cuda", [&] {
-      launch(out.mutable_data_ptr<scalar_t>(), numel, key, static_cast<uint64_t>(step), d, scale_f, cuda_stream);
+      launch(out.mutable_data_ptr<scalar_t>(), numel, key, static_cast<uint64_t>(step), d, scale_f, device);
     });
   }
   return out;
@@ -88,7 +84,7 @@ at::Tensor philox_fill_cuda(const at::Tensor& like, int64_t seed, int64_t stream
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(bioplaus, CUDA, m) {
+TORCH_LIBRARY_IMPL(bioplaus, BIOPLAUS_KERNEL_KEY, m) {
   m.impl("philox_fill", philox_fill_cuda);
 }
 

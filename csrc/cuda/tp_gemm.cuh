@@ -16,10 +16,10 @@
 // Indexing: row and column offsets are 64-bit (m * K, i * K), so tensors may pass 2^31 elements.
 #pragma once
 
-#include <ATen/OpMathType.h>
-#include <c10/cuda/CUDAException.h>
+#include "cuda/launch.cuh"
 
-#include <cuda_runtime.h>
+#include <ATen/OpMathType.h>
+
 #include <stdint.h>
 
 namespace bioplaus {
@@ -87,15 +87,15 @@ __global__ void __launch_bounds__(kGemmThreads)
     }
 }
 
-// Launches the kernel on `stream` for M x Nc outputs; M = 0 or Nc = 0 launches nothing.
+// Launches the kernel for M x Nc outputs; M = 0 or Nc = 0 launches nothing.
 template <typename scalar_t, int kInputs, typename Epilogue>
 void launch_inverse_gemm(const scalar_t* a0, const scalar_t* a1, const scalar_t* v, int64_t M, int64_t Nc,
-                         int64_t K, Epilogue epilogue, cudaStream_t stream) {
+                         int64_t K, Epilogue epilogue) {
   if (M == 0 || Nc == 0) return;
   const dim3 grid(static_cast<unsigned>((Nc + kGemmTile - 1) / kGemmTile),
                   static_cast<unsigned>((M + kGemmTile - 1) / kGemmTile));
-  inverse_gemm_kernel<scalar_t, kInputs, Epilogue><<<grid, kGemmThreads, 0, stream>>>(a0, a1, v, M, Nc, K, epilogue);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  launch_kernel(inverse_gemm_kernel<scalar_t, kInputs, Epilogue>, grid, kGemmThreads, 0, a0, a1, v, M, Nc, K,
+                epilogue);
 }
 
 }  // namespace tp

@@ -1,0 +1,53 @@
+"""The CPU execution layer of the CUDA kernels (docs/emulation.md), built on first use.
+
+`load()` compiles csrc/cuda/*.cu as host C++ (through tests/emulation/<op>_kernel.cpp) together with the op
+files csrc/<op>.cpp that define the schemas and input checks, into a test-only library whose operators are
+`torch.ops.bioplaus_emu.<op>`: the same schemas as `torch.ops.bioplaus.<op>`, taking CPU tensors, running
+the CUDA launchers and kernel bodies on host threads. Nothing of it ships in the wheel.
+
+BIOPLAUS_EMU_SANITIZE=1 builds it with AddressSanitizer and UndefinedBehaviorSanitizer into its own folder;
+such a library loads only into a process started with the sanitizer runtimes preloaded
+(.ci/sanitize.sh does that).
+"""
+import functools
+import os
+
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+OPS = ["lc2d", "linear", "philox", "feedback_source", "difference_target", "inverse_loss"]
+SANITIZE = os.environ.get("BIOPLAUS_EMU_SANITIZE") == "1"
+SANITIZER_FLAGS = ["-fsanitize=address,undefined", "-fno-sanitize-recover=undefined", "-fno-omit-frame-pointer"]
+
+
+def sources():
+    emu = os.path.join(ROOT, "tests", "emulation")
+    return ([os.path.join(emu, "emulation.cpp")]
+            + [os.path.join(emu, f"{op}_kernel.cpp") for op in OPS]
+            + [os.path.join(ROOT, "csrc", f"{op}.cpp") for op in OPS])
+
+
+@functools.cache
+def load():
+    """Builds the library (incrementally, in build/bioplaus_emu[_sanitize]/) and loads it; returns
+    torch.ops.bioplaus_emu."""
+    from torch.utils.cpp_extension import load as load_extension
+
+    name = "bioplaus_emu_sanitize" if SANITIZE else "bioplaus_emu"
+    build_dir = os.path.join(ROOT, "build", name)
+    os.makedirs(build_dir, exist_ok=True)
+    flags = ["-O2", "-fopenmp", "-DBIOPLAUS_CUDA_EMULATION", "-Dbioplaus=bioplaus_emu"]
+    ldflags = ["-fopenmp"]
+    if SANITIZE:
+        flags += SANITIZER_FLAGS
+        ldflags += SANITIZER_FLAGS
+    # The compiler runs without the sanitizer runtimes that .ci/sanitize.sh preloads into this process.
+    preload = os.environ.pop("LD_PRELOAD", None)
+    try:
+        load_extension(name=name, sources=sources(), extra_cflags=flags, extra_ldflags=ldflags,
+                       extra_include_paths=[os.path.join(ROOT, "csrc"), os.path.join(ROOT, "tests", "emulation")],
+                       build_directory=build_dir, is_python_module=False, verbose=False)
+    finally:
+        if preload is not None:
+            os.environ["LD_PRELOAD"] = preload
+    return torch.ops.bioplaus_emu

@@ -1,0 +1,5 @@
+// The CUDA kernels and launchers of feedback_source, compiled as host C++ for the CPU execution layer
+// (docs/emulation.md): cuda_emu.h first, then the very file nvcc compiles.
+#include "cuda_emu.h"
+
+#include "cuda/feedback_source_kernel.cu"
