@@ -115,7 +115,7 @@ main() {
   fi
   run_stage tests-cuda 200 90 env OMP_NUM_THREADS=4 "$PY" -m pytest tests -m cuda -q -rfE --tb=short \
     --maxfail=60 -p no:cacheprovider "${xdist_cuda[@]}"
-  run_stage tests-cpu 150 60 env OMP_NUM_THREADS=2 "$PY" -m pytest tests -m "not cuda" -q -rfE --tb=short \
+  run_stage tests-cpu 150 60 env OMP_NUM_THREADS=2 "$PY" -m pytest tests -m "not cuda and not emulation" -q -rfE --tb=short \
     --maxfail=60 -p no:cacheprovider "${xdist_cpu[@]}"
 
   # --- feedback: each rule's layer step against bp (issue 3's ratios), then linear_backward_input per mode ---

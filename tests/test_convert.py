@@ -128,43 +128,96 @@ def _train_step(model, loss_fn):
     return loss, grads
 
 
+def _record_layer_gradients(layer):
+    """Hooks that record, for every call of `layer`: its input, the rule's B at that step (materialised by the
+    pure-PyTorch reference from the layer's spec: reference.feedback_source, its own Philox), and the
+    gradients reaching its input and output. The layer's input must have no other consumer, so that its
+    gradient is the layer's alone."""
+    calls = []
+
+    def hook(module, inputs, output):
+        B = bioplaus_kernels.reference.feedback_source(module.weight.detach().clone(), **module._spec().kwargs())
+        call = {"x": inputs[0].detach(), "B": B}
+        inputs[0].register_hook(lambda g: call.__setitem__("gx", g))
+        output.register_hook(lambda g: call.__setitem__("gy", g))
+        calls.append(call)
+
+    return calls, layer.register_forward_hook(hook)
+
+
+def _assert_conv_input_gradients(layer, calls):
+    """grad_x of every call = grad_y through that call's B, by torch's convolution input gradient."""
+    assert calls and all("gx" in c and "gy" in c for c in calls)
+    for c in calls:
+        want = torch.nn.grad.conv2d_input(c["x"].shape, c["B"], c["gy"], layer.stride, layer.padding,
+                                          layer.dilation, layer.groups)
+        torch.testing.assert_close(c["gx"], want, rtol=1e-4, atol=1e-4 * want.abs().max().item())
+
+
 @pytest.mark.parametrize("rule", ["usf", "brsf", "dfa"])
-def test_resnet18_trains_a_step(rule):
+def test_resnet18_converted(rule):
     torch.manual_seed(5)
-    model = torchvision.models.resnet18(weights=None, num_classes=10)
-    model = convert(model, rule, seed=7, output_dim=10)
+    original = torchvision.models.resnet18(weights=None, num_classes=10).eval()
+    model = convert(copy.deepcopy(original), rule, seed=7, output_dim=10)
+    assert sum(isinstance(m, Conv2d) for m in model.modules()) == 20
     x, y = torch.randn(2, 3, 32, 32), torch.tensor([1, 2])
+    with torch.no_grad():
+        assert torch.equal(model(x), original(x))  # the same forward (BN in eval mode: running statistics)
+    if rule == "dfa":  # a layer's input gradient is the output error's projection there (test_dfa.py)
+        loss, grads = _train_step(model, lambda m: F.cross_entropy(m(x), y))
+        assert torch.isfinite(loss) and all(g is not None and torch.isfinite(g).all() for g in grads)
+        return
+    # conv2 of the last block: its input (relu(bn1(conv1))) has no other consumer
+    layer = model.layer4[1].conv2
+    calls, handle = _record_layer_gradients(layer)
     loss, grads = _train_step(model, lambda m: F.cross_entropy(m(x), y))
-    assert torch.isfinite(loss)
-    assert all(g is not None and torch.isfinite(g).all() for g in grads)
-    convs = [m for m in model.modules() if isinstance(m, Conv2d)]
-    assert len(convs) == 20
+    handle.remove()
+    assert torch.isfinite(loss) and all(g is not None and torch.isfinite(g).all() for g in grads)
+    _assert_conv_input_gradients(layer, calls)
 
 
-def test_alexnet_untied_trains_a_step():
+def test_alexnet_untied_converted():
     torch.manual_seed(6)
-    model = torchvision.models.alexnet(weights=None, num_classes=10)
-    model = convert(model, "frsf", seed=1, untie=True, input_size=(3, 64, 64))
-    assert sum(isinstance(m, LocallyConnected2d) for m in model.modules()) == 5
+    original = torchvision.models.alexnet(weights=None, num_classes=10).eval()  # no dropout
+    model = convert(copy.deepcopy(original), "frsf", seed=1, untie=True, input_size=(3, 64, 64))
+    lcs = [m for m in model.modules() if isinstance(m, LocallyConnected2d)]
+    assert len(lcs) == 5
     x, y = torch.randn(2, 3, 64, 64), torch.tensor([3, 4])
-    model.eval()  # no dropout: compare against the same forward again
+    with torch.no_grad():  # untied from the shared filters: the same function, summed in another order
+        want = original(x)
+        torch.testing.assert_close(model(x), want, rtol=1e-4, atol=1e-4 * want.abs().max().item())
+    layer = lcs[1]  # its input (a max-pool's output) has no other consumer
+    calls, handle = _record_layer_gradients(layer)
     loss, grads = _train_step(model, lambda m: F.cross_entropy(m(x), y))
+    handle.remove()
     assert torch.isfinite(loss) and all(g is not None for g in grads)
+    (c,) = calls
+    x64 = c["x"].double().requires_grad_()
+    y64 = bioplaus_kernels.reference.lc2d.lc2d(x64, c["B"].double(), None, layer.stride, layer.padding, layer.dilation)
+    (want_gx,) = torch.autograd.grad(y64, x64, c["gy"].double())
+    torch.testing.assert_close(c["gx"].double(), want_gx, rtol=1e-4, atol=1e-4 * want_gx.abs().max().item())
 
 
-def test_retinanet_trains_a_step():
+def test_retinanet_converted():
     torch.manual_seed(7)
-    model = torchvision.models.detection.retinanet_resnet50_fpn(weights=None, weights_backbone=None, num_classes=3,
-                                                                min_size=64, max_size=64)
-    model = convert(model, "usf", seed=2)
+    original = torchvision.models.detection.retinanet_resnet50_fpn(weights=None, weights_backbone=None, num_classes=3,
+                                                                   min_size=64, max_size=64)
+    model = convert(copy.deepcopy(original), "usf", seed=2)
     assert sum(isinstance(m, Conv2d) for m in model.modules()) > 50
     images = [torch.rand(3, 64, 64), torch.rand(3, 64, 64)]
     targets = [{"boxes": torch.tensor([[4.0, 4.0, 30.0, 40.0]]), "labels": torch.tensor([1])},
                {"boxes": torch.tensor([[10.0, 8.0, 50.0, 60.0]]), "labels": torch.tensor([2])}]
-    model.train()
+    model.train(), original.train()
+    with torch.no_grad():
+        got, want = model(images, targets), original(images, targets)
+    assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in got)  # the same losses
+    # the second conv of the classification head: called once per FPN level, its input only its own
+    layer = model.head.classification_head.conv[1][0]
+    calls, handle = _record_layer_gradients(layer)
     loss, _ = _train_step(model, lambda m: sum(m(images, targets).values()))
-    assert torch.isfinite(loss)
-    assert model.head.classification_head.conv[0][0].weight.grad is not None
+    handle.remove()
+    assert torch.isfinite(loss) and len(calls) == 5
+    _assert_conv_input_gradients(layer, calls)
 
 
 def test_exported_from_the_package():

@@ -168,7 +168,7 @@ def test_bad_linear_inputs(index, fake):
     if fake:
         with FakeTensorMode() as mode:
             args = {k: mode.from_tensor(v) if isinstance(v, torch.Tensor) else v for k, v in args.items()}
-            with pytest.raises(Exception, match=msg):
+            with pytest.raises(RuntimeError, match=msg):
                 torch.ops.bioplaus.difference_target(**args)
     else:
         with pytest.raises(RuntimeError, match=msg):
@@ -191,7 +191,7 @@ def test_bad_lc2d_inputs(fake):
         if fake:
             with FakeTensorMode() as mode:
                 args = {k: mode.from_tensor(v) if isinstance(v, torch.Tensor) else v for k, v in args.items()}
-                with pytest.raises(Exception, match=msg):
+                with pytest.raises(RuntimeError, match=msg):
                     torch.ops.bioplaus.difference_target_lc2d(**args)
         else:
             with pytest.raises(RuntimeError, match=msg):
