@@ -1,5 +1,6 @@
-// The feedback spec shared by the input-gradient ops (linear_backward_input, lc2d_backward_input) and
-// feedback_source: its one validation, and feedback_source's schema and input check. Semantics in
+// The feedback spec shared by the input-gradient ops (linear_backward_input, lc2d_backward_input), the layer
+// ops (linear, lc2d) and feedback_source: its one validation, the layer ops' stored-matrix check, and
+// feedback_source's schema and input check. Semantics in
 // common/feedback.h; kernels: cpu/feedback_source_kernel.cpp, cuda/feedback_source_kernel.cu. The Python
 // mirror (fake kernels, ops.feedback_source) is bioplaus_kernels/ops/feedback_source.py and must keep the
 // same messages.
@@ -44,6 +45,17 @@ FeedbackSpec check_feedback_spec(const char* op, c10::string_view feedback, int6
   f.scale = static_cast<float>(scale);
   f.scale_f64 = scale;
   return f;
+}
+
+void check_feedback_matrix(const char* op, const FeedbackSpec& spec, c10::string_view feedback,
+                           const std::optional<at::Tensor>& matrix, const at::Tensor& weight) {
+  if (!matrix.has_value() || !matrix->defined()) return;
+  BIOPLAUS_CHECK(spec.mode == FeedbackMode::kWeight, op,
+                 ": a matrix is the feedback itself; feedback must be 'weight' with it, got '", std::string(feedback),
+                 "'");
+  BIOPLAUS_CHECK(matrix->sizes() == weight.sizes(), op, ": matrix must have weight's shape ", shape_str(weight.sizes()),
+                 ", got ", shape_str(matrix->sizes()));
+  check_same(op, "matrix", *matrix, "weight", weight);
 }
 
 FeedbackSpec check_feedback_source_inputs(const at::Tensor& weight, c10::string_view feedback, int64_t seed,

@@ -1,11 +1,12 @@
-// Locally connected 2D: operator schemas, the one input check per op, and the CUDA autocast wrappers.
-// Backend kernels live in cpu/lc2d_kernel.cpp and cuda/lc2d_kernel.cu; autograd and fake kernels are
-// registered from Python (bioplaus_kernels/ops/lc2d.py).
+// Locally connected 2D: operator schemas, the one input check per op, the layer op lc2d (forward on any
+// backend; its autograd kernel: lc2d_autograd.cpp) and the CUDA autocast wrappers. Backend kernels live in
+// cpu/lc2d_kernel.cpp and cuda/lc2d_kernel.cu; fake kernels in bioplaus_kernels/ops/lc2d.py.
 #include "lc2d.h"
 
 #include "common/checks.h"
 
 #include <ATen/autocast_mode.h>
+#include <torch/csrc/autograd/autograd_not_implemented_fallback.h>
 #include <torch/library.h>
 
 #include <string>
@@ -201,9 +202,51 @@ std::tuple<at::Tensor, at::Tensor> lc2d_backward_weight_autocast(
   return op.call(cast(grad_y), cast(x), kernel_size, stride, padding, dilation);
 }
 
+using Lc2dLayerFn = at::Tensor(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
+                               c10::IntArrayRef, c10::IntArrayRef, c10::IntArrayRef, c10::string_view, int64_t,
+                               int64_t, int64_t, c10::string_view, double, const std::optional<at::Tensor>&);
+
+// Under CUDA autocast, x, weight, bias and matrix in autocast's dtype.
+at::Tensor lc2d_autocast(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                         c10::IntArrayRef stride, c10::IntArrayRef padding, c10::IntArrayRef dilation,
+                         c10::string_view feedback, int64_t seed, int64_t stream, int64_t step,
+                         c10::string_view distribution, double scale, const std::optional<at::Tensor>& matrix) {
+  c10::impl::ExcludeDispatchKeyGuard guard(kAutocast);
+  static auto op = c10::Dispatcher::singleton().findSchemaOrThrow(BIOPLAUS_OP("lc2d"), "").typed<Lc2dLayerFn>();
+  const auto cast_opt = [](const std::optional<at::Tensor>& t) -> std::optional<at::Tensor> {
+    if (!t.has_value() || !t->defined()) return std::nullopt;
+    return cast(*t);
+  };
+  return op.call(cast(x), cast(weight), cast_opt(bias), stride, padding, dilation, feedback, seed, stream, step,
+                 distribution, scale, cast_opt(matrix));
+}
+
+// The layer: y = lc2d_forward(x, weight, bias) on any backend; its autograd kernel (lc2d_autograd.cpp) gives it
+// the feedback backward. The spec (or the stored matrix) is validated here, at the forward, so a bad one fails
+// before any backward.
+at::Tensor lc2d_layer(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                      c10::IntArrayRef stride, c10::IntArrayRef padding, c10::IntArrayRef dilation,
+                      c10::string_view feedback, int64_t seed, int64_t stream, int64_t step,
+                      c10::string_view distribution, double scale, const std::optional<at::Tensor>& matrix) {
+  constexpr const char* op = "lc2d";
+  const FeedbackSpec spec = check_feedback_spec(op, feedback, seed, stream, step, distribution, scale);
+  check_feedback_matrix(op, spec, feedback, matrix, weight);
+  static auto forward = c10::Dispatcher::singleton()
+                            .findSchemaOrThrow(BIOPLAUS_OP("lc2d_forward"), "")
+                            .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
+                                              c10::IntArrayRef, c10::IntArrayRef, c10::IntArrayRef)>();
+  return forward.call(x, weight, bias, stride, padding, dilation);
+}
+
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(bioplaus, m) {
+  // The layer (ops.lc2d, nn.LocallyConnected2d): the forward of lc2d_forward, the input gradient through the
+  // feedback spec's B (or the stored matrix B, with feedback "weight"), the true weight and bias gradients.
+  m.def(
+      "lc2d(Tensor x, Tensor weight, Tensor? bias, int[2] stride, int[4] padding, int[2] dilation, "
+      "str feedback=\"weight\", int seed=0, int stream=0, int step=0, str distribution=\"uniform\", "
+      "float scale=1.0, Tensor? matrix=None) -> Tensor");
   m.def(
       "lc2d_forward(Tensor x, Tensor weight, Tensor? bias, int[2] stride, int[4] padding, "
       "int[2] dilation) -> Tensor");
@@ -216,7 +259,21 @@ TORCH_LIBRARY_FRAGMENT(bioplaus, m) {
       "int[4] padding, int[2] dilation) -> (Tensor, Tensor)");
 }
 
+TORCH_LIBRARY_IMPL(bioplaus, CompositeExplicitAutograd, m) {
+  m.impl("lc2d", lc2d_layer);
+}
+
+// The kernel ops are the layer's forward and backward formulas and have no derivative of their own: a
+// gradient through them (a double backward of lc2d) is the error "derivative for bioplaus::lc2d_... is not
+// implemented".
+TORCH_LIBRARY_IMPL(bioplaus, Autograd, m) {
+  m.impl("lc2d_forward", torch::autograd::autogradNotImplementedFallback());
+  m.impl("lc2d_backward_input", torch::autograd::autogradNotImplementedFallback());
+  m.impl("lc2d_backward_weight", torch::autograd::autogradNotImplementedFallback());
+}
+
 TORCH_LIBRARY_IMPL(bioplaus, AutocastCUDA, m) {
+  m.impl("lc2d", lc2d_autocast);
   m.impl("lc2d_forward", lc2d_forward_autocast);
   m.impl("lc2d_backward_input", lc2d_backward_input_autocast);
   m.impl("lc2d_backward_weight", lc2d_backward_weight_autocast);

@@ -77,14 +77,7 @@ at::Tensor linear_forward(const at::Tensor& x, const at::Tensor& weight, const s
                           c10::string_view distribution, double scale, const std::optional<at::Tensor>& matrix) {
   constexpr const char* op = "linear";
   const FeedbackSpec spec = check_feedback_spec(op, feedback, seed, stream, step, distribution, scale);
-  if (matrix.has_value() && matrix->defined()) {
-    BIOPLAUS_CHECK(spec.mode == FeedbackMode::kWeight, op,
-                   ": a matrix is the feedback itself; feedback must be 'weight' with it, got '",
-                   std::string(feedback), "'");
-    BIOPLAUS_CHECK(matrix->sizes() == weight.sizes(), op, ": matrix must have weight's shape ",
-                   shape_str(weight.sizes()), ", got ", shape_str(matrix->sizes()));
-    check_same(op, "matrix", *matrix, "weight", weight);
-  }
+  check_feedback_matrix(op, spec, feedback, matrix, weight);
   return at::linear(x, weight, bias);
 }
 

@@ -138,7 +138,12 @@ def test_opcheck(c, device):
     p4 = list(resolve_padding(c["padding"], c["hw"], c["k"], c["stride"], c["dilation"]))
     s, d = list(c["stride"]), list(c["dilation"])
     gy = torch.randn(c["N"], c["C_out"], *out, device=device)
-    opcheck(torch.ops.bioplaus.lc2d_forward, (x.requires_grad_(), w.requires_grad_(), b, s, p4, d))
+    # the layer op (with its autograd), then the kernel ops (formulas without a derivative of their own)
+    opcheck(torch.ops.bioplaus.lc2d, (x.requires_grad_(), w.requires_grad_(), b, s, p4, d))
+    opcheck(torch.ops.bioplaus.lc2d, (x, w, None, s, p4, d))
+    opcheck(torch.ops.bioplaus.lc2d, (x, w, b.requires_grad_(), s, p4, d), dict(matrix=torch.randn_like(w)))
+    x, w, b = x.detach(), w.detach(), b.detach()
+    opcheck(torch.ops.bioplaus.lc2d_forward, (x, w, b, s, p4, d))
     opcheck(torch.ops.bioplaus.lc2d_forward, (x, w, None, s, p4, d))
     opcheck(torch.ops.bioplaus.lc2d_backward_input, (gy, w.detach(), list(c["hw"]), s, p4, d))
     opcheck(torch.ops.bioplaus.lc2d_backward_weight, (gy, x.detach(), list(c["k"]), s, p4, d))
@@ -211,8 +216,11 @@ def test_double_backward_is_a_clear_error():
     x.requires_grad_(), w.requires_grad_()
     y = ops.lc2d(x, w, b, **hp(c))
     (gx,) = torch.autograd.grad(y.sum(), x, create_graph=True)
-    with pytest.raises(RuntimeError, match="double backward .* is not supported"):
+    with pytest.raises(RuntimeError, match="derivative for bioplaus::lc2d_backward_input is not implemented"):
         gx.sum().backward()
+    (gw,) = torch.autograd.grad(ops.lc2d(x, w, b, **hp(c)).sum(), w, create_graph=True)
+    with pytest.raises(RuntimeError, match="derivative for bioplaus::lc2d_backward_weight is not implemented"):
+        gw.sum().backward()
 
 
 @pytest.mark.cuda

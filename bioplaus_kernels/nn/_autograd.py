@@ -1,7 +1,6 @@
 """Autograd functions of the module paths that the ops' own autograd does not cover: the forward is the
 layer's ordinary forward, the weight and bias gradients are the true local gradients, and the input gradient
-goes through a given feedback matrix B (stored FA on LC), through B materialised in the backward (Conv2d), or
-is not computed at all (DFA replaces it; see nn.dfa)."""
+goes through B materialised in the backward (Conv2d), or is not computed at all (DFA replaces it; see nn.dfa)."""
 from __future__ import annotations
 
 from typing import List, Optional, Tuple, Union
@@ -40,30 +39,25 @@ class LinearWithoutInputGrad(torch.autograd.Function):
         return None, gw, gb
 
 
-class LC2dWithMatrix(torch.autograd.Function):
-    """Locally connected layer whose input gradient goes through ``matrix`` (B None: no input gradient)."""
+class LC2dWithoutInputGrad(torch.autograd.Function):
+    """A locally connected layer under DFA: no gradient for x (the output error's projection replaces it; see
+    nn.dfa), the true weight and bias gradients. (A stored B goes through the op bioplaus::lc2d's ``matrix``.)"""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, matrix, stride: List[int], padding: List[int], dilation: List[int]):
-        ctx.save_for_backward(x, matrix)
-        ctx.hparams = (stride, padding, dilation)
+    def forward(ctx, x, weight, bias, geometry: Tuple[List[int], List[int], List[int]]):
+        ctx.save_for_backward(x)
+        ctx.geometry = geometry
         ctx.kernel_size = list(weight.shape[4:])
         ctx.set_materialize_grads(False)
-        return _ops.lc2d_forward(x, weight, bias, stride, padding, dilation)
+        return _ops.lc2d_forward(x, weight, bias, *geometry)
 
     @staticmethod
     def backward(ctx, g):
-        x, matrix = ctx.saved_tensors
-        if g is None:
-            return (None,) * 7
-        s, p, d = ctx.hparams
-        gx = gw = gb = None
-        if ctx.needs_input_grad[0] and matrix is not None:
-            gx = _ops.lc2d_backward_input(g, matrix, list(x.shape[2:]), s, p, d)
-        if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
-            gw, gb = _ops.lc2d_backward_weight(g, x, ctx.kernel_size, s, p, d)
-            gb = gb if ctx.needs_input_grad[2] else None
-        return gx, gw, gb, None, None, None, None
+        (x,) = ctx.saved_tensors
+        if g is None or not (ctx.needs_input_grad[1] or ctx.needs_input_grad[2]):
+            return None, None, None, None
+        gw, gb = _ops.lc2d_backward_weight(g, x, ctx.kernel_size, *ctx.geometry)
+        return None, gw if ctx.needs_input_grad[1] else None, gb if ctx.needs_input_grad[2] else None, None
 
 
 # The feedback matrix of a convolution: a stored tensor, the spec's values (feedback, seed, stream, step,

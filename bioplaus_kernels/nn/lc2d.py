@@ -7,11 +7,15 @@ from typing import Optional
 import torch
 from torch import nn
 
-from .. import ops
 from .._geometry import IntPair, Padding, output_size, pair, resolve_padding
 from ..feedback import Fans, Scale
-from ._autograd import LC2dWithMatrix
+from ._autograd import LC2dWithoutInputGrad
 from ._feedback import FeedbackMixin, autocast_inputs
+
+
+# The op's overload, resolved once, and the spec values of backprop (B = the weight, or the stored matrix).
+_LC2D = torch.ops.bioplaus.lc2d.default
+_BACKPROP = ("weight", 0, 0, 0, "uniform", 1.0)
 
 
 class LocallyConnected2d(FeedbackMixin, nn.Module):
@@ -27,10 +31,10 @@ class LocallyConnected2d(FeedbackMixin, nn.Module):
             Bartunov et al. 2018, for any stride.
         bias: learn an untied bias of shape [C_out, H_out, W_out].
         feedback, seed, stream, scale (keyword-only): the feedback rule of the input gradient, as for
-            bioplaus_kernels.nn.Linear. Paths: "bp" and every seeded rule go through ``ops.lc2d`` with the
-            rule's spec (the input-gradient kernel computes B from the seed and/or sign(W) as it gathers;
-            nothing is materialised); "fa" with seed=None passes the stored buffer ``feedback_matrix`` to
-            the same kernel. Weight and bias gradients are the true ones.
+            bioplaus_kernels.nn.Linear. Every rule goes through the op ``bioplaus::lc2d`` (``ops.lc2d``): "bp"
+            and the seeded rules with the rule's spec (the input-gradient kernel computes B from the seed
+            and/or sign(W) as it gathers; nothing is materialised), "fa" with seed=None with the stored
+            buffer ``feedback_matrix`` as the op's ``matrix``. Weight and bias gradients are the true ones.
 
     Parameters:
         weight: [H_out, W_out, C_out, C_in, kH, kW], Glorot-uniform with the convolution fans
@@ -72,6 +76,8 @@ class LocallyConnected2d(FeedbackMixin, nn.Module):
             raise ValueError(f"LocallyConnected2d: the kernel spans {spans[0]}x{spans[1]} which is larger than the "
                              f"padded input {padded[0]}x{padded[1]}")
         self.output_size = output_size(self.input_size, self.kernel_size, self.stride, self.padding4, self.dilation)
+        # (stride, padding, dilation) as the op takes them: resolved once here, never again per call
+        self._geometry = (list(self.stride), list(self.padding4), list(self.dilation))
         factory = {"device": device, "dtype": dtype}
         self.weight = nn.Parameter(torch.empty(*self.output_size, out_channels, in_channels, *self.kernel_size,
                                                **factory))
@@ -92,12 +98,14 @@ class LocallyConnected2d(FeedbackMixin, nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x, weight, bias, matrix = autocast_inputs(x, self.weight, self.bias, self.feedback_matrix)
+        if self.feedback == "dfa" and not self._true_bp:  # no input gradient: DFA sends the output error there
+            return LC2dWithoutInputGrad.apply(x, weight, bias, self._geometry)
+        # the op itself, positionally, with the geometry resolved at construction and the rule's spec values
         if self._uses_backprop():
-            return ops.lc2d(x, weight, bias, self.stride, self.padding4, self.dilation)
-        if self.feedback == "dfa" or matrix is not None:
-            return LC2dWithMatrix.apply(x, weight, bias, matrix, list(self.stride), list(self.padding4),
-                                        list(self.dilation))
-        return ops.lc2d(x, weight, bias, self.stride, self.padding4, self.dilation, **self._forward_spec().kwargs())
+            return _LC2D(x, weight, bias, *self._geometry, *_BACKPROP, None)
+        if matrix is not None:  # stored B: the op's input gradient in "weight" mode through B
+            return _LC2D(x, weight, bias, *self._geometry, *_BACKPROP, matrix)
+        return _LC2D(x, weight, bias, *self._geometry, *self._forward_args(), None)
 
     def extra_repr(self) -> str:
         s = (f"{self.in_channels}, {self.out_channels}, input_size={self.input_size}, "

@@ -5,7 +5,7 @@ from typing import Sequence
 
 import torch
 
-from .lc2d import _check_dtype, _dtype_name, _shape
+from ._checks import check_float_dtype, dtype_name, shape_str
 
 ACTIVATIONS = ("tanh", "sigmoid", "relu", "identity")
 
@@ -16,26 +16,26 @@ def check_activation(op: str, name: str) -> None:
 
 
 def check_like_weight(op: str, weight: torch.Tensor, tensors) -> None:
-    _check_dtype(op, "weight", weight)
+    check_float_dtype(op, "weight", weight)
     for name, t in tensors:
         torch._check(t.device == weight.device,
                      lambda: f"{op}: {name} is on {t.device} but weight is on {weight.device}; they must be on the "
                              "same device")
         torch._check(t.dtype == weight.dtype,
-                     lambda: f"{op}: {name} has dtype {_dtype_name(t.dtype)} but weight has dtype "
-                             f"{_dtype_name(weight.dtype)}; they must match")
+                     lambda: f"{op}: {name} has dtype {dtype_name(t.dtype)} but weight has dtype "
+                             f"{dtype_name(weight.dtype)}; they must match")
 
 
 def check_shape(op: str, name: str, t: torch.Tensor, want: Sequence[int], layout: str) -> None:
     torch._check(tuple(t.shape) == tuple(want),
-                 lambda: f"{op}: {name} must have shape {layout} = {_shape(want)}, got {_shape(t.shape)}")
+                 lambda: f"{op}: {name} must have shape {layout} = {shape_str(want)}, got {shape_str(t.shape)}")
 
 
 def check_linear_inverse_geometry(op, below, below_name, above, above_name, weight, bias) -> None:
     torch._check(weight.dim() == 2,
                  lambda: f"{op}: weight must be 2-D [D_in, D_out] (the shape of the forward weight's transpose), "
-                         f"got shape {_shape(weight.shape)}")
-    torch._check(above.dim() == 2, lambda: f"{op}: {above_name} must be 2-D [N, D_out], got shape {_shape(above.shape)}")
+                         f"got shape {shape_str(weight.shape)}")
+    torch._check(above.dim() == 2, lambda: f"{op}: {above_name} must be 2-D [N, D_out], got shape {shape_str(above.shape)}")
     N, (D_in, D_out) = above.shape[0], weight.shape
     check_shape(op, above_name, above, (N, D_out), "[N, D_out]")
     check_shape(op, below_name, below, (N, D_in), "[N, D_in]")
@@ -45,17 +45,17 @@ def check_linear_inverse_geometry(op, below, below_name, above, above_name, weig
 def check_lc2d_inverse_geometry(op, below, below_name, above, above_name, weight, bias, stride, padding,
                                 dilation) -> None:
     torch._check(weight.dim() == 6,
-                 lambda: f"{op}: weight must be 6-D [H_out, W_out, C_out, C_in, kH, kW], got shape {_shape(weight.shape)}")
+                 lambda: f"{op}: weight must be 6-D [H_out, W_out, C_out, C_in, kH, kW], got shape {shape_str(weight.shape)}")
     torch._check(all(s >= 1 for s in weight.shape),
-                 lambda: f"{op}: weight sizes must be positive, got {_shape(weight.shape)}")
+                 lambda: f"{op}: weight sizes must be positive, got {shape_str(weight.shape)}")
     torch._check(len(stride) == 2 and len(padding) == 4 and len(dilation) == 2,
                  lambda: f"{op}: stride, padding and dilation must have 2, 4 and 2 values, got {len(stride)}, "
                          f"{len(padding)} and {len(dilation)}")
-    torch._check(min(stride) >= 1, lambda: f"{op}: stride values must be >= 1, got {_shape(stride)}")
-    torch._check(min(dilation) >= 1, lambda: f"{op}: dilation values must be >= 1, got {_shape(dilation)}")
-    torch._check(min(padding) >= 0, lambda: f"{op}: padding values must be >= 0, got {_shape(padding)}")
+    torch._check(min(stride) >= 1, lambda: f"{op}: stride values must be >= 1, got {shape_str(stride)}")
+    torch._check(min(dilation) >= 1, lambda: f"{op}: dilation values must be >= 1, got {shape_str(dilation)}")
+    torch._check(min(padding) >= 0, lambda: f"{op}: padding values must be >= 0, got {shape_str(padding)}")
     torch._check(below.dim() == 4,
-                 lambda: f"{op}: {below_name} must be 4-D [N, C_in, H, W], got shape {_shape(below.shape)}")
+                 lambda: f"{op}: {below_name} must be 4-D [N, C_in, H, W], got shape {shape_str(below.shape)}")
     N, H, W = below.shape[0], below.shape[2], below.shape[3]
     H_out, W_out, C_out, C_in, kH, kW = weight.shape
     torch._check(H >= 1 and W >= 1, lambda: f"{op}: {below_name} spatial size must be positive, got {H}x{W}")

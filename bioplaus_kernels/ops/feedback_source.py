@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import torch
 
+from ._checks import check_same, dtype_name, shape_str
+
 _ops = torch.ops.bioplaus
 
 FEEDBACK_MODES = ("weight", "random", "sign", "random_sign")
@@ -37,6 +39,18 @@ def check_feedback_spec(op: str, feedback: str, seed: int, stream: int, step: in
     torch._check(step >= 0, lambda: f"{op}: step must be >= 0, got {step}")
 
 
+def check_feedback_matrix(op: str, feedback: str, matrix, weight: torch.Tensor) -> None:
+    """The Python mirror of check_feedback_matrix (csrc/feedback_source.cpp): a layer op's stored matrix (when
+    given) has weight's shape, device and dtype, with feedback "weight"."""
+    if matrix is None:
+        return
+    torch._check(feedback == "weight", lambda: f"{op}: a matrix is the feedback itself; feedback must be "
+                                               f"'weight' with it, got '{feedback}'")
+    torch._check(matrix.shape == weight.shape, lambda: f"{op}: matrix must have weight's shape "
+                                                       f"{shape_str(weight.shape)}, got {shape_str(matrix.shape)}")
+    check_same(op, "matrix", matrix, "weight", weight)
+
+
 _FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 
@@ -44,10 +58,8 @@ _FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 @torch.library.register_fake("bioplaus::feedback_source")
 def _feedback_source_fake(weight, feedback="weight", seed=0, stream=0, step=0, distribution="uniform", scale=1.0):
     check_feedback_spec("feedback_source", feedback, seed, stream, step, distribution)
-    from .lc2d import _dtype_name  # lc2d imports this module
-
     torch._check(weight.dtype in _FLOAT_DTYPES, lambda: f"feedback_source: weight must be float32, float64, float16 "
-                                                        f"or bfloat16, got {_dtype_name(weight.dtype)}")
+                                                        f"or bfloat16, got {dtype_name(weight.dtype)}")
     return torch.empty_like(weight, memory_format=torch.contiguous_format)
 
 

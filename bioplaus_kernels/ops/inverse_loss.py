@@ -23,7 +23,8 @@ import torch
 
 from .._geometry import IntPair, Padding, pair, resolve_padding
 from . import _tp
-from .lc2d import _check_dtype
+from ._checks import check_float_dtype
+
 
 _ops = torch.ops.bioplaus
 
@@ -63,7 +64,7 @@ def _inverse_loss_lc2d_fake(y, h, weight, bias, stride, padding, dilation, activ
 def _inverse_loss_noisy_input_fake(h, sigma, seed, stream, step):
     op = "inverse_loss_noisy_input"
     _check_noise(op, "identity", sigma, seed, stream, step)
-    _check_dtype(op, "h", h)
+    check_float_dtype(op, "h", h)
     return h.new_empty(h.shape)
 
 

@@ -14,8 +14,8 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from .feedback_source import check_feedback_spec
-from .lc2d import _check_dtype, _check_same, _shape
+from ._checks import check_float_dtype, check_same, shape_str
+from .feedback_source import check_feedback_matrix, check_feedback_spec
 
 _ops = torch.ops.bioplaus
 
@@ -27,11 +27,11 @@ def _linear_backward_input_fake(grad_y, weight, feedback="weight", seed=0, strea
     op = "linear_backward_input"
     check_feedback_spec(op, feedback, seed, stream, step, distribution)
     torch._check(weight.dim() == 2, lambda: f"{op}: weight must be 2-D [out_features, in_features], got a "
-                                            f"{weight.dim()}-D tensor of shape {_shape(weight.shape)}")
+                                            f"{weight.dim()}-D tensor of shape {shape_str(weight.shape)}")
     torch._check(grad_y.dim() >= 1,
                  lambda: f"{op}: grad_y must have at least 1 dimension [..., out_features], got a 0-D tensor")
-    _check_dtype(op, "weight", weight)
-    _check_same(op, "grad_y", grad_y, "weight", weight)
+    check_float_dtype(op, "weight", weight)
+    check_same(op, "grad_y", grad_y, "weight", weight)
     out_features, in_features = weight.shape
     torch._check(grad_y.shape[-1] == out_features,
                  lambda: f"{op}: grad_y has {grad_y.shape[-1]} features in its last dimension but weight expects "
@@ -45,12 +45,7 @@ def _linear_fake(x, weight, bias=None, feedback="weight", seed=0, stream=0, step
                  scale=1.0, matrix=None):
     op = "linear"
     check_feedback_spec(op, feedback, seed, stream, step, distribution)
-    if matrix is not None:
-        torch._check(feedback == "weight", lambda: f"{op}: a matrix is the feedback itself; feedback must be "
-                                                   f"'weight' with it, got '{feedback}'")
-        torch._check(matrix.shape == weight.shape, lambda: f"{op}: matrix must have weight's shape "
-                                                           f"{_shape(weight.shape)}, got {_shape(matrix.shape)}")
-        _check_same(op, "matrix", matrix, "weight", weight)
+    check_feedback_matrix(op, feedback, matrix, weight)
     return F.linear(x, weight, bias)
 
 

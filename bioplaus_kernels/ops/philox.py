@@ -23,7 +23,7 @@ from typing import Optional, Sequence, Union
 
 import torch
 
-from .lc2d import _dtype_name
+from ._checks import dtype_name
 
 _ops = torch.ops.bioplaus
 
@@ -40,13 +40,13 @@ def _check_fill(like: torch.Tensor, seed: int, stream: int, step: int, distribut
     torch._check(step >= 0, lambda: f"{op}: step must be >= 0, got {step}")
     dt = like.dtype
     if distribution == "bits":
-        torch._check(dt == torch.int64, lambda: f"{op}: distribution 'bits' needs an int64 tensor, got {_dtype_name(dt)}")
+        torch._check(dt == torch.int64, lambda: f"{op}: distribution 'bits' needs an int64 tensor, got {dtype_name(dt)}")
     elif like.device.type == "cuda":
         torch._check(dt in (torch.float32, torch.float64, torch.float16, torch.bfloat16),
-                     lambda: f"{op}: like must be float32, float64, float16 or bfloat16 on CUDA, got {_dtype_name(dt)}")
+                     lambda: f"{op}: like must be float32, float64, float16 or bfloat16 on CUDA, got {dtype_name(dt)}")
     else:
         torch._check(dt in (torch.float32, torch.float64),
-                     lambda: f"{op}: like must be float32 or float64 on the CPU, got {_dtype_name(dt)}")
+                     lambda: f"{op}: like must be float32 or float64 on the CPU, got {dtype_name(dt)}")
 
 
 @torch.library.register_fake("bioplaus::philox_fill")
