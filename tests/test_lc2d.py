@@ -586,3 +586,35 @@ def test_kernel_backward_input(c, dtype, spec, device):
     # the feedback matrix made on the fly equals "weight" mode on the materialised B, bit for bit
     materialised = ops_.feedback_source(w, **spec)
     assert torch.equal(gx, ops_.lc2d_backward_input(gy, materialised, list(c["hw"]), *geometry))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_stored_matrix(device):
+    # matrix: a stored B of weight's shape; grad_x goes through B, weight and bias get their true gradients
+    c = GRADCHECK_CASES[1]
+    x, w, b, out = make_tensors(c, device=device, seed=4)
+    B = torch.randn_like(w)
+    x.requires_grad_(), w.requires_grad_(), b.requires_grad_()
+    y = ops.lc2d(x, w, b, **hp(c), matrix=B)
+    gy = torch.randn_like(y)
+    gx, gw, gb = torch.autograd.grad(y, (x, w, b), gy)
+    x64, w64, b64 = (t.detach().cpu().requires_grad_() for t in (x, w, b))
+    _, gw_ref, gb_ref = torch.autograd.grad(ref.lc2d(x64, w64, b64, **hp(c)), (x64, w64, b64), gy.cpu())
+    assert_close_to_ref(gx, feedback_ref_grad_x(x, B, gy, c), torch.float64)
+    assert_close_to_ref(gw, gw_ref, torch.float64)
+    assert_close_to_ref(gb, gb_ref, torch.float64)
+    assert torch.autograd.gradcheck(lambda w, b: ops.lc2d(x.detach(), w, b, **hp(c), matrix=B), (w, b))
+
+
+def test_bad_stored_matrix_is_rejected():
+    c = GRADCHECK_CASES[1]
+    x, w, b, _ = make_tensors(c, dtype=torch.float32)
+    geometry = (list(c["stride"]), list(resolve_padding(c["padding"], c["hw"], c["k"], c["stride"], c["dilation"])),
+                list(c["dilation"]))
+    op = torch.ops.bioplaus.lc2d
+    assert_rejected(lambda *a: op(*a, feedback="sign", matrix=w.clone()), (x, w, b, *geometry),
+                    r"lc2d: a matrix is the feedback itself; feedback must be 'weight' with it, got 'sign'")
+    assert_rejected(lambda *a: op(*a, matrix=w[:1].clone()), (x, w, b, *geometry),
+                    r"lc2d: matrix must have weight's shape \[.*\], got \[1, .*\]")
+    assert_rejected(lambda *a: op(*a, matrix=w.double()), (x, w, b, *geometry),
+                    r"lc2d: matrix has dtype Double but weight has dtype Float; they must match")
