@@ -1,10 +1,12 @@
 """Build bioplaus_kernels._C: one extension with the C++ CPU kernels and, where possible, the CUDA kernels.
 
 CUDA kernels are compiled whenever torch is a CUDA build and nvcc is found, even with no GPU visible
-(TORCH_CUDA_ARCH_LIST then defaults to "8.0;9.0"; an explicit value is honoured). Otherwise the build is
+(TORCH_CUDA_ARCH_LIST then defaults to build_flags.json's cuda_archs; an explicit value is honoured). Compiler
+flags come from build_flags.json too, which CMakeLists.txt reads as well. Otherwise the build is
 CPU-only and says so. MAX_JOBS is honoured by torch's ninja builder. BIOPLAUS_FORCE_CPU=1 skips CUDA.
 """
 import glob
+import json
 import os
 import re
 import shutil
@@ -14,7 +16,8 @@ import sys
 from setuptools import find_packages, setup
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
-DEFAULT_ARCH_LIST = "8.0;9.0"
+with open(os.path.join(ROOT, "build_flags.json")) as f:
+    FLAGS = json.load(f)
 
 
 def _is_toolkit(root):
@@ -53,7 +56,7 @@ from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtensio
 
 with_cuda = cuda_home is not None and torch.version.cuda is not None
 if with_cuda and not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
-    os.environ["TORCH_CUDA_ARCH_LIST"] = DEFAULT_ARCH_LIST
+    os.environ["TORCH_CUDA_ARCH_LIST"] = ";".join(FLAGS["cuda_archs"])
 
 
 def rel(paths):
@@ -67,12 +70,10 @@ sources = rel(glob.glob(os.path.join(ROOT, "csrc", "*.cpp")) + glob.glob(os.path
 cuda_sources = rel(glob.glob(os.path.join(ROOT, "csrc", "cuda", "*.cu")))
 
 # The C++ standard is left to torch (C++20 from torch 2.13 on, C++17 before).
-cxx_flags = ["-O3", "-fopenmp", "-DTORCH_API_INCLUDE_EXTENSION_H"]
-nvcc_flags = ["-O3", "--expt-relaxed-constexpr", "-lineinfo", "-DTORCH_API_INCLUDE_EXTENSION_H"]
 include_dirs = [os.path.join(ROOT, "csrc")]
-extra = dict(extra_compile_args={"cxx": cxx_flags}, extra_link_args=["-fopenmp"], include_dirs=include_dirs)
+extra = dict(extra_compile_args={"cxx": FLAGS["cxx"]}, extra_link_args=FLAGS["link"], include_dirs=include_dirs)
 if with_cuda:
-    extra["extra_compile_args"]["nvcc"] = nvcc_flags
+    extra["extra_compile_args"]["nvcc"] = FLAGS["nvcc"]
     ext = CUDAExtension("bioplaus_kernels._C", sources + cuda_sources, define_macros=[("BIOPLAUS_WITH_CUDA", "1")],
                         **extra)
 else:
@@ -89,8 +90,14 @@ if with_cuda:
 print(f"  MAX_JOBS={os.environ.get('MAX_JOBS', '(torch default)')}  sources: {len(sources)} C++, "
       f"{len(cuda_sources) if with_cuda else 0} CUDA", file=sys.stderr)
 
+# What this build is, for the message of a library that does not load (bioplaus_kernels/__init__.py).
+with open(os.path.join(ROOT, "bioplaus_kernels", "_build_info.json"), "w") as f:
+    json.dump({"torch": torch.__version__, "cuda": torch.version.cuda, "with_cuda": with_cuda,
+               "python": sys.version.split()[0]}, f)
+
 setup(
     packages=find_packages(include=["bioplaus_kernels", "bioplaus_kernels.*"]),
+    package_data={"bioplaus_kernels": ["_build_info.json"]},
     ext_modules=[ext],
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
 )

@@ -16,7 +16,7 @@ target: every rule within 10% of bp, i.e. ratio <= 1.10; on a machine shared wit
 minima, the least-disturbed samples, is the steadier of the two) and the bytes the layer stores for its
 feedback (buffers; the BioTorch-style fa/frsf also count their stored dense tensor).
 
-Shapes: the layers of the reference networks (papers.md section 1: MNIST/CIFAR FC nets, the FC1024 heads of
+Shapes: the layers of the reference networks (docs/papers.md section 1: MNIST/CIFAR FC nets, the FC1024 heads of
 the LC nets, the LC layers, and their weight-shared conv twins, SAME padding) at --batch (128), and
 ResNet-18's convolutions at 224x224 input (stem, one 3x3 conv per stage, fc) at --resnet-batch (8 on the CPU:
 2 cores), and its fc once more at the training batch 256 (r18-fc-b256). Timing: benchmarks/common.py (perf_counter on the CPU, CUDA events on CUDA), all impls of a shape
@@ -86,7 +86,8 @@ SHAPES: List[Shape] = [
     Shape("r18-l3", "resnet", "conv", 256, 256, 14, 3, 1, 1, True),
     Shape("r18-l4", "resnet", "conv", 512, 512, 7, 3, 1, 1, True),
     Shape("r18-fc", "resnet", "linear", 512, 1000, resnet=True),
-    # the fc layer at Xiao et al.'s training batch: at batch 8 its three GEMMs cost about as much as building B
+    # the fc layer again at Xiao et al.'s training batch: at batch 8 its step is memory-bound and a stored or
+    # generated B is a visible share of it (docs/performance.md section 4)
     Shape("r18-fc-b256", "resnet", "linear", 512, 1000, resnet=True, batch=256),
 ]
 GROUPS = ("linear", "conv", "lc", "resnet")

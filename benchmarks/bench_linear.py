@@ -12,7 +12,7 @@ For every shape it times, interleaved on the same grad_y [batch, out] and weight
 and reports medians and minima, and the ratios mode/weight and weight/mm of each. Every mode is first checked: its result
 must equal, bit for bit, "weight" mode on the materialised B (ops.feedback_source).
 
-Shapes: the layers of the reference nets of Bartunov et al. 2018 (../shared/reference/papers.md section 1)
+Shapes: the layers of the reference nets of Bartunov et al. 2018 (docs/papers.md section 1)
 whose input gradient is needed (hidden and output layers; not the first layer, whose input is the image):
 MNIST FC (FC256 x5): 256->256 and 256->10; CIFAR FC (FC1024 x3): 1024->1024 and 1024->10; the FC layers of the
 LC nets: MNIST 3136 (7x7x64) -> 1024, CIFAR 16384 (8x8x256) -> 1024, and their 1024->10 outputs.

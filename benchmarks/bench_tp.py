@@ -71,7 +71,7 @@ def _fc_stack(width, hidden):
 
 
 def build_net(name: str) -> nn.Sequential:
-    """The paper's nets (papers.md section 1, Table 3), softmax 10 as the last Linear's logits."""
+    """The paper's nets (docs/papers.md section 1, Table 3), softmax 10 as the last Linear's logits."""
     if name == "mnist-fc":
         layers, width = _fc_stack(784, [256] * 5)
     elif name == "cifar-fc":

@@ -1,20 +1,22 @@
 """Real MNIST with the paper's FC net (FC256 x5 tanh, softmax 10) trained by target propagation.
 
-Bartunov et al. 2018 (papers.md section 1), DTP-alternating and SDTP-alternating with the appendix Table 5
+Bartunov et al. 2018 (docs/papers.md section 1), DTP-alternating and SDTP-alternating with the appendix Table 5
 hyperparameters of the MNIST-FC cell (forward and inverse Adam lr/beta1/beta2/eps, alpha, sigma). Batch size
 (not stated in the paper): 128. Inputs: pixels / 255, flattened; Glorot-uniform initialisation everywhere.
 The alternating schedule starts with an inverse epoch (bioplaus_kernels.tp.Trainer), so forward weights
 train in the even epochs. The test error is measured after every epoch; the run stops after --epochs epochs
-or when the --time-budget (seconds) is spent, and writes benchmarks/results/tp-mnist-fc-<algorithm>.{json,log}.
+or when the --time-budget (seconds) is spent, and writes
+benchmarks/results/tp-mnist-fc-<algorithm>-alternating[-logits].{json,log}.
 
     python3 benchmarks/tp_mnist_fc.py --algorithm dtp --epochs 100 --time-budget 1500
 
     python3 benchmarks/tp_mnist_fc.py --algorithm sdtp --output-inverse logits --epochs 200 --time-budget 1740
 
 Reads the original gz IDX files from --data (default /work/shared/data/mnist, torchvision's raw layout).
-SDTP with the output inverse reading probabilities (the default) diverged on this net in our run (test
-error 8.6% after 2 forward epochs, then rising to 34%; the run was stopped: results/...-probabilities-
-stopped.log); reading the logits it trains steadily (docs/tp.md).
+--output-inverse defaults to probabilities here (the paper's "label distribution"). On this net that reading
+diverges and reading the logits trains steadily (docs/tp.md; the stopped run is
+benchmarks/results/tp-mnist-fc-sdtp-alternating-probabilities-stopped.log), which is why the package's
+Trainer defaults to the logits.
 """
 from __future__ import annotations
 
@@ -35,7 +37,8 @@ from torch import nn  # noqa: E402
 
 from bioplaus_kernels.tp import Trainer  # noqa: E402
 
-# papers.md section 1, appendix Table 5, MNIST-FC: forward Adam (lr, beta1, beta2, eps), inverse Adam, alpha, sigma.
+# docs/papers.md section 1.6 (appendix Table 5), MNIST-FC: forward Adam (lr, beta1, beta2, eps), inverse Adam,
+# alpha, sigma.
 TABLE5 = {
     "dtp": dict(forward=(3.08e-4, 0.99, 0.99, 1e-4), inverse=(4.593e-3, 0.99, 0.999, 1e-4), alpha=0.232,
                 sigma=0.220),
@@ -89,7 +92,7 @@ def main(argv=None) -> int:
     ap.add_argument("--epochs", type=int, default=100)
     ap.add_argument("--time-budget", type=float, default=1500.0, help="seconds of training (checked per epoch)")
     ap.add_argument("--output-inverse", choices=("probabilities", "logits"), default="probabilities",
-                    help="what SDTP's output inverse reads (papers.md marks it uncertain)")
+                    help="what SDTP's output inverse reads (docs/papers.md section 1 marks it open)")
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)

@@ -1,4 +1,4 @@
-// Difference target of target propagation (Lee et al. 2015; Bartunov et al. 2018, papers.md section 1):
+// Difference target of target propagation (Lee et al. 2015; Bartunov et al. 2018, docs/papers.md section 1):
 //
 //   t_below = h_below + g(t_above) - g(h_above),   g(y) = act(V y + c)
 //

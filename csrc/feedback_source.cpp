@@ -37,9 +37,7 @@ FeedbackSpec check_feedback_spec(const char* op, c10::string_view feedback, int6
   } else {
     BIOPLAUS_CHECK(false, op, ": distribution must be 'uniform' or 'normal', got '", std::string(distribution), "'");
   }
-  BIOPLAUS_CHECK(seed >= 0, op, ": seed must be >= 0, got ", seed);
-  BIOPLAUS_CHECK(stream >= 0, op, ": stream must be >= 0, got ", stream);
-  BIOPLAUS_CHECK(step >= 0, op, ": step must be >= 0, got ", step);
+  check_seed_stream_step(op, seed, stream, step);
   f.key = philox::make_key(static_cast<uint64_t>(seed), static_cast<uint64_t>(stream));
   f.step = static_cast<uint64_t>(step);
   f.scale = static_cast<float>(scale);

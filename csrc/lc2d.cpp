@@ -12,89 +12,19 @@
 #include <string>
 
 namespace bioplaus {
-namespace {
-
-void check_int_list(const char* op, const char* name, c10::IntArrayRef v, size_t len, int64_t min) {
-  BIOPLAUS_CHECK(v.size() == len, op, ": ", name, " must have ", len, " values, got ", v.size(), " (",
-                 shape_str(v), ")");
-  for (int64_t e : v) {
-    BIOPLAUS_CHECK(e >= min, op, ": ", name, " values must be >= ", min, ", got ", shape_str(v));
-  }
-}
-
-void check_hyper(const char* op, c10::IntArrayRef stride, c10::IntArrayRef padding,
-                 c10::IntArrayRef dilation) {
-  check_int_list(op, "stride", stride, 2, 1);
-  check_int_list(op, "padding", padding, 4, 0);
-  check_int_list(op, "dilation", dilation, 2, 1);
-}
-
-void check_dim(const char* op, const char* name, const at::Tensor& t, int64_t dim, const char* layout) {
-  BIOPLAUS_CHECK(t.dim() == dim, op, ": ", name, " must be ", dim, "-D ", layout, ", got a ", t.dim(),
-                 "-D tensor of shape ", shape_str(t.sizes()));
-}
-
-// Fills the spatial part of g from the input size, kernel and hyper-parameters, checking that the
-// dilated kernel fits the padded input.
-void resolve_spatial(const char* op, Lc2dGeometry& g, int64_t H, int64_t W, int64_t kH, int64_t kW,
-                     c10::IntArrayRef stride, c10::IntArrayRef padding, c10::IntArrayRef dilation) {
-  BIOPLAUS_CHECK(H >= 1 && W >= 1, op, ": input spatial size must be positive, got ", H, "x", W);
-  BIOPLAUS_CHECK(kH >= 1 && kW >= 1, op, ": kernel size must be positive, got ", kH, "x", kW);
-  g.H = H;
-  g.W = W;
-  g.kH = kH;
-  g.kW = kW;
-  g.sH = stride[0];
-  g.sW = stride[1];
-  g.pT = padding[0];
-  g.pL = padding[2];
-  g.dH = dilation[0];
-  g.dW = dilation[1];
-  const int64_t padded_h = H + padding[0] + padding[1];
-  const int64_t padded_w = W + padding[2] + padding[3];
-  const int64_t span_h = g.dH * (kH - 1) + 1;
-  const int64_t span_w = g.dW * (kW - 1) + 1;
-  BIOPLAUS_CHECK(span_h <= padded_h && span_w <= padded_w, op, ": the kernel spans ", span_h, "x", span_w,
-                 " (size ", kH, "x", kW, ", dilation ", g.dH, "x", g.dW,
-                 ") which is larger than the padded input ", padded_h, "x", padded_w);
-  g.H_out = lc2d_out_size(H, kH, g.sH, padding[0], padding[1], g.dH);
-  g.W_out = lc2d_out_size(W, kW, g.sW, padding[2], padding[3], g.dW);
-}
-
-void check_weight_grid(const char* op, const Lc2dGeometry& g, int64_t H_out, int64_t W_out,
-                       const char* who) {
-  BIOPLAUS_CHECK(g.H_out == H_out && g.W_out == W_out, op, ": input ", g.H, "x", g.W, " with kernel ",
-                 g.kH, "x", g.kW, ", stride ", g.sH, "x", g.sW, " and dilation ", g.dH, "x", g.dW,
-                 " gives a ", g.H_out, "x", g.W_out, " output, but ", who, " has ", H_out, "x", W_out,
-                 " output positions");
-}
-
-void check_weight(const char* op, const char* name, const at::Tensor& weight) {
-  check_dim(op, name, weight, 6, "[H_out, W_out, C_out, C_in, kH, kW]");
-  for (int64_t d = 0; d < 6; ++d) {
-    BIOPLAUS_CHECK(weight.size(d) >= 1, op, ": ", name, " sizes must be positive, got ",
-                   shape_str(weight.sizes()));
-  }
-  check_float_dtype(op, name, weight);
-}
-
-}  // namespace
 
 Lc2dGeometry check_lc2d_forward_inputs(const at::Tensor& x, const at::Tensor& weight,
                                        const std::optional<at::Tensor>& bias, c10::IntArrayRef stride,
                                        c10::IntArrayRef padding, c10::IntArrayRef dilation) {
   constexpr const char* op = "lc2d_forward";
-  check_hyper(op, stride, padding, dilation);
   check_dim(op, "x", x, 4, "[N, C_in, H, W]");
-  check_weight(op, "weight", weight);
+  check_lc2d_weight(op, "weight", weight);
   check_same(op, "x", x, "weight", weight);
-  Lc2dGeometry g{};
-  g.N = x.size(0);
-  g.C_in = weight.size(3);
-  g.C_out = weight.size(2);
-  BIOPLAUS_CHECK(x.size(1) == g.C_in, op, ": x has ", x.size(1), " channels but weight expects C_in=", g.C_in);
-  resolve_spatial(op, g, x.size(2), x.size(3), weight.size(4), weight.size(5), stride, padding, dilation);
-  check_weight_grid(op, g, weight.size(0), weight.size(1), "weight");
+  BIOPLAUS_CHECK(x.size(1) == weight.size(3), op, ": x has ", x.size(1), " channels but weight expects C_in=",
+                 weight.size(3));
+  const Lc2dGeometry g = resolve_lc2d_geometry(op, x.size(0), weight.size(3), weight.size(2), x.size(2), x.size(3),
+                                               weight.size(4), weight.size(5), stride, padding, dilation);
+  check_lc2d_grid(op, g, weight.size(0), weight.size(1), "weight");
   if (bias.has_value() && bias->defined()) {
     const at::Tensor& b = *bias;
     check_same(op, "bias", b, "weight", weight);
@@ -111,21 +41,17 @@ std::pair<Lc2dGeometry, FeedbackSpec> check_lc2d_backward_input_inputs(
     int64_t step, c10::string_view distribution, double scale) {
   constexpr const char* op = "lc2d_backward_input";
   const FeedbackSpec spec = check_feedback_spec(op, feedback, seed, stream, step, distribution, scale);
-  check_hyper(op, stride, padding, dilation);
   check_int_list(op, "input_size", input_size, 2, 1);
   check_dim(op, "grad_y", grad_y, 4, "[N, C_out, H_out, W_out]");
-  check_weight(op, "weight", weight);
+  check_lc2d_weight(op, "weight", weight);
   check_same(op, "grad_y", grad_y, "weight", weight);
-  Lc2dGeometry g{};
-  g.N = grad_y.size(0);
-  g.C_in = weight.size(3);
-  g.C_out = weight.size(2);
-  resolve_spatial(op, g, input_size[0], input_size[1], weight.size(4), weight.size(5), stride, padding,
-                  dilation);
-  check_weight_grid(op, g, weight.size(0), weight.size(1), "weight");
+  const Lc2dGeometry g = resolve_lc2d_geometry(op, grad_y.size(0), weight.size(3), weight.size(2), input_size[0],
+                                               input_size[1], weight.size(4), weight.size(5), stride, padding,
+                                               dilation);
+  check_lc2d_grid(op, g, weight.size(0), weight.size(1), "weight");
   BIOPLAUS_CHECK(grad_y.size(1) == g.C_out, op, ": grad_y has ", grad_y.size(1),
                  " channels but weight expects C_out=", g.C_out);
-  check_weight_grid(op, g, grad_y.size(2), grad_y.size(3), "grad_y");
+  check_lc2d_grid(op, g, grad_y.size(2), grad_y.size(3), "grad_y");
   return {g, spec};
 }
 
@@ -133,7 +59,6 @@ Lc2dGeometry check_lc2d_backward_weight_inputs(const at::Tensor& grad_y, const a
                                                c10::IntArrayRef kernel_size, c10::IntArrayRef stride,
                                                c10::IntArrayRef padding, c10::IntArrayRef dilation) {
   constexpr const char* op = "lc2d_backward_weight";
-  check_hyper(op, stride, padding, dilation);
   check_int_list(op, "kernel_size", kernel_size, 2, 1);
   check_dim(op, "grad_y", grad_y, 4, "[N, C_out, H_out, W_out]");
   check_dim(op, "x", x, 4, "[N, C_in, H, W]");
@@ -143,12 +68,9 @@ Lc2dGeometry check_lc2d_backward_weight_inputs(const at::Tensor& grad_y, const a
                  " but x has batch size ", x.size(0));
   BIOPLAUS_CHECK(x.size(1) >= 1 && grad_y.size(1) >= 1, op, ": channel counts must be positive, got C_in=",
                  x.size(1), " and C_out=", grad_y.size(1));
-  Lc2dGeometry g{};
-  g.N = x.size(0);
-  g.C_in = x.size(1);
-  g.C_out = grad_y.size(1);
-  resolve_spatial(op, g, x.size(2), x.size(3), kernel_size[0], kernel_size[1], stride, padding, dilation);
-  check_weight_grid(op, g, grad_y.size(2), grad_y.size(3), "grad_y");
+  const Lc2dGeometry g = resolve_lc2d_geometry(op, x.size(0), x.size(1), grad_y.size(1), x.size(2), x.size(3),
+                                               kernel_size[0], kernel_size[1], stride, padding, dilation);
+  check_lc2d_grid(op, g, grad_y.size(2), grad_y.size(3), "grad_y");
   return g;
 }
 

@@ -16,31 +16,17 @@
 // out = ceil(in / stride), the odd pad row/column at the bottom/right) and "valid" to these four.
 #pragma once
 
+#include "common/lc2d_geometry.h"
+#include "feedback_source.h"
+
 #include <ATen/core/Tensor.h>
 #include <c10/util/ArrayRef.h>
 #include <c10/util/Optional.h>
 #include <c10/util/string_view.h>
 
-#include <tuple>
 #include <utility>
 
-#define BIOPLAUS_FEEDBACK_OP_DECLS
-#include "common/feedback.h"
-
 namespace bioplaus {
-
-// Every size an LC kernel needs, resolved and validated once.
-struct Lc2dGeometry {
-  int64_t N, C_in, H, W;
-  int64_t C_out, H_out, W_out;
-  int64_t kH, kW;
-  int64_t sH, sW;
-  int64_t pT, pL;  // bottom/right padding only affect H_out/W_out, which are validated
-  int64_t dH, dW;
-
-  int64_t positions() const { return H_out * W_out; }
-  int64_t patch() const { return C_in * kH * kW; }  // K
-};
 
 // Validate the forward inputs; error messages name the argument, the expected and the received value.
 Lc2dGeometry check_lc2d_forward_inputs(
@@ -76,11 +62,5 @@ Lc2dGeometry check_lc2d_backward_weight_inputs(
     c10::IntArrayRef stride,
     c10::IntArrayRef padding,
     c10::IntArrayRef dilation);
-
-// Output extent of one spatial axis; the checks guarantee it is >= 1.
-inline int64_t lc2d_out_size(int64_t in, int64_t k, int64_t stride, int64_t pad_lo, int64_t pad_hi,
-                             int64_t dilation) {
-  return (in + pad_lo + pad_hi - dilation * (k - 1) - 1) / stride + 1;
-}
 
 }  // namespace bioplaus

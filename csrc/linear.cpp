@@ -100,7 +100,7 @@ TORCH_LIBRARY_IMPL(bioplaus, CompositeExplicitAutograd, m) {
 // The op is a backward formula; it has no derivative of its own. This C++ kernel makes a double backward
 // through it an error ("derivative for bioplaus::linear_backward_input is not implemented") at a fraction
 // of the cost of a Python autograd registration, which every call (grad mode on or off) would pass
-// through: ~8 us, a tenth of a small layer's step.
+// through (docs/performance.md section 7).
 TORCH_LIBRARY_IMPL(bioplaus, Autograd, m) {
   m.impl("linear_backward_input", torch::autograd::autogradNotImplementedFallback());
 }

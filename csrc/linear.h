@@ -10,8 +10,7 @@
 #include <ATen/core/Tensor.h>
 #include <c10/util/string_view.h>
 
-#define BIOPLAUS_FEEDBACK_OP_DECLS
-#include "common/feedback.h"
+#include "feedback_source.h"
 
 namespace bioplaus {
 

@@ -1,8 +1,8 @@
 // bioplaus::linear's autograd, in C++: y = F.linear(x, weight, bias) whose backward sends
 // grad_y * B (linear_backward_input with the op's feedback spec, or the given stored matrix B) to x and the
-// true local gradients to weight and bias. A Python autograd.Function costs more per step in argument
-// handling and in a Python backward (6 us on a 64x64 layer with a stored B, where the whole step takes
-// 90 us); this node's step is within about 5 us of torch's own linear.
+// true local gradients to weight and bias. In C++ because a Python autograd.Function adds argument handling
+// and a Python backward to every step, which is a large share of a small layer's step
+// (docs/performance.md section 7).
 //
 // Index map (x [..., in] seen as M rows): grad_x = linear_backward_input(grad_y, weight, spec) or
 // grad_y[..., out] * matrix[out, in] (torch's GEMM, as backprop's with W),

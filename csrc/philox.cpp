@@ -1,9 +1,9 @@
 // Counter-based random tensors: operator schemas and the one input check of philox_fill.
 // The generator, key derivation and element mapping are defined once in common/philox.h; backend kernels
 // live in cpu/philox_kernel.cpp and cuda/philox_kernel.cu, fake kernels in bioplaus_kernels/ops/philox.py.
-#define BIOPLAUS_PHILOX_OP_DECLS
+#include "philox.h"
+
 #include "common/checks.h"
-#include "common/philox.h"
 
 #include <torch/library.h>
 
@@ -25,9 +25,7 @@ philox::Distribution check_philox_fill_inputs(const at::Tensor& like, int64_t se
     BIOPLAUS_CHECK(false, op, ": distribution must be 'uniform' or 'normal' (or 'bits' for the raw words), got '",
                    std::string(distribution), "'");
   }
-  BIOPLAUS_CHECK(seed >= 0, op, ": seed must be >= 0, got ", seed);
-  BIOPLAUS_CHECK(stream >= 0, op, ": stream must be >= 0, got ", stream);
-  BIOPLAUS_CHECK(step >= 0, op, ": step must be >= 0, got ", step);
+  check_seed_stream_step(op, seed, stream, step);
   const auto dt = like.scalar_type();
   if (d == philox::Distribution::kBits) {
     BIOPLAUS_CHECK(dt == at::kLong, op, ": distribution 'bits' needs an int64 tensor, got ", dt);

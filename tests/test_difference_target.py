@@ -2,7 +2,7 @@
 import pytest
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
-from torch.testing._internal.optests import opcheck
+from torch.library import opcheck
 
 from bioplaus_kernels import ops
 from bioplaus_kernels._geometry import output_size, resolve_padding
@@ -180,12 +180,13 @@ def test_bad_lc2d_inputs(fake):
     t, hp = lc_tensors(LC_CASES[0], dtype=torch.float32)
     bad = [
         (dict(bias=t[4][:, :3]), r"bias must have shape \[C_in, H, W\] = \[2, 9, 8\], got \[2, 3, 8\]"),
-        (dict(stride=[1, 1]), "input 9x8 with this kernel, stride and padding gives a 8x7 output, but weight has 5x4"),
+        (dict(stride=[1, 1]), "difference_target_lc2d: input 9x8 with kernel 3x3, stride 1x1 and dilation 1x1 gives a "
+                              "9x7 output, but weight has 5x4 output positions"),
         (dict(h_above=t[2][:, :1]), r"h_above must have shape \[N, C_out, H_out, W_out\] = \[3, 4, 5, 4\]"),
         (dict(h_below=t[0][0]), r"h_below must be 4-D \[N, C_in, H, W\]"),
     ]
     base = dict(h_below=t[0], t_above=t[1], h_above=t[2], weight=t[3], bias=t[4], stride=[2, 2],
-                padding=[0, 1, 0, 1], dilation=[1, 1], activation="tanh")
+                padding=[1, 1, 0, 1], dilation=[1, 1], activation="tanh")  # "same" for 9x8, k3, s2
     for change, msg in bad:
         args = {**base, **change}
         if fake:

@@ -2,7 +2,7 @@
 dtype, independent of the thread count, opcheck, fake kernel, bad inputs; CUDA equal to the CPU."""
 import pytest
 import torch
-from torch.testing._internal.optests import opcheck
+from torch.library import opcheck
 
 from bioplaus_kernels import ops, reference
 

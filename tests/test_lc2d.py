@@ -3,10 +3,10 @@ import random
 
 import pytest
 import torch
-from torch.testing._internal.optests import opcheck
+from torch.library import opcheck
 
 from bioplaus_kernels import ops, reference
-from bioplaus_kernels._geometry import output_size, pair, resolve_padding
+from bioplaus_kernels._geometry import output_size, resolve_padding
 from bioplaus_kernels.reference import lc2d as ref
 
 from conftest import DEVICES, KERNEL_DEVICES, KERNEL_DTYPES, kernel_ops

@@ -107,7 +107,8 @@ def test_bad_module_arguments():
         LocallyConnected2d(0, 3, 8, 3)
     with pytest.raises(ValueError, match=r"kernel_size must be positive, got \(0, 3\)"):
         LocallyConnected2d(1, 3, 8, (0, 3))
-    with pytest.raises(ValueError, match="the kernel spans 9x9 which is larger than the padded input 8x8"):
+    with pytest.raises(ValueError, match=r"LocallyConnected2d: the kernel spans 9x9 \(size 9x9, dilation 1x1\) which is "
+                                         "larger than the padded input 8x8"):
         LocallyConnected2d(1, 3, 8, 9)
     with pytest.raises(ValueError, match=r"stride must be an int or a pair of ints, got \(1, 2, 3\)"):
         LocallyConnected2d(1, 3, 8, 3, stride=(1, 2, 3))

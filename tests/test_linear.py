@@ -3,11 +3,10 @@ reference.feedback_source; on-the-fly B equal to the materialised B; true weight
 import pytest
 import torch
 import torch.nn.functional as F
-from torch.testing._internal.optests import opcheck
+from torch.library import opcheck
 
 from bioplaus_kernels import ops
 from bioplaus_kernels import reference
-from bioplaus_kernels.reference import linear as ref
 
 from conftest import DEVICES, KERNEL_DEVICES, KERNEL_DTYPES, kernel_ops, multiprocessors
 from feedback_cases import FEEDBACK_SPECS, assert_rejected, assert_same_feedback, spec_id

@@ -4,7 +4,7 @@ import math
 
 import pytest
 import torch
-from torch.testing._internal.optests import opcheck
+from torch.library import opcheck
 
 from bioplaus_kernels import ops, reference
 from bioplaus_kernels.reference import philox as ref

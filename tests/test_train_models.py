@@ -71,7 +71,8 @@ def test_paper_nets_structure_and_glorot_init(arch, dataset):
 
 
 def test_paper_net_sizes_match_the_paper():
-    """papers.md (derived from Table 3): LC weights MNIST 0.96 M, CIFAR 33.2 M, ImageNet 241 M; FC widths."""
+    """docs/papers.md section 1.4 (derived from Table 3): LC weights MNIST 0.96 M, CIFAR 33.2 M, ImageNet 241 M;
+    FC widths."""
     lc_weights = lambda m: sum(l.weight.numel() for l in _lc_layers(m))  # noqa: E731
     assert round(lc_weights(_build("lc", "mnist")) / 1e6, 2) == 0.96
     assert round(lc_weights(_build("lc", "cifar10")) / 1e6, 1) == 33.2

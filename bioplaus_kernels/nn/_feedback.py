@@ -144,8 +144,8 @@ def autocast_inputs(*tensors: Optional[torch.Tensor]):
     the rule's ops then see one dtype in the forward and the backward (grad_y in that dtype, the saved
     tensors too), and the casts' own backward returns the gradients to the parameters' dtype. Unchanged
     otherwise. The first tensor (the layer's input) is never None."""
-    # The common case first, without reading a tensor's device: in a small layer's training step that read
-    # and a generator here cost ~10 us (a third of the rule's whole overhead over backprop).
+    # The common case first, without reading a tensor's device: that read and a generator here are a
+    # noticeable share of a small layer's step (docs/performance.md section 7).
     if not (torch.is_autocast_enabled("cpu") or torch.is_autocast_enabled("cuda")):
         return tensors
     device = tensors[0].device.type

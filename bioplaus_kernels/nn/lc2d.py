@@ -7,9 +7,10 @@ from typing import Optional
 import torch
 from torch import nn
 
-from .._geometry import IntPair, Padding, output_size, pair, resolve_padding
+from .._geometry import IntPair, Padding, pair, resolve_padding
 from ..feedback import Fans, Scale
 from ._autograd import LC2dWithoutInputGrad
+from ..ops._checks import resolve_lc2d_output
 from ._feedback import FeedbackMixin, autocast_inputs
 
 
@@ -69,13 +70,11 @@ class LocallyConnected2d(FeedbackMixin, nn.Module):
         self.padding4 = resolve_padding(padding, self.input_size, self.kernel_size, self.stride, self.dilation)
         if min(self.padding4) < 0:
             raise ValueError(f"LocallyConnected2d: padding must be non-negative, got {padding!r}")
-        spans = [d * (k - 1) + 1 for k, d in zip(self.kernel_size, self.dilation)]
-        padded = (self.input_size[0] + self.padding4[0] + self.padding4[1],
-                  self.input_size[1] + self.padding4[2] + self.padding4[3])
-        if spans[0] > padded[0] or spans[1] > padded[1]:
-            raise ValueError(f"LocallyConnected2d: the kernel spans {spans[0]}x{spans[1]} which is larger than the "
-                             f"padded input {padded[0]}x{padded[1]}")
-        self.output_size = output_size(self.input_size, self.kernel_size, self.stride, self.padding4, self.dilation)
+        try:  # the ops' geometry check, as a constructor argument error
+            self.output_size = resolve_lc2d_output("LocallyConnected2d", self.input_size, self.kernel_size,
+                                                   self.stride, self.padding4, self.dilation)
+        except RuntimeError as e:
+            raise ValueError(str(e)) from None
         # (stride, padding, dilation) as the op takes them: resolved once here, never again per call
         self._geometry = (list(self.stride), list(self.padding4), list(self.dilation))
         factory = {"device": device, "dtype": dtype}

@@ -48,3 +48,50 @@ def check_same(op, a_name, a, b_name, b):
 def check_dim(op, name, t, dim, layout):
     torch._check(t.dim() == dim,
                  lambda: f"{op}: {name} must be {dim}-D {layout}, got a {t.dim()}-D tensor of shape {shape_str(t.shape)}")
+
+
+def check_seed_stream_step(op: str, seed: int, stream: int, step: int) -> None:
+    """The counter arguments of every op that draws Philox numbers: the key's seed and stream (an independent
+    sequence per stream, not a CUDA stream) and the step of the counter."""
+    torch._check(seed >= 0, lambda: f"{op}: seed must be >= 0, got {seed}")
+    torch._check(stream >= 0, lambda: f"{op}: stream must be >= 0, got {stream}")
+    torch._check(step >= 0, lambda: f"{op}: step must be >= 0, got {step}")
+
+
+# ---------------------------------------------------------------------------------------------------
+# The geometry of a locally connected 2D layer (mirror of csrc/common/lc2d_geometry.h): the lc2d ops and the
+# transposed LC inverses of target propagation.
+# ---------------------------------------------------------------------------------------------------
+def check_lc2d_hyper(op: str, stride, padding, dilation) -> None:
+    check_int_list(op, "stride", stride, 2, 1)
+    check_int_list(op, "padding", padding, 4, 0)
+    check_int_list(op, "dilation", dilation, 2, 1)
+
+
+def check_lc2d_weight(op: str, name: str, w: torch.Tensor) -> None:
+    check_dim(op, name, w, 6, "[H_out, W_out, C_out, C_in, kH, kW]")
+    torch._check(all(s >= 1 for s in w.shape), lambda: f"{op}: {name} sizes must be positive, got {shape_str(w.shape)}")
+    check_float_dtype(op, name, w)
+
+
+def resolve_lc2d_output(op: str, hw, k, stride, padding, dilation):
+    """(H_out, W_out) of an input H x W under a kH x kW kernel; checks the hyper-parameters and that the dilated
+    kernel fits the padded input."""
+    check_lc2d_hyper(op, stride, padding, dilation)
+    (H, W), (kH, kW) = hw, k
+    torch._check(H >= 1 and W >= 1, lambda: f"{op}: input spatial size must be positive, got {H}x{W}")
+    torch._check(kH >= 1 and kW >= 1, lambda: f"{op}: kernel size must be positive, got {kH}x{kW}")
+    ph, pw = H + padding[0] + padding[1], W + padding[2] + padding[3]
+    sh, sw = dilation[0] * (kH - 1) + 1, dilation[1] * (kW - 1) + 1
+    torch._check(sh <= ph and sw <= pw,
+                 lambda: f"{op}: the kernel spans {sh}x{sw} (size {kH}x{kW}, dilation {dilation[0]}x{dilation[1]}) "
+                         f"which is larger than the padded input {ph}x{pw}")
+    return (ph - sh) // stride[0] + 1, (pw - sw) // stride[1] + 1
+
+
+def check_lc2d_grid(op: str, out, hw, k, stride, dilation, got, who: str) -> None:
+    """``who`` (a weight or an output-side tensor) has the output grid ``out`` of the geometry."""
+    torch._check(tuple(got) == tuple(out),
+                 lambda: f"{op}: input {hw[0]}x{hw[1]} with kernel {k[0]}x{k[1]}, stride {stride[0]}x{stride[1]} and "
+                         f"dilation {dilation[0]}x{dilation[1]} gives a {out[0]}x{out[1]} output, but {who} has "
+                         f"{got[0]}x{got[1]} output positions")

@@ -5,7 +5,8 @@ from typing import Sequence
 
 import torch
 
-from ._checks import check_float_dtype, dtype_name, shape_str
+from ._checks import (check_dim, check_float_dtype, check_lc2d_grid, check_lc2d_weight, dtype_name,
+                      resolve_lc2d_output, shape_str)
 
 ACTIVATIONS = ("tanh", "sigmoid", "relu", "identity")
 
@@ -44,33 +45,15 @@ def check_linear_inverse_geometry(op, below, below_name, above, above_name, weig
 
 def check_lc2d_inverse_geometry(op, below, below_name, above, above_name, weight, bias, stride, padding,
                                 dilation) -> None:
-    torch._check(weight.dim() == 6,
-                 lambda: f"{op}: weight must be 6-D [H_out, W_out, C_out, C_in, kH, kW], got shape {shape_str(weight.shape)}")
-    torch._check(all(s >= 1 for s in weight.shape),
-                 lambda: f"{op}: weight sizes must be positive, got {shape_str(weight.shape)}")
-    torch._check(len(stride) == 2 and len(padding) == 4 and len(dilation) == 2,
-                 lambda: f"{op}: stride, padding and dilation must have 2, 4 and 2 values, got {len(stride)}, "
-                         f"{len(padding)} and {len(dilation)}")
-    torch._check(min(stride) >= 1, lambda: f"{op}: stride values must be >= 1, got {shape_str(stride)}")
-    torch._check(min(dilation) >= 1, lambda: f"{op}: dilation values must be >= 1, got {shape_str(dilation)}")
-    torch._check(min(padding) >= 0, lambda: f"{op}: padding values must be >= 0, got {shape_str(padding)}")
-    torch._check(below.dim() == 4,
-                 lambda: f"{op}: {below_name} must be 4-D [N, C_in, H, W], got shape {shape_str(below.shape)}")
-    N, H, W = below.shape[0], below.shape[2], below.shape[3]
+    check_lc2d_weight(op, "weight", weight)
+    check_dim(op, below_name, below, 4, "[N, C_in, H, W]")
     H_out, W_out, C_out, C_in, kH, kW = weight.shape
-    torch._check(H >= 1 and W >= 1, lambda: f"{op}: {below_name} spatial size must be positive, got {H}x{W}")
-    check_shape(op, below_name, below, (N, C_in, H, W), "[N, C_in, H, W]")
+    N, hw = below.shape[0], tuple(below.shape[2:])
+    out = resolve_lc2d_output(op, hw, (kH, kW), stride, padding, dilation)
+    check_lc2d_grid(op, out, hw, (kH, kW), stride, dilation, (H_out, W_out), "weight")
+    check_shape(op, below_name, below, (N, C_in) + hw, "[N, C_in, H, W]")
     check_shape(op, above_name, above, (N, C_out, H_out, W_out), "[N, C_out, H_out, W_out]")
-    check_shape(op, "bias", bias, (C_in, H, W), "[C_in, H, W]")
-    spans = (dilation[0] * (kH - 1) + 1, dilation[1] * (kW - 1) + 1)
-    padded = (H + padding[0] + padding[1], W + padding[2] + padding[3])
-    torch._check(spans[0] <= padded[0] and spans[1] <= padded[1],
-                 lambda: f"{op}: the kernel spans {spans[0]}x{spans[1]} which is larger than the padded input "
-                         f"{padded[0]}x{padded[1]}")
-    got = ((padded[0] - spans[0]) // stride[0] + 1, (padded[1] - spans[1]) // stride[1] + 1)
-    torch._check(got == (H_out, W_out),
-                 lambda: f"{op}: input {H}x{W} with this kernel, stride and padding gives a {got[0]}x{got[1]} output, "
-                         f"but weight has {H_out}x{W_out} output positions")
+    check_shape(op, "bias", bias, (C_in,) + hw, "[C_in, H, W]")
 
 
 def pre_grad(name: str, out: torch.Tensor, grad_out: torch.Tensor) -> torch.Tensor:

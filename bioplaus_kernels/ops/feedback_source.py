@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from ._checks import check_same, dtype_name, shape_str
+from ._checks import check_same, check_seed_stream_step, dtype_name, shape_str
 
 _ops = torch.ops.bioplaus
 
@@ -29,14 +29,13 @@ def check_feedback_spec(op: str, feedback: str, seed: int, stream: int, step: in
     """The Python mirror of check_feedback_spec (csrc/feedback_source.cpp): same checks, same messages."""
     if (feedback in FEEDBACK_MODES and distribution in FEEDBACK_DISTRIBUTIONS and type(seed) is int
             and type(stream) is int and type(step) is int and seed >= 0 and stream >= 0 and step >= 0):
-        return  # the common case in plain Python: torch._check's machinery costs ~15 us per call
+        # the common case in plain Python: torch._check's machinery is slow per call (docs/performance.md section 7)
+        return
     torch._check(feedback in FEEDBACK_MODES,
                  lambda: f"{op}: feedback must be 'weight', 'random', 'sign' or 'random_sign', got '{feedback}'")
     torch._check(distribution in FEEDBACK_DISTRIBUTIONS,
                  lambda: f"{op}: distribution must be 'uniform' or 'normal', got '{distribution}'")
-    torch._check(seed >= 0, lambda: f"{op}: seed must be >= 0, got {seed}")
-    torch._check(stream >= 0, lambda: f"{op}: stream must be >= 0, got {stream}")
-    torch._check(step >= 0, lambda: f"{op}: step must be >= 0, got {step}")
+    check_seed_stream_step(op, seed, stream, step)
 
 
 def check_feedback_matrix(op: str, feedback: str, matrix, weight: torch.Tensor) -> None:

@@ -17,12 +17,13 @@ propagation.
 """
 from __future__ import annotations
 
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 
-from .._geometry import IntPair, Padding, output_size, pair, resolve_padding
-from ._checks import check_dim, check_float_dtype, check_int_list, check_same, shape_str
+from .._geometry import IntPair, Padding, pair, resolve_padding
+from ._checks import (check_dim, check_float_dtype, check_int_list, check_lc2d_grid,
+                      check_lc2d_weight, check_same, resolve_lc2d_output, shape_str)
 from .feedback_source import check_feedback_matrix, check_feedback_spec
 
 _ops = torch.ops.bioplaus
@@ -31,49 +32,16 @@ _ops = torch.ops.bioplaus
 # Fake kernels: the same checks and messages as csrc/lc2d.cpp, so that torch.compile and FakeTensor
 # tracing reject exactly what the real kernels reject.
 # ---------------------------------------------------------------------------------------------------
-def _check_hyper(op, stride, padding, dilation):
-    check_int_list(op, "stride", stride, 2, 1)
-    check_int_list(op, "padding", padding, 4, 0)
-    check_int_list(op, "dilation", dilation, 2, 1)
-
-
-def _check_weight(op, name, w):
-    check_dim(op, name, w, 6, "[H_out, W_out, C_out, C_in, kH, kW]")
-    torch._check(all(s >= 1 for s in w.shape), lambda: f"{op}: {name} sizes must be positive, got {shape_str(w.shape)}")
-    check_float_dtype(op, name, w)
-
-
-def _resolve_spatial(op, hw, k, stride, padding, dilation) -> Tuple[int, int]:
-    H, W = hw
-    kH, kW = k
-    torch._check(H >= 1 and W >= 1, lambda: f"{op}: input spatial size must be positive, got {H}x{W}")
-    torch._check(kH >= 1 and kW >= 1, lambda: f"{op}: kernel size must be positive, got {kH}x{kW}")
-    ph, pw = H + padding[0] + padding[1], W + padding[2] + padding[3]
-    sh, sw = dilation[0] * (kH - 1) + 1, dilation[1] * (kW - 1) + 1
-    torch._check(sh <= ph and sw <= pw,
-                 lambda: f"{op}: the kernel spans {sh}x{sw} (size {kH}x{kW}, dilation {dilation[0]}x{dilation[1]}) "
-                         f"which is larger than the padded input {ph}x{pw}")
-    return output_size(hw, k, stride, padding, dilation)
-
-
-def _check_grid(op, out, hw, k, stride, dilation, got, who):
-    torch._check(tuple(got) == tuple(out),
-                 lambda: f"{op}: input {hw[0]}x{hw[1]} with kernel {k[0]}x{k[1]}, stride {stride[0]}x{stride[1]} and "
-                         f"dilation {dilation[0]}x{dilation[1]} gives a {out[0]}x{out[1]} output, but {who} has "
-                         f"{got[0]}x{got[1]} output positions")
-
-
 @torch.library.register_fake("bioplaus::lc2d_forward")
 def _lc2d_forward_fake(x, weight, bias, stride, padding, dilation):
     op = "lc2d_forward"
-    _check_hyper(op, stride, padding, dilation)
     check_dim(op, "x", x, 4, "[N, C_in, H, W]")
-    _check_weight(op, "weight", weight)
+    check_lc2d_weight(op, "weight", weight)
     check_same(op, "x", x, "weight", weight)
     H_out, W_out, C_out, C_in, kH, kW = weight.shape
     torch._check(x.shape[1] == C_in, lambda: f"{op}: x has {x.shape[1]} channels but weight expects C_in={C_in}")
-    out = _resolve_spatial(op, x.shape[2:], (kH, kW), stride, padding, dilation)
-    _check_grid(op, out, x.shape[2:], (kH, kW), stride, dilation, (H_out, W_out), "weight")
+    out = resolve_lc2d_output(op, x.shape[2:], (kH, kW), stride, padding, dilation)
+    check_lc2d_grid(op, out, x.shape[2:], (kH, kW), stride, dilation, (H_out, W_out), "weight")
     if bias is not None:
         check_same(op, "bias", bias, "weight", weight)
         want = (C_out, out[0], out[1])
@@ -87,24 +55,22 @@ def _lc2d_backward_input_fake(grad_y, weight, input_size, stride, padding, dilat
                               stream=0, step=0, distribution="uniform", scale=1.0):
     op = "lc2d_backward_input"
     check_feedback_spec(op, feedback, seed, stream, step, distribution)
-    _check_hyper(op, stride, padding, dilation)
     check_int_list(op, "input_size", input_size, 2, 1)
     check_dim(op, "grad_y", grad_y, 4, "[N, C_out, H_out, W_out]")
-    _check_weight(op, "weight", weight)
+    check_lc2d_weight(op, "weight", weight)
     check_same(op, "grad_y", grad_y, "weight", weight)
     H_out, W_out, C_out, C_in, kH, kW = weight.shape
-    out = _resolve_spatial(op, input_size, (kH, kW), stride, padding, dilation)
-    _check_grid(op, out, input_size, (kH, kW), stride, dilation, (H_out, W_out), "weight")
+    out = resolve_lc2d_output(op, input_size, (kH, kW), stride, padding, dilation)
+    check_lc2d_grid(op, out, input_size, (kH, kW), stride, dilation, (H_out, W_out), "weight")
     torch._check(grad_y.shape[1] == C_out,
                  lambda: f"{op}: grad_y has {grad_y.shape[1]} channels but weight expects C_out={C_out}")
-    _check_grid(op, out, input_size, (kH, kW), stride, dilation, grad_y.shape[2:], "grad_y")
+    check_lc2d_grid(op, out, input_size, (kH, kW), stride, dilation, grad_y.shape[2:], "grad_y")
     return grad_y.new_empty((grad_y.shape[0], C_in, input_size[0], input_size[1]))
 
 
 @torch.library.register_fake("bioplaus::lc2d_backward_weight")
 def _lc2d_backward_weight_fake(grad_y, x, kernel_size, stride, padding, dilation):
     op = "lc2d_backward_weight"
-    _check_hyper(op, stride, padding, dilation)
     check_int_list(op, "kernel_size", kernel_size, 2, 1)
     check_dim(op, "grad_y", grad_y, 4, "[N, C_out, H_out, W_out]")
     check_dim(op, "x", x, 4, "[N, C_in, H, W]")
@@ -114,8 +80,8 @@ def _lc2d_backward_weight_fake(grad_y, x, kernel_size, stride, padding, dilation
                  lambda: f"{op}: grad_y has batch size {grad_y.shape[0]} but x has batch size {x.shape[0]}")
     torch._check(x.shape[1] >= 1 and grad_y.shape[1] >= 1,
                  lambda: f"{op}: channel counts must be positive, got C_in={x.shape[1]} and C_out={grad_y.shape[1]}")
-    out = _resolve_spatial(op, x.shape[2:], kernel_size, stride, padding, dilation)
-    _check_grid(op, out, x.shape[2:], kernel_size, stride, dilation, grad_y.shape[2:], "grad_y")
+    out = resolve_lc2d_output(op, x.shape[2:], kernel_size, stride, padding, dilation)
+    check_lc2d_grid(op, out, x.shape[2:], kernel_size, stride, dilation, grad_y.shape[2:], "grad_y")
     C_out, C_in = grad_y.shape[1], x.shape[1]
     gw = x.new_empty((out[0], out[1], C_out, C_in, kernel_size[0], kernel_size[1]))
     gb = x.new_empty((C_out, out[0], out[1]))

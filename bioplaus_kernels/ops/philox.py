@@ -23,7 +23,7 @@ from typing import Optional, Sequence, Union
 
 import torch
 
-from ._checks import dtype_name
+from ._checks import check_seed_stream_step, dtype_name
 
 _ops = torch.ops.bioplaus
 
@@ -35,9 +35,7 @@ def _check_fill(like: torch.Tensor, seed: int, stream: int, step: int, distribut
     torch._check(distribution in DISTRIBUTIONS,
                  lambda: f"{op}: distribution must be 'uniform' or 'normal' (or 'bits' for the raw words), "
                          f"got '{distribution}'")
-    torch._check(seed >= 0, lambda: f"{op}: seed must be >= 0, got {seed}")
-    torch._check(stream >= 0, lambda: f"{op}: stream must be >= 0, got {stream}")
-    torch._check(step >= 0, lambda: f"{op}: step must be >= 0, got {step}")
+    check_seed_stream_step(op, seed, stream, step)
     dt = like.dtype
     if distribution == "bits":
         torch._check(dt == torch.int64, lambda: f"{op}: distribution 'bits' needs an int64 tensor, got {dtype_name(dt)}")

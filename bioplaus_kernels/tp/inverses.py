@@ -1,8 +1,8 @@
-"""Learned approximate inverses g_l(h_l) = act(V_l h_l + c_l) of target propagation (papers.md section 1).
+"""Learned approximate inverses g_l(h_l) = act(V_l h_l + c_l) of target propagation (docs/papers.md section 1).
 
 Each inverse owns its own, untied parameters and applies them through the TP kernels:
-``difference_target`` (both applications of g in one pass over V) and ``inverse_loss`` (noise drawn in the
-kernel). The activation is that of the layer *below* (the one whose output g reconstructs).
+``difference_target`` (both applications of g in one pass over V) and ``inverse_loss`` (g and the
+reconstruction error in one pass). The activation is that of the layer *below* (the one whose output g reconstructs).
 
 Decisions where the paper is silent:
 
@@ -45,8 +45,8 @@ class LinearInverse(nn.Module):
     def difference_target(self, h_below, t_above, h_above):
         return ops.difference_target(h_below, t_above, h_above, self.weight, self.bias, self.activation)
 
-    def inverse_loss(self, y, h, **noise) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        return ops.inverse_loss(y, h, self.weight, self.bias, activation=self.activation, **noise)
+    def inverse_loss(self, y, target) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return ops.inverse_loss(y, target, self.weight, self.bias, self.activation)
 
     def parameter_grads(self, y, x_hat, residual) -> Tuple[torch.Tensor, torch.Tensor]:
         """(d loss / d weight, d loss / d bias) of the inverse loss that returned x_hat and residual for y."""
@@ -83,9 +83,9 @@ class LocallyConnected2dInverse(nn.Module):
         return ops.difference_target_lc2d(h_below, t_above, h_above, self.weight, self.bias, self.stride,
                                           self.padding4, self.dilation, self.activation)
 
-    def inverse_loss(self, y, h, **noise):
-        return ops.inverse_loss_lc2d(y, h, self.weight, self.bias, self.stride, self.padding4, self.dilation,
-                                     activation=self.activation, **noise)
+    def inverse_loss(self, y, target):
+        return ops.inverse_loss_lc2d(y, target, self.weight, self.bias, self.stride, self.padding4, self.dilation,
+                                     self.activation)
 
     def parameter_grads(self, y, x_hat, residual) -> Tuple[torch.Tensor, torch.Tensor]:
         """(d loss / d weight, d loss / d bias) of the inverse loss that returned x_hat and residual for y."""

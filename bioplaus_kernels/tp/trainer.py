@@ -1,4 +1,4 @@
-"""Target-propagation trainer: DTP, SDTP and AO-SDTP (Bartunov et al. 2018, papers.md section 1).
+"""Target-propagation trainer: DTP, SDTP and AO-SDTP (Bartunov et al. 2018, docs/papers.md section 1).
 
 Notation: the model is split into L blocks, block l = (shape ops such as Flatten) + one parametrised layer
 f_l (Linear or LocallyConnected2d) + its elementwise activation; h_0 = x, h_l = block_l(h_{l-1}), h_L the
@@ -23,15 +23,13 @@ One ``step(x, y)``:
      both calls: ``aux_width`` random, untrained, linear features (R Glorot-uniform, drawn from Philox with
      the trainer's seed, no bias, no activation, like the logits they sit beside);
 3. inverse losses (inverse updates only), for every g_l, l = 2 .. L-1 (DTP) or 2 .. L (SDTP, AO-SDTP), with
-   eps ~ N(0, sigma^2) drawn in the kernel (Philox: the trainer's seed, stream = l + 2^20 * rank, step = the
-   step counter): DTP noise-preserving ||g_l(f_l(h~)) - h~||^2 with h~ = h_{l-1} + eps; SDTP/AO-SDTP
-   de-noising ||g_l(f_l(h_{l-1} + eps)) - h_{l-1}||^2 (f_L includes the softmax/aux outputs as above).
-   eps is drawn once per layer and step (``ops.noisy``, Philox normals) for the noisy forward f_l(h~); the
-   ``inverse_loss`` kernel then gets h~ as its reconstruction target in DTP rather than redrawing eps
-   in its epilogue (``preserve_noise=True``, bit-identical result): on the CPU a Philox normal costs several
-   times a multiply-add of the layer, so drawing it twice would dominate the step. The gradients of V_l and
-   c_l come in closed form from the op's outputs (``ops.inverse_loss.parameter_grads``, the expressions of
-   its registered autograd) with no graph: nothing else is differentiated through the inverses;
+   eps ~ N(0, sigma^2) drawn once per layer and step (``ops.inverse_loss_noisy_input``, Philox: the
+   trainer's seed, stream = l + 2^20 * rank, step = the step counter) for the noisy forward f_l(h~),
+   h~ = h_{l-1} + eps: DTP noise-preserving ||g_l(f_l(h~)) - h~||^2 (the ``inverse_loss`` target is h~);
+   SDTP/AO-SDTP de-noising ||g_l(f_l(h~)) - h_{l-1}||^2 (the target is h_{l-1}; f_L includes the
+   softmax/aux outputs as above). The gradients of V_l and c_l come in closed form from the op's outputs
+   (``ops.inverse_loss.parameter_grads``, the function of its registered backward) with no graph: nothing
+   else is differentiated through the inverses;
 4. forward losses: ||block_l(h_{l-1}) - t_l||^2 for l < L and the task cross-entropy for the last layer
    (delta rule). Squared errors sum over a sample's units and average over the batch.
 
@@ -227,14 +225,12 @@ class Trainer:
             block = self.blocks[l - 1]
             h = block.layer_input(hs[l - 1])
             noise = dict(sigma=self.sigma, seed=self.seed, stream=l + (rank << 20), step=self.step_count)
-            h_noisy = ops.noisy(h, **noise)
+            h_noisy = ops.inverse_loss_noisy_input(h, **noise)
             y = block(h_noisy)
             if l == len(self.blocks):
                 y = self._output_code(y, h_noisy)
-            # DTP reconstructs h~ itself: the op then needs no second draw of eps (identical result, see
-            # the module doc); SDTP/AO-SDTP reconstruct the clean h.
-            losses[l], x_hat, residual = inverse.inverse_loss(y, h_noisy if preserve else h, preserve_noise=False,
-                                                              **noise)
+            # DTP reconstructs h~ itself, SDTP/AO-SDTP the clean h.
+            losses[l], x_hat, residual = inverse.inverse_loss(y, h_noisy if preserve else h)
             inverse.weight.grad, inverse.bias.grad = inverse.parameter_grads(y, x_hat, residual)
         return losses
 

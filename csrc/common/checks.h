@@ -100,4 +100,26 @@ inline void check_same(const char* op, const char* a_name, const at::Tensor& a, 
                  b_name, " has dtype ", b.scalar_type(), "; they must match");
 }
 
+// A list argument of `len` values, each >= min.
+inline void check_int_list(const char* op, const char* name, c10::IntArrayRef v, size_t len, int64_t min) {
+  BIOPLAUS_CHECK(v.size() == len, op, ": ", name, " must have ", len, " values, got ", v.size(), " (", shape_str(v),
+                 ")");
+  for (int64_t e : v) {
+    BIOPLAUS_CHECK(e >= min, op, ": ", name, " values must be >= ", min, ", got ", shape_str(v));
+  }
+}
+
+inline void check_dim(const char* op, const char* name, const at::Tensor& t, int64_t dim, const char* layout) {
+  BIOPLAUS_CHECK(t.dim() == dim, op, ": ", name, " must be ", dim, "-D ", layout, ", got a ", t.dim(),
+                 "-D tensor of shape ", shape_str(t.sizes()));
+}
+
+// The counter arguments of every op that draws Philox numbers (common/philox.h): the key's seed and stream
+// (an independent sequence per stream, not a CUDA stream) and the step of the counter.
+inline void check_seed_stream_step(const char* op, int64_t seed, int64_t stream, int64_t step) {
+  BIOPLAUS_CHECK(seed >= 0, op, ": seed must be >= 0, got ", seed);
+  BIOPLAUS_CHECK(stream >= 0, op, ": stream must be >= 0, got ", stream);
+  BIOPLAUS_CHECK(step >= 0, op, ": step must be >= 0, got ", step);
+}
+
 }  // namespace bioplaus

@@ -79,23 +79,3 @@ BIOPLAUS_HD scalar_t feedback_element(const FeedbackSpec& f, uint64_t e, scalar_
 }
 
 }  // namespace bioplaus
-
-// Operator glue (host code only): the one check of the spec arguments shared by every input-gradient op.
-#if defined(BIOPLAUS_FEEDBACK_OP_DECLS)
-#include <ATen/core/Tensor.h>
-#include <c10/util/string_view.h>
-
-#include <optional>
-
-namespace bioplaus {
-// Validates (feedback, seed, stream, step, distribution, scale) for op `op`; messages name the argument,
-// the expected and the received value. Implemented in feedback_source.cpp.
-FeedbackSpec check_feedback_spec(const char* op, c10::string_view feedback, int64_t seed, int64_t stream,
-                                 int64_t step, c10::string_view distribution, double scale);
-
-// A layer op's stored feedback matrix (when given): weight's shape, device and dtype, and spec "weight" (the
-// matrix is the feedback itself). Implemented in feedback_source.cpp.
-void check_feedback_matrix(const char* op, const FeedbackSpec& spec, c10::string_view feedback,
-                           const std::optional<at::Tensor>& matrix, const at::Tensor& weight);
-}  // namespace bioplaus
-#endif

@@ -173,16 +173,3 @@ BIOPLAUS_HD float element_sample(Key key, uint64_t step, uint64_t e, Distributio
 
 }  // namespace philox
 }  // namespace bioplaus
-
-// Operator glue (host code only): the input check shared by the CPU and CUDA kernels of philox_fill.
-#if defined(BIOPLAUS_PHILOX_OP_DECLS)
-#include <ATen/core/Tensor.h>
-#include <c10/util/string_view.h>
-
-namespace bioplaus {
-// Validates philox_fill's arguments (messages name the argument, expected and received value) and
-// returns the parsed distribution.
-philox::Distribution check_philox_fill_inputs(const at::Tensor& like, int64_t seed, int64_t stream, int64_t step,
-                                              c10::string_view distribution);
-}  // namespace bioplaus
-#endif

@@ -1,13 +1,13 @@
 // Shared pieces of the target-propagation ops (difference_target, inverse_loss): the activation of an
-// inverse layer g(y) = act(pre) and its derivative, the element noise of the inverse losses, and (host
-// only) the transposed locally connected layer through the dispatcher.
+// inverse layer g(y) = act(pre) and its derivative, and (host only) the input checks and the transposed
+// locally connected layer through the dispatcher.
 //
 // Activations are evaluated in the accumulation type T (float for float32/float16/bfloat16, double for
 // float64). The derivative is written in terms of the output a = act(pre), which is what the backward
 // keeps: tanh 1 - a^2, sigmoid a (1 - a), relu [a > 0], identity 1.
 #pragma once
 
-#include "philox.h"
+#include "common/philox.h"
 
 #include <math.h>
 #include <stdint.h>
@@ -31,36 +31,13 @@ BIOPLAUS_HD T activate(Activation a, T pre) {
   }
 }
 
-// Noise of element e (row-major flat index in h's shape) of an inverse loss (CUDA kernels): the float32
-// Philox normal sample times float32(sigma), exactly as philox_fill(h, seed, stream, step, "normal", sigma)
-// draws it on the device. (The CPU kernels draw the same samples with vectorised log/cos/sin instead:
-// cpu/inverse_loss_kernel.cpp normal_noise.)
-BIOPLAUS_HD float noise(philox::Key key, uint64_t step, int64_t e, float sigma) {
-  const philox::Words v = philox::block_words(key, static_cast<uint64_t>(e) >> 2, step);
-  return philox::mul_rn(sigma, philox::normal_sample(v, static_cast<int>(e & 3)));
-}
-
-// The noise of the four elements 4 * block .. 4 * block + 3 at once: one Philox call and one Box-Muller
-// radius per pair; bit-identical to noise() element by element (same expressions, same order).
-BIOPLAUS_HD void noise4(philox::Key key, uint64_t step, int64_t block, float sigma, float out[4]) {
-  const philox::Words v = philox::block_words(key, static_cast<uint64_t>(block), step);
-#pragma unroll
-  for (int p = 0; p < 4; p += 2) {
-    const float u1 = static_cast<float>((v.w[p] >> 8) + 1u) * philox::kTwoPow24Inv;
-    const float u2 = static_cast<float>(v.w[p + 1] >> 8) * philox::kTwoPow24Inv;
-    const float r = sqrtf(philox::mul_rn(-2.0f, logf(u1)));
-    const float t = philox::mul_rn(6.28318530717958647692f, u2);
-    out[p] = philox::mul_rn(sigma, philox::mul_rn(r, cosf(t)));
-    out[p + 1] = philox::mul_rn(sigma, philox::mul_rn(r, sinf(t)));
-  }
-}
-
 }  // namespace tp
 }  // namespace bioplaus
 
 // Host-only glue shared by the op files and the CPU/CUDA kernels (inline: csrc/common/ holds headers only).
 // Not guarded by __CUDA_ARCH__: nvcc's device pass still parses the host launchers that call it.
-#include "checks.h"
+#include "common/checks.h"
+#include "common/lc2d_geometry.h"
 
 #include <ATen/core/Tensor.h>
 #include <ATen/core/dispatch/Dispatcher.h>
@@ -117,38 +94,20 @@ inline void check_linear_inverse_geometry(const char* op, const at::Tensor& belo
 
 // LC inverse (transposed LC layer with bias over the input grid): weight [H_out, W_out, C_out, C_in, kH,
 // kW], `above` [N, C_out, H_out, W_out], `below` [N, C_in, H, W], bias [C_in, H, W]; stride, padding and
-// dilation are the forward layer's and must map H x W onto H_out x W_out.
+// dilation are the forward layer's and must map H x W onto H_out x W_out (the lc2d ops' geometry checks).
 inline void check_lc2d_inverse_geometry(const char* op, const at::Tensor& below, const char* below_name,
                                         const at::Tensor& above, const char* above_name, const at::Tensor& weight,
                                         const at::Tensor& bias, c10::IntArrayRef stride, c10::IntArrayRef padding,
                                         c10::IntArrayRef dilation) {
-  BIOPLAUS_CHECK(weight.dim() == 6, op, ": weight must be 6-D [H_out, W_out, C_out, C_in, kH, kW], got shape ",
-                 shape_str(weight.sizes()));
-  for (int64_t d = 0; d < 6; ++d) {
-    BIOPLAUS_CHECK(weight.size(d) >= 1, op, ": weight sizes must be positive, got ", shape_str(weight.sizes()));
-  }
-  BIOPLAUS_CHECK(stride.size() == 2 && padding.size() == 4 && dilation.size() == 2, op,
-                 ": stride, padding and dilation must have 2, 4 and 2 values, got ", stride.size(), ", ",
-                 padding.size(), " and ", dilation.size());
-  for (int64_t v : stride) BIOPLAUS_CHECK(v >= 1, op, ": stride values must be >= 1, got ", shape_str(stride));
-  for (int64_t v : dilation) BIOPLAUS_CHECK(v >= 1, op, ": dilation values must be >= 1, got ", shape_str(dilation));
-  for (int64_t v : padding) BIOPLAUS_CHECK(v >= 0, op, ": padding values must be >= 0, got ", shape_str(padding));
-  BIOPLAUS_CHECK(below.dim() == 4, op, ": ", below_name, " must be 4-D [N, C_in, H, W], got shape ",
-                 shape_str(below.sizes()));
-  const int64_t N = below.size(0), H = below.size(2), W = below.size(3);
-  const int64_t H_out = weight.size(0), W_out = weight.size(1), C_out = weight.size(2), C_in = weight.size(3);
-  BIOPLAUS_CHECK(H >= 1 && W >= 1, op, ": ", below_name, " spatial size must be positive, got ", H, "x", W);
-  check_shape(op, below_name, below, {N, C_in, H, W}, "[N, C_in, H, W]");
-  check_shape(op, above_name, above, {N, C_out, H_out, W_out}, "[N, C_out, H_out, W_out]");
-  check_shape(op, "bias", bias, {C_in, H, W}, "[C_in, H, W]");
-  const int64_t spans[2] = {dilation[0] * (weight.size(4) - 1) + 1, dilation[1] * (weight.size(5) - 1) + 1};
-  const int64_t padded[2] = {H + padding[0] + padding[1], W + padding[2] + padding[3]};
-  BIOPLAUS_CHECK(spans[0] <= padded[0] && spans[1] <= padded[1], op, ": the kernel spans ", spans[0], "x", spans[1],
-                 " which is larger than the padded input ", padded[0], "x", padded[1]);
-  const int64_t got_h = (padded[0] - spans[0]) / stride[0] + 1, got_w = (padded[1] - spans[1]) / stride[1] + 1;
-  BIOPLAUS_CHECK(got_h == H_out && got_w == W_out, op, ": input ", H, "x", W,
-                 " with this kernel, stride and padding gives a ", got_h, "x", got_w, " output, but weight has ", H_out,
-                 "x", W_out, " output positions");
+  check_lc2d_weight(op, "weight", weight);
+  check_dim(op, below_name, below, 4, "[N, C_in, H, W]");
+  const Lc2dGeometry g = resolve_lc2d_geometry(op, below.size(0), weight.size(3), weight.size(2), below.size(2),
+                                               below.size(3), weight.size(4), weight.size(5), stride, padding,
+                                               dilation);
+  check_lc2d_grid(op, g, weight.size(0), weight.size(1), "weight");
+  check_shape(op, below_name, below, {g.N, g.C_in, g.H, g.W}, "[N, C_in, H, W]");
+  check_shape(op, above_name, above, {g.N, g.C_out, g.H_out, g.W_out}, "[N, C_out, H_out, W_out]");
+  check_shape(op, "bias", bias, {g.C_in, g.H, g.W}, "[C_in, H, W]");
 }
 
 // The transposed LC layer x[N, C_in, H, W] = LC^T(y; weight) (no bias): lc2d_backward_input with `weight`

@@ -4,7 +4,7 @@
 // rows share one GEMM with the bias (at::addmm, the BLAS torch was built with; one 2N-row GEMM is faster than
 // two N-row ones). LC: the transposed LC layer (the LC input-gradient kernel through the dispatcher) once for
 // t_above and once for h_above, then the bias: that kernel costs more than twice as much for 2N samples as
-// for N (measured 2.2-2.5x at the paper's MNIST/CIFAR-10 LC layers, batch 128), so stacking would lose.
+// for N at the paper's LC layers (docs/performance.md section 7), so stacking would lose.
 // The activation runs in place on the pre-activations (ATen's vectorised kernels), and the epilogue reads
 // g_t = g(t_above) and g_h = g(h_above), both [N, E]:
 //   out[n, e] = h_below[n, e] + g_t[n, e] - g_h[n, e],  e over one sample's elements.

@@ -13,14 +13,15 @@
 // A spec mode builds the tile (within kTileBytes per thread) first, all threads filling rows of it. The
 // result is bit-identical run to run (for a given thread count, which sets the tiles and the BLAS's split).
 // A small layer is one tile: its whole B in one contiguous run, and one GEMM exactly as backprop's. A block
-// of whole rows is one contiguous run too: weight is read in order and the generator's groups stay whole
-// (1024 x 3136 at batch 128, one thread: "random_sign" 6.8 -> 6.0 ms against column tiles, whose rows are
-// 1 KB runs 12.5 KB apart, and each run that starts or ends inside a generator group generates all of it).
+// of whole rows is one contiguous run too: weight is read in order and the generator's groups stay whole.
+// Column tiles are the fallback for the widest layers only: their rows are short runs far apart, read more
+// slowly than weight in order, and each run that starts or ends inside a generator group generates all of
+// it (measurements: docs/performance.md section 5.2).
 //
 // Small-batch path (float32, M <= kSmallBatch, AVX-512): with a few rows of grad_y the GEMM streams B
-// (8 FMAs per element of B at M = 8), and the tile path's cost is writing and re-reading its tile
-// (1 MB, as much time as the GEMM itself on a 1000 x 512 layer). Here no tile exists: "weight" and "sign"
-// read weight in place (sign(w) * scale formed in registers), "random" / "random_sign" build at most
+// (8 FMAs per element of B at M = 8), and the tile path's cost is writing and re-reading its tile, which
+// can take as long as the GEMM itself (docs/performance.md section 5.1). Here no tile exists: "weight" and
+// "sign" read weight in place (sign(w) * scale formed in registers), "random" / "random_sign" build at most
 // kSmallRows rows of B at a time into a 256 KB block, and a register-blocked kernel consumes them at once:
 //   grad_x[m, i] = fma(grad_y[m, o], B[o, i], acc) for o = 0, 1, ..., out - 1, in that order.
 // Each element is that one sequential sum, so the result does not depend on the thread count or on how
@@ -28,6 +29,7 @@
 #include "linear.h"
 
 #include "cpu/fill_feedback.h"
+#include "cpu/philox_generator.h"
 
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -85,8 +87,8 @@ TileShape tile_shape(int64_t out, int64_t in, int64_t elem_size) {
 }
 
 // A tile row of weight is a short run (a few cache lines) at a large stride, a new page per row: the
-// hardware prefetcher barely ramps up on one before the next, so reading weight's tile rows cost as much
-// as ~1 ns per element on large layers. Fetching the row kPrefetchRows ahead hides it.
+// hardware prefetcher barely ramps up on one before the next, so on large layers every row would wait for
+// memory. Fetching the row kPrefetchRows ahead hides it.
 constexpr int64_t kPrefetchRows = 4;
 
 template <typename scalar_t>
@@ -142,8 +144,8 @@ void backward_input_kernel(const at::Tensor& gy, const at::Tensor& weight, at::T
 }
 
 #if defined(BIOPLAUS_X86_SIMD)
-// Rows of grad_y up to which the small-batch path runs, all of them in one register block (at 16, torch's
-// BLAS beat it in "weight" and "random" mode).
+// Rows of grad_y up to which the small-batch path runs, all of them in one register block (beyond that
+// torch's BLAS on the tile path is faster in "weight" and "random" mode; docs/performance.md section 5.1).
 constexpr int64_t kSmallBatch = 8;
 constexpr int64_t kSmallRows = 64;              // rows of B per block at most
 constexpr int64_t kBuiltElems = 64 * 1024;      // elements of a built block at most (256 KB: it stays in L2)
@@ -197,7 +199,7 @@ __attribute__((target("avx512f"))) void small_batch_block(const float* gy, int64
   }
   for (int64_t k = 0; k < K; ++k) {
     // B's rows are short runs at a large stride (weight read in place), each on a new page for large
-    // layers: without a prefetch every row waits for memory (1.5x the GEMM's time at 1000 x 512).
+    // layers: without a prefetch every row would wait for memory.
     if (k + kBlockAhead < rows) {
       const char* ahead = reinterpret_cast<const char*>(b + (k + kBlockAhead) * ldb);
       _mm_prefetch(ahead, _MM_HINT_T0);

@@ -1,11 +1,11 @@
 // philox_fill and philox4x32_10 on the CPU. Work is split into element ranges (fill_feedback generates any
 // range, common/philox.h maps elements to counter blocks), so every element is written by exactly one thread
-// and the result does not depend on the thread count. Uniform and normal samples come from fill_feedback in "random" mode, the
-// AVX-512/AVX2 generator of the feedback kernels (bit-equal to the scalar definition, several times faster);
-// the raw words ("bits") from the scalar generator.
-#define BIOPLAUS_PHILOX_OP_DECLS
+// and the result does not depend on the thread count. Uniform and normal samples come from fill_feedback in
+// "random" mode, on the vectorised CPU generator (cpu/philox_generator.h, bit-equal to the scalar
+// definition); the raw words ("bits") from the scalar generator.
+#include "philox.h"
+
 #include "common/checks.h"
-#include "common/philox.h"
 
 #include "cpu/fill_feedback.h"
 

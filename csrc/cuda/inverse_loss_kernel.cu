@@ -2,8 +2,7 @@
 //
 // Linear: the hand-written GEMM of cuda/tp_gemm.cuh (kInputs = 1) with the epilogue, per element
 // idx = m * D_in + i:
-//   x_hat = act(acc + c[i]);  target = h[idx] (+ eps[idx], drawn here from Philox: common/tp.h noise());
-//   residual = x_hat - target
+//   x_hat = act(acc + c[i]);  residual = x_hat - target[idx]
 // LC: the transposed LC of y (the LC input-gradient kernel via the dispatcher), then the same epilogue as
 // an elementwise kernel with c[idx % E].
 // The loss is reduced without atomics in a fixed order: one block per sample row sums its squared
@@ -31,18 +30,15 @@ constexpr int kThreads = 256;
 template <typename scalar_t>
 struct ResidualWriter {
   using acc_t = at::opmath_type<scalar_t>;
-  const scalar_t* h;
+  const scalar_t* target;
   scalar_t* x_hat;
   scalar_t* residual;
-  InverseLossArgs args;
+  tp::Activation act;
 
-  // The target is formed in scalar_t exactly as the caller's h + philox_fill(...) is.
   __device__ __forceinline__ void write(int64_t idx, acc_t pre_with_bias) const {
-    const scalar_t xh = static_cast<scalar_t>(tp::activate<acc_t>(args.act, pre_with_bias));
-    scalar_t target = h[idx];
-    if (args.preserve_noise) target = target + static_cast<scalar_t>(tp::noise(args.key, args.step, idx, args.sigma));
+    const scalar_t xh = static_cast<scalar_t>(tp::activate<acc_t>(act, pre_with_bias));
     x_hat[idx] = xh;
-    residual[idx] = static_cast<scalar_t>(static_cast<acc_t>(xh) - static_cast<acc_t>(target));
+    residual[idx] = static_cast<scalar_t>(static_cast<acc_t>(xh) - static_cast<acc_t>(target[idx]));
   }
 };
 
@@ -125,23 +121,21 @@ void reduce_loss(const at::Tensor& residual, at::Tensor& loss) {
                 loss.mutable_data_ptr<scalar_t>(), N);
 }
 
-Result inverse_loss_cuda(const at::Tensor& y, const at::Tensor& h, const at::Tensor& weight, const at::Tensor& bias,
-                         c10::string_view activation, double sigma, int64_t seed, int64_t stream, int64_t step,
-                         bool preserve_noise) {
-  const InverseLossArgs a =
-      check_inverse_loss_inputs(y, h, weight, bias, activation, sigma, seed, stream, step, preserve_noise);
+Result inverse_loss_cuda(const at::Tensor& y, const at::Tensor& target, const at::Tensor& weight,
+                         const at::Tensor& bias, c10::string_view activation) {
+  const tp::Activation act = check_inverse_loss_inputs(y, target, weight, bias, activation);
   const DeviceGuard guard(weight.device());
-  const at::Tensor yc = y.contiguous(), hc = h.contiguous(), v = weight.contiguous(), c = bias.contiguous();
-  const auto opts = hc.options().memory_format(at::MemoryFormat::Contiguous);
-  at::Tensor x_hat = at::empty(hc.sizes(), opts), residual = at::empty(hc.sizes(), opts);
-  at::Tensor loss = at::zeros({}, hc.options());
-  const int64_t M = hc.size(0), D_in = v.size(0), D_out = v.size(1);
-  if (hc.numel() == 0) return {loss, x_hat, residual};
+  const at::Tensor yc = y.contiguous(), tc = target.contiguous(), v = weight.contiguous(), c = bias.contiguous();
+  const auto opts = tc.options().memory_format(at::MemoryFormat::Contiguous);
+  at::Tensor x_hat = at::empty(tc.sizes(), opts), residual = at::empty(tc.sizes(), opts);
+  at::Tensor loss = at::zeros({}, tc.options());
+  const int64_t M = tc.size(0), D_in = v.size(0), D_out = v.size(1);
+  if (tc.numel() == 0) return {loss, x_hat, residual};
   BIOPLAUS_CHECK(M <= int64_t{65535} * tp::kGemmTile, "inverse_loss: batch size ", M,
                  " exceeds the CUDA kernel's grid limit of ", int64_t{65535} * tp::kGemmTile, " rows");
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, hc.scalar_type(), "inverse_loss_cuda", [&] {
-    ResidualWriter<scalar_t> writer{hc.const_data_ptr<scalar_t>(), x_hat.mutable_data_ptr<scalar_t>(),
-                                    residual.mutable_data_ptr<scalar_t>(), a};
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, tc.scalar_type(), "inverse_loss_cuda", [&] {
+    ResidualWriter<scalar_t> writer{tc.const_data_ptr<scalar_t>(), x_hat.mutable_data_ptr<scalar_t>(),
+                                    residual.mutable_data_ptr<scalar_t>(), act};
     LinearEpilogue<scalar_t> ep{writer, c.const_data_ptr<scalar_t>(), D_in};
     tp::launch_inverse_gemm<scalar_t, 1>(yc.const_data_ptr<scalar_t>(), nullptr, v.const_data_ptr<scalar_t>(), M,
                                          D_in, D_out, ep);
@@ -150,25 +144,24 @@ Result inverse_loss_cuda(const at::Tensor& y, const at::Tensor& h, const at::Ten
   return {loss, x_hat, residual};
 }
 
-Result inverse_loss_lc2d_cuda(const at::Tensor& y, const at::Tensor& h, const at::Tensor& weight,
+Result inverse_loss_lc2d_cuda(const at::Tensor& y, const at::Tensor& target, const at::Tensor& weight,
                               const at::Tensor& bias, c10::IntArrayRef stride, c10::IntArrayRef padding,
-                              c10::IntArrayRef dilation, c10::string_view activation, double sigma, int64_t seed,
-                              int64_t stream, int64_t step, bool preserve_noise) {
-  const InverseLossArgs a = check_inverse_loss_lc2d_inputs(y, h, weight, bias, stride, padding, dilation, activation,
-                                                           sigma, seed, stream, step, preserve_noise);
+                              c10::IntArrayRef dilation, c10::string_view activation) {
+  const tp::Activation act =
+      check_inverse_loss_lc2d_inputs(y, target, weight, bias, stride, padding, dilation, activation);
   const DeviceGuard guard(weight.device());
-  const at::Tensor hc = h.contiguous(), c = bias.contiguous();
-  const auto opts = hc.options().memory_format(at::MemoryFormat::Contiguous);
-  at::Tensor x_hat = at::empty(hc.sizes(), opts), residual = at::empty(hc.sizes(), opts);
-  at::Tensor loss = at::zeros({}, hc.options());
-  const int64_t numel = hc.numel();
+  const at::Tensor tc = target.contiguous(), c = bias.contiguous();
+  const auto opts = tc.options().memory_format(at::MemoryFormat::Contiguous);
+  at::Tensor x_hat = at::empty(tc.sizes(), opts), residual = at::empty(tc.sizes(), opts);
+  at::Tensor loss = at::zeros({}, tc.options());
+  const int64_t numel = tc.numel();
   if (numel == 0) return {loss, x_hat, residual};
   const at::Tensor pre =
-      tp::lc2d_transposed(y, weight, {hc.size(2), hc.size(3)}, stride, padding, dilation).contiguous();
+      tp::lc2d_transposed(y, weight, {tc.size(2), tc.size(3)}, stride, padding, dilation).contiguous();
   const unsigned blocks = grid_stride_blocks(numel, kThreads, weight.get_device());
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, hc.scalar_type(), "inverse_loss_lc2d_cuda", [&] {
-    ResidualWriter<scalar_t> writer{hc.const_data_ptr<scalar_t>(), x_hat.mutable_data_ptr<scalar_t>(),
-                                    residual.mutable_data_ptr<scalar_t>(), a};
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, tc.scalar_type(), "inverse_loss_lc2d_cuda", [&] {
+    ResidualWriter<scalar_t> writer{tc.const_data_ptr<scalar_t>(), x_hat.mutable_data_ptr<scalar_t>(),
+                                    residual.mutable_data_ptr<scalar_t>(), act};
     launch_kernel(lc_epilogue_kernel<scalar_t>, blocks, kThreads, 0, writer, pre.const_data_ptr<scalar_t>(),
                   c.const_data_ptr<scalar_t>(), numel, c.numel());
     reduce_loss<scalar_t>(residual, loss);
@@ -176,15 +169,32 @@ Result inverse_loss_lc2d_cuda(const at::Tensor& y, const at::Tensor& h, const at
   return {loss, x_hat, residual};
 }
 
+// The noise of the four elements 4 * block .. 4 * block + 3: the float32 Philox normal samples times
+// float32(sigma), one Philox call and one Box-Muller radius per pair, the expressions of philox::normal_sample
+// in its order, so the values equal philox_fill(h, seed, stream, step, "normal", sigma) on the device bit for
+// bit.
+__device__ __forceinline__ void noise4(philox::Key key, uint64_t step, int64_t block, float sigma, float out[4]) {
+  const philox::Words v = philox::block_words(key, static_cast<uint64_t>(block), step);
+#pragma unroll
+  for (int p = 0; p < 4; p += 2) {
+    const float u1 = static_cast<float>((v.w[p] >> 8) + 1u) * philox::kTwoPow24Inv;
+    const float u2 = static_cast<float>(v.w[p + 1] >> 8) * philox::kTwoPow24Inv;
+    const float r = sqrtf(philox::mul_rn(-2.0f, logf(u1)));
+    const float t = philox::mul_rn(6.28318530717958647692f, u2);
+    out[p] = philox::mul_rn(sigma, philox::mul_rn(r, cosf(t)));
+    out[p + 1] = philox::mul_rn(sigma, philox::mul_rn(r, sinf(t)));
+  }
+}
+
 // out[4b + j] = h[4b + j] + eps[4b + j]: one thread per Philox block b (four elements, one Philox call).
 template <typename scalar_t>
 __global__ void noisy_input_kernel(const scalar_t* __restrict__ h, scalar_t* __restrict__ out, int64_t numel,
-                                   InverseLossArgs a) {
+                                   NoiseArgs a) {
   const int64_t blocks = (numel + 3) / 4;
   for (int64_t b = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; b < blocks;
        b += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     float eps[4];
-    tp::noise4(a.key, a.step, b, a.sigma, eps);
+    noise4(a.key, a.step, b, a.sigma, eps);
     const int64_t n = numel - 4 * b < 4 ? numel - 4 * b : 4;
     for (int64_t j = 0; j < n; ++j) out[4 * b + j] = h[4 * b + j] + static_cast<scalar_t>(eps[j]);
   }
@@ -192,7 +202,7 @@ __global__ void noisy_input_kernel(const scalar_t* __restrict__ h, scalar_t* __r
 
 at::Tensor inverse_loss_noisy_input_cuda(const at::Tensor& h, double sigma, int64_t seed, int64_t stream,
                                          int64_t step) {
-  const InverseLossArgs a = check_inverse_loss_noisy_input_inputs(h, sigma, seed, stream, step);
+  const NoiseArgs a = check_inverse_loss_noisy_input_inputs(h, sigma, seed, stream, step);
   const DeviceGuard guard(h.device());
   const at::Tensor hc = h.contiguous();
   at::Tensor out = at::empty(hc.sizes(), hc.options().memory_format(at::MemoryFormat::Contiguous));

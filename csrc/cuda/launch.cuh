@@ -6,7 +6,7 @@
 // launcher code below them.
 //
 //   DeviceGuard guard(tensor.device());                      the tensor's device is current in this scope
-//   launch_kernel(kernel, grid, block, smem_bytes, args...);  on the current stream, launch error checked
+//   launch_kernel(kernel, grid, block, smem_bytes, args...);  on torch's current CUDA stream, launch error checked
 //   multiprocessor_count(device)                             the SM count (grid sizing, split-K)
 //   TORCH_LIBRARY_IMPL(bioplaus, BIOPLAUS_KERNEL_KEY, m)     CUDA here, CPU in the execution layer
 #pragma once

@@ -1,8 +1,8 @@
 // philox_fill on CUDA: one thread per counter block (one Philox call; its 8 uniform or 4 bits/normal
 // elements, see common/philox.h), grid-stride loop with 64-bit indices. The generator code is the host code of
 // common/philox.h compiled for the device, so uniform and bits outputs equal the CPU's bit for bit.
-#define BIOPLAUS_PHILOX_OP_DECLS
-#include "common/philox.h"
+#include "philox.h"
+
 #include "cuda/launch.cuh"
 
 #include <ATen/Dispatch.h>

@@ -29,8 +29,8 @@ static_assert(kStepRows * kMicro == kTile && kColRows * kMicro == kChunk, "stagi
 
 // Blocks per SM the register allocation must allow: 4 (<= 64 registers a thread) with a float
 // accumulator, 2 (<= 128) with a double one, whose 4 x 4 tile and operands take twice the registers.
-// Stating it fixes the budget instead of leaving it to ptxas's occupancy heuristics, which spilled an
-// earlier form of the input-gradient kernel at 48 registers.
+// Stating it fixes the budget instead of leaving it to ptxas's occupancy heuristics, which can pick a
+// register cap low enough to spill (docs/performance.md section 2.4).
 template <typename scalar_t>
 constexpr int kMinBlocks = sizeof(at::opmath_type<scalar_t>) == 8 ? 2 : 4;
 
