@@ -234,7 +234,7 @@ class Case:
 
     # -- the two implementations --------------------------------------------------------------------
     def ours_forward(self, x, w, b):
-        return _ops.lc2d_forward(x, w, b, self.stride, self.pad4, self.dil)
+        return _ops.lc2d(x, w, b, self.stride, self.pad4, self.dil)  # the layer op (its autograd: backprop)
 
     def base_forward(self, x, w_pkc, b):
         return lc2d_unfold_bmm(x, w_pkc, b, self.stride, self.pad4, self.dil, kernel_size=self.ksize,

@@ -156,3 +156,21 @@ def test_reproduce_prints_paper_numbers_beside_ours(tmp_path, capsys):
     assert [r["row"] for r in result["rows"]] == ["dtp-alternating", "bp"]
     assert result["rows"][1]["paper"] == {"train": 0.0, "test": 1.48}
     assert (tmp_path / "results.md").read_text().count("\n| ") == 3
+
+
+def test_reproduce_fashion_mnist_runs_the_mnist_protocol_with_empty_paper_cells(tmp_path):
+    """Fashion-MNIST has no numbers in the paper: its cells run MNIST's rows and Table 5 configurations, and the
+    report's paper columns are empty."""
+    from bioplaus_kernels.train import reproduce
+    assert reproduce.rows_for("fashion-mnist", "lc", None, ["parallel", "alternating"]) == \
+        reproduce.rows_for("mnist", "lc", None, ["parallel", "alternating"])
+    assert reproduce.preset_cell("fashion-mnist", "conv") == "bartunov2018:mnist-lc"
+    assert "fashion-mnist-fc" in reproduce.cells() and "fashion-mnist-conv" in reproduce.cells()
+
+    class Result:
+        rule, best, epochs, seconds, status = "bp", {"test_error": 9.5, "train_error": 3.25, "epoch": 2}, 2.0, 60.0, \
+            "budget"
+    text = reproduce.report("fashion-mnist", "fc", [("bp", Result())], "budget", str(tmp_path),
+                            {"torch": "t", "revision": "r", "date": "d"})
+    assert "| BP | - | 3.25 | - | 9.50 | 2.00 | 1.0 | budget |" in text
+    assert json.loads((tmp_path / "results.json").read_text())["rows"][0]["paper"] == {}
