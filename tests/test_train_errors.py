@@ -38,7 +38,7 @@ def fails(capsys, argv, match):
     (["train", "--preset", "bartunov2018:imagenet-lc", "--algo", "sdtp", "--dataset", "digits"],
      "Table 5 leaves that cell empty"),
     (["train", "--optimizer", "lbfgs"], "invalid choice: 'lbfgs'"),
-    (["train", "--epochs", "0"], "--epochs must be positive"),
+    (["train", "--epochs", "0"], "argument --epochs: must be an integer >= 1, got 0"),
     (["train", "--algo", "bp", "--amp", "--device", "cpu"], "--amp (bf16 autocast) needs a CUDA device"),
     (["train", "--algo", "bp", "--device", "tpu"], "--device"),
     (["train", "--resume"], "--resume needs --out"),

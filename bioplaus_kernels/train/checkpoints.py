@@ -1,15 +1,19 @@
 """Checkpoints: atomic writes, safe loads, and the random-number state a run needs to continue exactly.
 
 A checkpoint is a dict of tensors and primitive containers only, so it loads with
-``torch.load(weights_only=True)`` (a checkpoint file never runs code). It is written to a temporary file in
-the same folder, flushed to disk, then renamed over the old one (``os.replace`` is atomic on POSIX), so a
-crash or a kill mid-write leaves the previous checkpoint intact.
+``torch.load(weights_only=True)`` (a checkpoint file never runs code). Every run file (checkpoints, config,
+summaries, results) is written to a temporary file in the same folder, flushed to disk, renamed over the old
+one (``os.replace`` is atomic on POSIX), and then the folder itself is synced so that the rename survives a
+power loss: a crash or a kill mid-write leaves the previous file intact. Temporary files a killed write left
+behind are removed by ``remove_stale_temporaries``.
 """
 from __future__ import annotations
 
+import glob
 import os
 import random
 import tempfile
+from typing import Callable
 
 import numpy as np
 import torch
@@ -20,13 +24,16 @@ from .errors import UsageError
 FORMAT_VERSION = 1
 
 
-def save_atomic(obj: dict, path: str) -> None:
+TEMP_PREFIX = ".tmp-"
+
+
+def _write_atomic(path: str, write: Callable, mode: str) -> None:
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=folder)
+    fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=os.path.splitext(path)[1], dir=folder)
     try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+        with os.fdopen(fd, mode) as f:
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -34,6 +41,30 @@ def save_atomic(obj: dict, path: str) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+    dir_fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def save_atomic(obj: dict, path: str) -> None:
+    """torch.save(obj, path), atomically (see the module doc)."""
+    _write_atomic(path, lambda f: torch.save(obj, f), "wb")
+
+
+def write_text_atomic(path: str, text: str) -> None:
+    """A text file (config, summary, results), atomically (see the module doc)."""
+    _write_atomic(path, lambda f: f.write(text), "w")
+
+
+def remove_stale_temporaries(folder: str) -> None:
+    """Delete the temporary files of writes that a kill interrupted (no live write shares a run folder)."""
+    for path in glob.glob(os.path.join(folder, TEMP_PREFIX + "*")):
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
 
 
 def load(path: str, map_location="cpu") -> dict:

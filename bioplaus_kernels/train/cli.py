@@ -21,15 +21,17 @@ itself before each optimizer step. Only rank 0 prints, writes metrics and checkp
 checkpoint on --resume (multi-node resume needs the run folder on a shared filesystem). Evaluation sums
 across ranks.
 
-Bad input (unknown names, missing data, an architecture that does not fit, a bad checkpoint) prints one line
-on stderr and exits with status 2; an interrupted run (SIGINT/SIGTERM) saves its checkpoint and exits with
-128 + the signal number.
+Bad input (unknown names, a number out of its range, missing or damaged data, an architecture that does not
+fit, a bad checkpoint, a resume with changed settings) prints one line on stderr and exits with status 2; an
+OS error (a full disk, a read-only folder) prints one line and exits with status 1; an interrupted run
+(SIGINT/SIGTERM, also during an evaluation) saves its checkpoint and exits with 128 + the signal number.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import json
+import math
 import os
 import re
 import sys
@@ -50,6 +52,38 @@ _HYPER_OPTIONS = {  # option dest -> Hyper field
 _INVERSE_OPTIONS = {"inverse_lr": "lr", "inverse_beta1": "beta1", "inverse_beta2": "beta2", "inverse_eps": "eps"}
 
 
+def _number(kind, low=None, high=None, low_open=False, high_open=False):
+    """An argparse type: a finite number of `kind` in the interval; the message names the bound and the value
+    (argparse adds the option's name)."""
+    if low is not None and high is not None:
+        want = f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+    elif low is not None:
+        want = f"{'>' if low_open else '>='} {low:g}"
+    else:
+        want = "a number"
+    noun = "an integer" if kind is int else "a finite number"
+
+    def parse(text: str):
+        try:
+            v = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {noun} {want}, got {text!r}") from None
+        ok = math.isfinite(v) and (low is None or (v > low if low_open else v >= low)) and \
+            (high is None or (v < high if high_open else v <= high))
+        if not ok:
+            raise argparse.ArgumentTypeError(f"must be {noun} {want}, got {text}")
+        return v
+    parse.__name__ = kind.__name__  # argparse's "invalid <type> value" fallback
+    return parse
+
+
+_POSITIVE_INT = _number(int, 1)
+_COUNT = _number(int, 0)
+_POSITIVE = _number(float, 0, low_open=True)
+_NONNEGATIVE = _number(float, 0)
+_UNIT = _number(float, 0, 1, high_open=True)  # momentum and Adam's betas: [0, 1)
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse, with errors raised as UsageError so that the CLI prints them as one line."""
 
@@ -60,21 +94,24 @@ class _Parser(argparse.ArgumentParser):
 def _run_options(p: argparse.ArgumentParser) -> None:
     """Options shared by train and reproduce."""
     p.add_argument("--data-dir", help="folder of the dataset's files (default ./data; digits needs none)")
-    p.add_argument("--batch-size", type=int, help="global batch size, split across torchrun processes (default: the preset's)")
-    p.add_argument("--epochs", type=int, help="epochs per rule (default: the preset's)")
-    p.add_argument("--seed", type=int, default=0, help="seed of weights, feedback matrices, noise and shuffling (default: 0)")
+    p.add_argument("--batch-size", type=_POSITIVE_INT, help="global batch size, split across torchrun processes (default: the preset's)")
+    p.add_argument("--epochs", type=_POSITIVE_INT, help="epochs per rule (default: the preset's)")
+    p.add_argument("--seed", type=_COUNT, default=0, help="seed of weights, feedback matrices, noise and shuffling (default: 0)")
     p.add_argument("--deterministic", action="store_true",
                    help="torch.use_deterministic_algorithms(True) (and cuDNN/cuBLAS settings to match)")
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N (torchrun: this process's GPU)")
     p.add_argument("--amp", action="store_true", help="bf16 autocast (CUDA only; target-propagation steps stay float32)")
-    p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (default: 0)")
-    p.add_argument("--threads", type=int, help="torch CPU threads (default: 1 on digits, whose tiny layers run "
+    p.add_argument("--workers", type=_COUNT, default=0, help="DataLoader worker processes (default: 0)")
+    p.add_argument("--threads", type=_POSITIVE_INT, help="torch CPU threads (default: 1 on digits, whose tiny layers run "
                    "slower when split across threads; torch's default otherwise)")
     p.add_argument("--out", help="run folder (default runs/<dataset>-<arch>-<time>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
-    p.add_argument("--max-minutes", type=float, help="wall-clock budget per rule (0: none); stops mid-epoch, resumable")
-    p.add_argument("--steps-per-epoch", type=int, help="train at most this many batches per epoch")
-    p.add_argument("--log-every", type=int, default=10, help="progress-bar update interval in steps (default: 10)")
+    p.add_argument("--max-minutes", type=_NONNEGATIVE, help="wall-clock budget per rule (0: none); stops mid-epoch, resumable")
+    p.add_argument("--steps-per-epoch", type=_POSITIVE_INT, help="train at most this many batches per epoch")
+    p.add_argument("--checkpoint-every", type=_COUNT, default=0, metavar="N",
+                   help="also checkpoint every N training steps, mid-epoch (default 0: at the end of every epoch "
+                   "only); a resumed run continues exactly from the last one")
+    p.add_argument("--log-every", type=_POSITIVE_INT, default=10, help="progress-bar update interval in steps (default: 10)")
     p.add_argument("--tensorboard", action="store_true", help="also write TensorBoard scalars")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
     p.add_argument("--no-eval-train", dest="eval_train", action="store_false",
@@ -102,25 +139,26 @@ def build_parser() -> argparse.ArgumentParser:
                    "xiao2018:imagenet for resnet18/alexnet-bn on imagenet; plain Adam otherwise)")
     g = t.add_argument_group("optimizer (default: the preset's)")
     g.add_argument("--optimizer", choices=OPTIMIZERS, help="adam, sgd (momentum) or bm (Batch-Manhattan)")
-    g.add_argument("--lr", type=float)
-    g.add_argument("--beta1", type=float)
-    g.add_argument("--beta2", type=float)
-    g.add_argument("--eps", type=float)
-    g.add_argument("--momentum", type=float, help="sgd and bm")
-    g.add_argument("--weight-decay", type=float)
-    g.add_argument("--lr-step", type=int, help="multiply the learning rate by --lr-gamma every this many epochs")
-    g.add_argument("--lr-gamma", type=float)
+    g.add_argument("--lr", type=_POSITIVE)
+    g.add_argument("--beta1", type=_UNIT)
+    g.add_argument("--beta2", type=_UNIT)
+    g.add_argument("--eps", type=_POSITIVE)
+    g.add_argument("--momentum", type=_UNIT, help="sgd and bm")
+    g.add_argument("--weight-decay", type=_NONNEGATIVE)
+    g.add_argument("--lr-step", type=_COUNT, help="multiply the learning rate by --lr-gamma every this many epochs "
+                   "(0: never)")
+    g.add_argument("--lr-gamma", type=_POSITIVE)
     g.add_argument("--last-layer", choices=("bp", "convert"),
                    help="feedback rules: keep the output layer on backprop (Xiao et al.) or convert it too "
                    "(Bartunov et al.); default: convert for fc/lc/conv, bp otherwise")
     g = t.add_argument_group("target propagation (default: the preset's)")
-    g.add_argument("--inverse-lr", type=float, help="Adam of the inverse layers")
-    g.add_argument("--inverse-beta1", type=float)
-    g.add_argument("--inverse-beta2", type=float)
-    g.add_argument("--inverse-eps", type=float)
-    g.add_argument("--alpha", type=float, help="DTP: step size of the penultimate target")
-    g.add_argument("--sigma", type=float, help="std of the inverse-loss noise")
-    g.add_argument("--aux-width", type=int, help="AO-SDTP: auxiliary output units")
+    g.add_argument("--inverse-lr", type=_POSITIVE, help="Adam of the inverse layers")
+    g.add_argument("--inverse-beta1", type=_UNIT)
+    g.add_argument("--inverse-beta2", type=_UNIT)
+    g.add_argument("--inverse-eps", type=_POSITIVE)
+    g.add_argument("--alpha", type=_POSITIVE, help="DTP: step size of the penultimate target")
+    g.add_argument("--sigma", type=_NONNEGATIVE, help="std of the inverse-loss noise")
+    g.add_argument("--aux-width", type=_POSITIVE_INT, help="AO-SDTP: auxiliary output units")
     g.add_argument("--output-inverse", choices=("probabilities", "logits"),
                    help="SDTP/AO-SDTP: what the output layer's inverse reads (the paper leaves it open; "
                    "default logits: probabilities diverged on MNIST, see docs/tp.md)")
@@ -254,15 +292,15 @@ def _options(args, schedule: str):
     return RunOptions(dataset=args.dataset, arch=args.arch, schedule=schedule, seed=args.seed, amp=args.amp,
                       workers=args.workers, max_minutes=args.max_minutes or None, steps_per_epoch=args.steps_per_epoch,
                       log_every=max(1, args.log_every), tensorboard=args.tensorboard, progress=args.progress,
-                      eval_train=args.eval_train)
+                      eval_train=args.eval_train, checkpoint_every=args.checkpoint_every)
 
 
 def _save_config(args, ctx) -> None:
     if ctx.is_main:
         os.makedirs(args.out, exist_ok=True)
         config = {k: v for k, v in vars(args).items() if k != "resume"}
-        with open(os.path.join(args.out, "config.json"), "w") as f:
-            json.dump(config, f, indent=2)
+        from .checkpoints import write_text_atomic
+        write_text_atomic(os.path.join(args.out, "config.json"), json.dumps(config, indent=2))
 
 
 def _summary(results, args, folder: str) -> str:
@@ -278,11 +316,11 @@ def _summary(results, args, folder: str) -> str:
                                                    (train, f.get("test_error"), best, f.get("test_top5_error"))]
         lines.append("| " + " | ".join(cells + [f"{res.seconds / 60:.2f}", res.status]) + " |")
     text = "\n".join(lines) + "\n"
-    with open(os.path.join(folder, "summary.md"), "w") as fh:
-        fh.write(text)
-    with open(os.path.join(folder, "summary.json"), "w") as fh:
-        json.dump([{"rule": r.rule, "label": r.label, "status": r.status, "epochs": r.epochs,
-                    "seconds": r.seconds, "final": r.final, "best": r.best} for r in results], fh, indent=2)
+    from .checkpoints import write_text_atomic
+    write_text_atomic(os.path.join(folder, "summary.md"), text)
+    write_text_atomic(os.path.join(folder, "summary.json"), json.dumps(
+        [{"rule": r.rule, "label": r.label, "status": r.status, "epochs": r.epochs, "seconds": r.seconds,
+          "final": r.final, "best": r.best} for r in results], indent=2))
     learning_curves({r.label: r.rows for r in results}, os.path.join(folder, "curves.png"),
                     f"{args.dataset}/{args.arch}")
     return text
@@ -323,6 +361,14 @@ def _execute(args, plan, report) -> int:
     from .data import build_datasets
     bundle = build_datasets(args.dataset, args.data_dir)
     ctx, device = _prepare(args)
+    if args.resume:  # refuse changed settings before config.json takes them
+        from . import checkpoints
+        from .loop import CHECKPOINT, check_resume, resume_settings
+        for label, rule, schedule, h, _ in plan:
+            path = os.path.join(args.out, label, CHECKPOINT)
+            if os.path.isfile(path):
+                check_resume(path, checkpoints.load(path), resume_settings(_options(args, schedule), h,
+                                                                          ctx.world_size))
     _save_config(args, ctx)
     results, signum = _run_all(args, plan, ctx, device, bundle)
     if signum is not None:
@@ -370,6 +416,16 @@ def cmd_reproduce(args) -> int:
     return _execute(args, plan, report)
 
 
+def _one_line(e: UsageError) -> str:
+    """The message; from a DataLoader worker it arrives wrapped in the worker's traceback, whose last line is
+    "<module>.UsageError: <message>"."""
+    text = str(e).strip()
+    if "\n" not in text:
+        return text
+    last = text.splitlines()[-1]
+    return last.split("UsageError: ", 1)[-1]
+
+
 def main(argv: list[str] | None = None) -> int:
     import torch
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -380,7 +436,7 @@ def main(argv: list[str] | None = None) -> int:
         args = _settings(parser, argv)
         return cmd_train(args) if args.command == "train" else cmd_reproduce(args)
     except UsageError as e:
-        print(f"bioplaus: error: {e}", file=sys.stderr)
+        print(f"bioplaus: error: {_one_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("bioplaus: interrupted: stopped without saving a checkpoint", file=sys.stderr)
@@ -388,6 +444,10 @@ def main(argv: list[str] | None = None) -> int:
     except FileNotFoundError as e:
         print(f"bioplaus: error: {e.filename or e}: not found", file=sys.stderr)
         return 2
+    except OSError as e:  # a full disk, a read-only folder, ...: one line, no traceback
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"bioplaus: error: {where}{e.strerror or e}", file=sys.stderr)
+        return 1
     finally:
         from . import distributed
         distributed.teardown()

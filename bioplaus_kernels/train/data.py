@@ -217,6 +217,17 @@ def _cifar10(root: str, augment: bool) -> DataBundle:
 
 # --------------------------------------------------------------------------------------------------- imagenet
 
+def _load_image(path: str):
+    """An RGB PIL image; a truncated or unreadable file is a UsageError naming it (PIL's own message does not)."""
+    from PIL import Image
+    try:
+        with open(path, "rb") as f:
+            img = Image.open(f)
+            return img.convert("RGB")
+    except (OSError, ValueError, SyntaxError) as e:  # PIL: truncated data, not an image, broken header
+        raise UsageError(f"imagenet: cannot read image {path} ({type(e).__name__}: {e})") from None
+
+
 def _imagenet(root: str, augment: bool) -> DataBundle:
     from torchvision import transforms
     from torchvision.datasets import ImageFolder
@@ -232,8 +243,8 @@ def _imagenet(root: str, augment: bool) -> DataBundle:
     training = transforms.Compose([transforms.RandomResizedCrop(224), transforms.RandomHorizontalFlip(),
                                    transforms.ToTensor(), normalise]) if augment else evaluation
     try:
-        train = ImageFolder(os.path.join(root, "train"), transform=training)
-        test = ImageFolder(os.path.join(root, "val"), transform=evaluation)
+        train = ImageFolder(os.path.join(root, "train"), transform=training, loader=_load_image)
+        test = ImageFolder(os.path.join(root, "val"), transform=evaluation, loader=_load_image)
     except (FileNotFoundError, OSError) as e:
         raise UsageError(f"imagenet: {where} ({e})") from e
     if test.classes != train.classes:

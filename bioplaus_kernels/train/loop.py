@@ -9,6 +9,11 @@ a resumed run equals an uninterrupted one bit for bit with workers=0 (random aug
 global generator in the main process, which the checkpoint restores). With workers>0 the shuffle order is
 still exact, but random augmentations after a resume differ: persistent workers keep their own generators,
 which a resumed run re-seeds.
+
+Nothing is lost: the checkpoint of an epoch is written before its evaluation (a stop signal during the
+evaluation keeps it, and the resumed run evaluates that epoch first), ``checkpoint_every`` steps add mid-epoch
+checkpoints, and an exception inside an epoch writes the checkpoint of the last completed step before it
+propagates. A resume refuses a checkpoint written with another seed, batch size, steps per epoch or world size.
 """
 from __future__ import annotations
 
@@ -50,6 +55,7 @@ class RunOptions:
     progress: bool = True
     eval_train: bool = True
     probe_size: int = 256
+    checkpoint_every: int = 0    # steps between mid-epoch checkpoints (0: at epoch ends only)
 
 
 class StopFlag:
@@ -87,17 +93,45 @@ class Result:
     best: dict | None = None     # row with the lowest test error
 
 
+class _Stopped(Exception):
+    """A stop signal arrived during an evaluation."""
+
+
+# The settings a resumed run must share with its checkpoint: option -> how the CLI spells it.
+_RESUME_SETTINGS = {"seed": "--seed", "batch_size": "--batch-size", "steps_per_epoch": "--steps-per-epoch",
+                    "world_size": "the number of processes (torchrun)"}
+
+
+def resume_settings(opts: RunOptions, h: Hyper, world_size: int) -> dict:
+    return {"seed": opts.seed, "batch_size": h.batch_size, "steps_per_epoch": opts.steps_per_epoch,
+            "world_size": world_size}
+
+
+def check_resume(path: str, ckpt: dict, settings: dict) -> None:
+    """A resumed run keeps the settings its checkpoint was written with; the message names the first that
+    changed."""
+    for name, was in ckpt.get("settings", {}).items():
+        now = settings.get(name)
+        if now != was:
+            raise UsageError(f"--resume: {path} was written with {_RESUME_SETTINGS.get(name, name)} "
+                             f"{'all' if was is None else was}, not {'all' if now is None else now}; "
+                             "a resumed run keeps the settings it started with")
+
+
 def _loader_seed(seed: int, epoch: int) -> int:
     return (seed * 1_000_003 + epoch) % (2**63)
 
 
-def evaluate(net, loader, device, amp: bool, num_classes: int) -> dict:
-    """Loss, top-1 and top-5 error (%) over a loader, summed across ranks."""
+def evaluate(net, loader, device, amp: bool, num_classes: int, stop: "StopFlag | None" = None) -> dict:
+    """Loss, top-1 and top-5 error (%) over a loader, summed across ranks. A stop signal (any rank) ends it
+    early with _Stopped."""
     net.eval()
     loss = top1 = top5 = count = 0.0
     k = min(5, num_classes)
     with torch.no_grad():
         for x, y in loader:
+            if stop is not None and distributed.any_rank(stop.signum is not None, device):
+                raise _Stopped
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             with torch.autocast("cuda", dtype=torch.bfloat16) if amp else contextlib.nullcontext():
                 logits = net(x).float()
@@ -142,14 +176,18 @@ def run_rule(opts: RunOptions, rule: str, label: str, h: Hyper, bundle, folder: 
     steps = len(train_loader) if opts.steps_per_epoch is None else min(opts.steps_per_epoch, len(train_loader))
 
     path = os.path.join(folder, CHECKPOINT)
+    settings = resume_settings(opts, h, ctx.world_size)
     epoch, batch, elapsed = 0, 0, 0.0
-    rng_epoch = rng_now = running = None
+    rng_epoch = rng_now = running = pending_row = None
+    if ctx.is_main and os.path.isdir(folder):
+        checkpoints.remove_stale_temporaries(folder)
     if resume and os.path.isfile(path):
         ckpt = checkpoints.load(path)
         meta = (ckpt.get("rule"), ckpt.get("dataset"), ckpt.get("arch"))
         if meta != (rule, bundle.name, opts.arch):
             raise UsageError(f"checkpoint {path} was written for rule {meta[0]} on {meta[1]}/{meta[2]}, "
                              f"not {rule} on {bundle.name}/{opts.arch}")
+        check_resume(path, ckpt, settings)
         try:
             learner.load_state_dict(ckpt["learner"])
         except (RuntimeError, KeyError, ValueError, TypeError) as e:
@@ -157,23 +195,40 @@ def run_rule(opts: RunOptions, rule: str, label: str, h: Hyper, bundle, folder: 
             raise UsageError(f"checkpoint {path} does not match this model: {first[:200]}") from None
         epoch, batch, elapsed = ckpt["epoch"], ckpt["batch"], ckpt["elapsed"]
         rng_epoch, rng_now, running = ckpt["rng_epoch_start"], ckpt["rng"], ckpt["running"]
+        pending_row = ckpt.get("pending_row")
         if batch == 0:
             checkpoints.set_rng_state(rng_now)
     records = Records(folder, enabled=ctx.is_main, tensorboard=opts.tensorboard,
                       resume_after_epoch=epoch if resume else None)
 
-    def save(finished: bool) -> None:
+    def save(finished: bool, pending: dict | None = None, barrier: bool = True) -> None:
+        """pending: the epoch's row, when the checkpoint is written before its evaluation."""
         if ctx.is_main:
             checkpoints.save_atomic({
                 "format": checkpoints.FORMAT_VERSION, "rule": rule, "dataset": bundle.name, "arch": opts.arch,
-                "epoch": epoch, "batch": batch, "finished": finished, "elapsed": elapsed,
+                "settings": settings, "epoch": epoch, "batch": batch, "finished": finished, "elapsed": elapsed,
                 "learner": learner.state_dict(), "rng_epoch_start": rng_epoch, "rng": checkpoints.rng_state(),
-                "running": running}, path)
-        distributed.barrier()
+                "running": running, "pending_row": pending}, path)
+        if barrier:
+            distributed.barrier()
+
+    def evaluate_and_record(row: dict) -> None:
+        """Evaluate, record and print the epoch's row, then checkpoint again without it pending."""
+        row.update(_evaluations(learner, train_loader, test_loader, opts, bundle, device, stop))
+        if ctx.is_main:
+            row.update(learner.diagnostics(*probe))
+        records.add(row)
+        _print_epoch(label, row, h.epochs, ctx)
+        save(finished=epoch >= h.epochs)
 
     started = time.monotonic() - elapsed
     budget = None if opts.max_minutes is None else opts.max_minutes * 60.0
     status = "finished"
+    if pending_row is not None and pending_row.get("complete", True):
+        try:  # the evaluation a stop interrupted, before anything else
+            evaluate_and_record(dict(pending_row))
+        except _Stopped:
+            status = "interrupted"
     while epoch < h.epochs and status == "finished":
         _set_lr(learner, h, epoch)
         if batch == 0:
@@ -193,23 +248,36 @@ def run_rule(opts: RunOptions, rule: str, label: str, h: Hyper, bundle, folder: 
         bar = tqdm(total=steps, initial=batch, desc=f"{label} {epoch + 1}/{h.epochs}", leave=False,
                    dynamic_ncols=True, disable=(None if opts.progress else True) if ctx.is_main else True)
         pending: list = []
-        while batch < steps:
-            x, y = next(batches)
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            s = learner.train_step(x, y)
-            pending.append(s)
-            batch += 1
-            bar.update(1)
-            if batch % opts.log_every == 0 or batch == steps:
-                _fold(running, pending)
-                pending = []
-                bar.set_postfix(loss=f"{running['loss'] / max(running['count'], 1):.4f}",
-                                acc=f"{100.0 * running['correct'] / max(running['count'], 1):.2f}%")
-            over_budget = budget is not None and time.monotonic() - started > budget
-            if distributed.any_rank(stop.signum is not None or over_budget, device) and batch < steps:
-                status = "interrupted" if stop.signum is not None else "budget"
-                break
-        bar.close()
+        try:
+            while batch < steps:
+                x, y = next(batches)
+                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                s = learner.train_step(x, y)
+                pending.append(s)
+                batch += 1
+                bar.update(1)
+                if batch % opts.log_every == 0 or batch == steps:
+                    _fold(running, pending)
+                    pending = []
+                    bar.set_postfix(loss=f"{running['loss'] / max(running['count'], 1):.4f}",
+                                    acc=f"{100.0 * running['correct'] / max(running['count'], 1):.2f}%")
+                over_budget = budget is not None and time.monotonic() - started > budget
+                if distributed.any_rank(stop.signum is not None or over_budget, device) and batch < steps:
+                    status = "interrupted" if stop.signum is not None else "budget"
+                    break
+                if opts.checkpoint_every and batch % opts.checkpoint_every == 0 and batch < steps:
+                    _fold(running, pending)
+                    pending = []
+                    elapsed = time.monotonic() - started
+                    save(finished=False)
+        except Exception:
+            # the last completed step's checkpoint, then the error (no barrier: the other ranks may not fail)
+            _fold(running, pending)
+            elapsed = time.monotonic() - started
+            save(finished=False, barrier=False)
+            raise
+        finally:
+            bar.close()
         _fold(running, pending)
         elapsed = time.monotonic() - started
         if status == "interrupted":
@@ -223,12 +291,11 @@ def run_rule(opts: RunOptions, rule: str, label: str, h: Hyper, bundle, folder: 
         if status == "finished":
             learner.end_epoch()
             epoch, batch = epoch + 1, 0
-        row.update(_evaluations(learner, train_loader, test_loader, opts, bundle, device))
-        if ctx.is_main:
-            row.update(learner.diagnostics(*probe))
-        records.add(row)
-        _print_epoch(label, row, h.epochs, ctx)
-        save(finished=epoch >= h.epochs)
+        save(finished=epoch >= h.epochs, pending=row)  # before the evaluation, which a signal may stop
+        try:
+            evaluate_and_record(row)
+        except _Stopped:
+            status = "interrupted"
     records.close()
     rows = records.rows
     finals = [r for r in rows if "test_error" in r]
@@ -256,13 +323,13 @@ def _running_metrics(running: dict, device) -> dict:
     return out
 
 
-def _evaluations(learner, train_loader, test_loader, opts: RunOptions, bundle, device) -> dict:
+def _evaluations(learner, train_loader, test_loader, opts: RunOptions, bundle, device, stop=None) -> dict:
     net = learner.eval_module()
     row = {}
-    test = evaluate(net, test_loader, device, opts.amp, bundle.num_classes)
+    test = evaluate(net, test_loader, device, opts.amp, bundle.num_classes, stop)
     row.update(test_loss=test["loss"], test_error=test["error"], test_top5_error=test["top5_error"])
     if opts.eval_train:
-        train = evaluate(net, train_loader, device, opts.amp, bundle.num_classes)
+        train = evaluate(net, train_loader, device, opts.amp, bundle.num_classes, stop)
         row.update(train_loss=train["loss"], train_error=train["error"], train_top5_error=train["top5_error"])
     return row
 

@@ -1,5 +1,6 @@
 """Per-epoch metrics of one rule's run: metrics.csv and metrics.jsonl (rewritten atomically after every epoch,
-so a resumed run drops the rows of the epoch it repeats), and TensorBoard scalars when asked."""
+checkpoints.write_text_atomic, so a resumed run drops the rows of the epoch it repeats), and TensorBoard scalars
+when asked."""
 from __future__ import annotations
 
 import csv
@@ -7,12 +8,7 @@ import io
 import json
 import os
 
-
-def _write_atomic(path: str, text: str) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+from .checkpoints import write_text_atomic as _write_atomic
 
 
 class Records:

@@ -136,9 +136,8 @@ def report(dataset: str, arch: str, results: list[tuple[str, object]], budget: s
               f"started {env['date']}"]
     text = "\n".join(lines) + "\n"
     if folder is not None:
-        with open(os.path.join(folder, "results.md"), "w") as f:
-            f.write(text)
-        with open(os.path.join(folder, "results.json"), "w") as f:
-            json.dump({"paper": PAPER, "dataset": dataset, "arch": arch, "budget": budget, **env,
-                       "rows": records}, f, indent=2)
+        from .checkpoints import write_text_atomic
+        write_text_atomic(os.path.join(folder, "results.md"), text)
+        write_text_atomic(os.path.join(folder, "results.json"), json.dumps(
+            {"paper": PAPER, "dataset": dataset, "arch": arch, "budget": budget, **env, "rows": records}, indent=2))
     return text
