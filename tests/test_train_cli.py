@@ -174,3 +174,28 @@ def test_reproduce_fashion_mnist_runs_the_mnist_protocol_with_empty_paper_cells(
                             {"torch": "t", "revision": "r", "date": "d"})
     assert "| BP | - | 3.25 | - | 9.50 | 2.00 | 1.0 | budget |" in text
     assert json.loads((tmp_path / "results.json").read_text())["rows"][0]["paper"] == {}
+
+
+@pytest.mark.parametrize("dataset, arch", [("synthetic:mnist", "lc"), ("synthetic:cifar10", "fc")])
+def test_synthetic_data_reports_images_per_second(tmp_path, dataset, arch):
+    """No files: random data of the dataset's shape, the real dataset's net, and a training throughput."""
+    assert run(tmp_path / "s", "--dataset", dataset, "--arch", arch, "--algo", "bp", "frsf", "--epochs", "1",
+               "--steps-per-epoch", "3", "--batch-size", "8", "--no-eval-train", "--no-progress") == 0
+    summary = json.loads((tmp_path / "s" / "summary.json").read_text())
+    assert [r["rule"] for r in summary] == ["bp", "frsf"]
+    for r in summary:
+        assert r["final"]["images_per_second"] > 0
+    table = (tmp_path / "s" / "summary.md").read_text()
+    assert "| images/s |" in table and f"{dataset}/{arch}" in table
+
+
+def test_synthetic_datasets_have_the_real_shapes():
+    from bioplaus_kernels.train.data import build_datasets
+    for name, shape, classes, length in (("synthetic:imagenet", (3, 224, 224), 1000, 1_281_167),
+                                         ("synthetic:cifar10", (3, 32, 32), 10, 50_000),
+                                         ("synthetic:mnist", (1, 28, 28), 10, 60_000)):
+        b = build_datasets(name)
+        assert (b.input_shape, b.num_classes, len(b.train), len(b.test)) == (shape, classes, length, 1000)
+        x, y = b.train[length - 1]
+        assert x.shape == shape and 0 <= y < classes
+        assert b.like == name.split(":")[1]

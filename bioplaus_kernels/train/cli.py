@@ -34,6 +34,7 @@ import json
 import math
 import os
 import re
+import statistics
 import sys
 import time
 
@@ -125,7 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train one or several rules (several: a comparison, same seed)",
                        description="Train one or several learning rules on one dataset and network. Without "
                        "arguments: the FC net on scikit-learn's digits with " + ", ".join(QUICKSTART_RULES) + ".")
-    t.add_argument("--dataset", default="digits", help="digits (default), mnist, fashion-mnist, cifar10 or imagenet")
+    t.add_argument("--dataset", default="digits", help="digits (default), mnist, fashion-mnist, cifar10, imagenet, or "
+                   "synthetic:imagenet|cifar10|mnist (random data of that shape, no files: to measure images/s)")
     t.add_argument("--arch", default="fc",
                    help="fc (default), lc (the paper nets), conv (their weight-shared twins), resnet18, alexnet-bn, "
                    "or path/to/file.py:callable / package.module:callable")
@@ -277,8 +279,9 @@ def _prepare(args) -> tuple:
     if args.amp and device.type != "cuda":
         raise UsageError("--amp (bf16 autocast) needs a CUDA device")
     if args.out is None:
-        arch = re.sub(r"[^\w.-]+", "_", args.arch)  # a user's "path/to/file.py:callable" names no folders
-        args.out = os.path.join("runs", f"{args.dataset}-{arch}-{time.strftime('%Y%m%d-%H%M%S')}")
+        # a user's "path/to/file.py:callable" or "synthetic:mnist" names no folders
+        arch, dataset = (re.sub(r"[^\w.-]+", "_", v) for v in (args.arch, args.dataset))
+        args.out = os.path.join("runs", f"{dataset}-{arch}-{time.strftime('%Y%m%d-%H%M%S')}")
         if ctx.distributed:  # every rank must write into rank 0's folder
             import torch.distributed as dist
             box = [args.out]
@@ -305,16 +308,20 @@ def _save_config(args, ctx) -> None:
 
 def _summary(results, args, folder: str) -> str:
     from .plots import learning_curves
-    lines = [f"{args.dataset}/{args.arch}: error in %", "",
-             "| rule | epochs | train error | test error | best test error | test top-5 error | minutes | stopped by |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [f"{args.dataset}/{args.arch}: error in %; training throughput in images/s (the median over epochs, "
+             "evaluation excluded)", "",
+             "| rule | epochs | train error | test error | best test error | test top-5 error | images/s | minutes | "
+             "stopped by |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for res in results:
         f = res.final or {}
         train = f.get("train_error", f.get("train_error_running"))
         best = (res.best or {}).get("test_error")
+        speeds = [r["images_per_second"] for r in res.rows if "images_per_second" in r]
+        speed = f"{statistics.median(speeds):.1f}" if speeds else "-"
         cells = [res.label, f"{res.epochs:.2f}"] + ["-" if v is None else f"{v:.2f}" for v in
                                                    (train, f.get("test_error"), best, f.get("test_top5_error"))]
-        lines.append("| " + " | ".join(cells + [f"{res.seconds / 60:.2f}", res.status]) + " |")
+        lines.append("| " + " | ".join(cells + [speed, f"{res.seconds / 60:.2f}", res.status]) + " |")
     text = "\n".join(lines) + "\n"
     from .checkpoints import write_text_atomic
     write_text_atomic(os.path.join(folder, "summary.md"), text)
@@ -382,7 +389,8 @@ def _execute(args, plan, report) -> int:
 def cmd_train(args) -> int:
     algos = args.algo or QUICKSTART_RULES
     _check_rules(algos)
-    preset = args.preset if args.preset is not None else _default_preset(args.dataset, args.arch)
+    from .data import real_name
+    preset = args.preset if args.preset is not None else _default_preset(real_name(args.dataset), args.arch)
     if preset is not None and preset not in PRESETS:
         raise UsageError(f"unknown preset {preset!r}; known: {', '.join(sorted(PRESETS))}")
     plan = []

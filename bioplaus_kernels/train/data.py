@@ -23,6 +23,12 @@ DataLoaders. Names and where their files are looked for:
   Training: RandomResizedCrop(224) + horizontal flip; evaluation: resize 256 + centre crop 224 (Xiao et al.
   2019's script, the standard torchvision recipe).
 
+- ``"synthetic:<imagenet|cifar10|mnist>"``: no files; random images of that dataset's shape, class count and
+  training-set size (1,281,167 / 50,000 / 60,000 images; a test split of 1,000), as the PyTorch ImageNet
+  example's ``--dummy``, to measure a rule's images per second before the real data is copied. The images
+  are a fixed pool of 256 standard-normal tensors (seed 0) indexed cyclically, so fetching one costs nothing
+  next to a training step; labels cycle through the classes. Models and presets are those of the real dataset.
+
 Every image is finally normalised per channel with the dataset's usual mean/std (MNIST 0.1307/0.3081,
 Fashion-MNIST 0.2860/0.3530, CIFAR-10 and ImageNet the standard torchvision constants).
 
@@ -46,7 +52,18 @@ from torch.utils.data import DataLoader, Dataset
 
 from .errors import UsageError
 
-DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10", "imagenet")
+DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10", "imagenet", "synthetic:imagenet", "synthetic:cifar10",
+            "synthetic:mnist")
+
+# synthetic:<name>: (input shape, classes, training images); every synthetic test split has 1,000 images.
+_SYNTHETIC = {"imagenet": ((3, 224, 224), 1000, 1_281_167), "cifar10": ((3, 32, 32), 10, 50_000),
+              "mnist": ((1, 28, 28), 10, 60_000)}
+_SYNTHETIC_TEST, _SYNTHETIC_POOL = 1000, 256
+
+
+def real_name(dataset: str) -> str:
+    """The dataset whose models and presets a dataset uses: itself, or X for synthetic:X."""
+    return dataset.split(":", 1)[1] if dataset.startswith("synthetic:") else dataset
 
 #: per-channel (mean, std) after scaling pixels to [0, 1]
 _NORMALISATION = {
@@ -68,6 +85,11 @@ class DataBundle:
     test: Dataset
     num_classes: int
     input_shape: Tuple[int, int, int]  # (C, H, W) of one input as the model receives it
+
+    @property
+    def like(self) -> str:
+        """The dataset whose models and presets this one uses (real_name)."""
+        return real_name(self.name)
 
 
 class TensorImageDataset(Dataset):
@@ -102,6 +124,27 @@ class TensorImageDataset(Dataset):
         if self._normalised is not None:
             return self._normalised[index], int(self.targets[index])
         return self._normalise(self.transform(self.images[index])), int(self.targets[index])
+
+
+class SyntheticImages(Dataset):
+    """``length`` items cycling through a pool of random images (see the module doc); label = index % classes."""
+
+    def __init__(self, shape: Tuple[int, int, int], num_classes: int, length: int) -> None:
+        g = torch.Generator().manual_seed(0)
+        self.pool = torch.randn(_SYNTHETIC_POOL, *shape, generator=g)
+        self.num_classes, self.length = num_classes, length
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> Tuple[torch.Tensor, int]:
+        return self.pool[index % _SYNTHETIC_POOL], index % self.num_classes
+
+
+def _synthetic(name: str) -> DataBundle:
+    shape, classes, length = _SYNTHETIC[real_name(name)]
+    return DataBundle(name, SyntheticImages(shape, classes, length), SyntheticImages(shape, classes, _SYNTHETIC_TEST),
+                      classes, shape)
 
 
 # --------------------------------------------------------------------------------------------------- digits
@@ -260,8 +303,10 @@ def build_datasets(name: str, data_dir: Optional[str] = None, *, augment: bool =
     files are looked for. ``data_dir`` defaults to ``./data``. ``augment=False`` turns off training
     augmentation (evaluation transforms are always applied). Missing or unreadable data raises
     :class:`UsageError` naming the files expected and where."""
-    if name not in _BUILDERS:
+    if name not in DATASETS:
         raise UsageError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+    if name.startswith("synthetic:"):
+        return _synthetic(name)
     if name == "digits":
         return _digits()  # no augmentation for digits
     root = os.path.expanduser(data_dir if data_dir is not None else "data")

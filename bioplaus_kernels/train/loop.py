@@ -162,7 +162,7 @@ def run_rule(opts: RunOptions, rule: str, label: str, h: Hyper, bundle, folder: 
              ctx: distributed.Context, device: torch.device, resume: bool, stop: StopFlag) -> Result:
     """Train one rule for h.epochs epochs (or until the budget or a signal), evaluating after every epoch."""
     torch.manual_seed(opts.seed)  # the same initial weights for every rule of a comparison
-    model = build_model(opts.arch, dataset=bundle.name, num_classes=bundle.num_classes,
+    model = build_model(opts.arch, dataset=bundle.like, num_classes=bundle.num_classes,
                         input_shape=bundle.input_shape)
     learner = make_learner(rule, model, h, arch=opts.arch, schedule=opts.schedule,
                            num_classes=bundle.num_classes, seed=opts.seed, device=device,
@@ -248,11 +248,13 @@ def run_rule(opts: RunOptions, rule: str, label: str, h: Hyper, bundle, folder: 
         bar = tqdm(total=steps, initial=batch, desc=f"{label} {epoch + 1}/{h.epochs}", leave=False,
                    dynamic_ncols=True, disable=(None if opts.progress else True) if ctx.is_main else True)
         pending: list = []
+        loop_started, seen = time.monotonic(), 0  # training throughput of this sitting (no evaluation)
         try:
             while batch < steps:
                 x, y = next(batches)
                 x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
                 s = learner.train_step(x, y)
+                seen += x.shape[0]
                 pending.append(s)
                 batch += 1
                 bar.update(1)
@@ -285,6 +287,7 @@ def run_rule(opts: RunOptions, rule: str, label: str, h: Hyper, bundle, folder: 
             break
         row = {"epoch": epoch + 1, "complete": status == "finished", "epochs": epoch + batch / steps,
                "seconds": round(elapsed, 3)}
+        row["images_per_second"] = seen * ctx.world_size / max(time.monotonic() - loop_started, 1e-9)
         if learner.optimizers:
             row["lr"] = learner.optimizers[0].param_groups[0]["lr"]
         row.update(_running_metrics(running, device))
