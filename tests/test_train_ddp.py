@@ -57,3 +57,42 @@ def test_two_process_gloo_run_equals_single_process_run(tmp_path, monkeypatch):
     initial = build_model("fc", dataset="digits", num_classes=10, input_shape=(1, 8, 8)).state_dict()
     trained = _model(tmp_path / "one" / "bp")
     assert all(not torch.equal(initial[k], trained[k]) for k in initial)
+
+
+def _torchrun(*args, **kwargs):
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+            "--master_port", str(_free_port()), "-m", "bioplaus_kernels.train", *args], dict(cwd=ROOT, env=env, **kwargs)
+
+
+@pytest.mark.slow
+def test_sigterm_of_two_processes_then_torchrun_resume_equals_uninterrupted(tmp_path):
+    """torchrun forwards SIGTERM to both workers; they stop at the same step (the stop flag is all-reduced),
+    rank 0 writes the checkpoint, and `torchrun ... --resume` continues to the same weights as a two-process
+    run that was never stopped."""
+    import signal
+    import time
+    common = ["train", "--algo", "bp", "--batch-size", "32", "--steps-per-epoch", "20", "--device", "cpu",
+              "--no-progress", "--no-eval-train"]
+    cmd, kw = _torchrun(*common, "--epochs", "1000", "--out", str(tmp_path / "b"))
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, **kw)
+    metrics = tmp_path / "b" / "bp" / "metrics.jsonl"
+    deadline = time.monotonic() + 300
+    while not metrics.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, proc.stderr.read()[-3000:]
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode != 0, err[-3000:]
+    ckpt = torch.load(tmp_path / "b" / "bp" / "checkpoint.pt", weights_only=True)
+    assert not ckpt["finished"] and ckpt["epoch"] >= 1 and ckpt["settings"]["world_size"] == 2, err[-3000:]
+    epochs = str(ckpt["epoch"] + 2)
+    cmd, kw = _torchrun("train", "--resume", "--out", str(tmp_path / "b"), "--epochs", epochs)
+    resumed = subprocess.run(cmd, capture_output=True, text=True, timeout=600, **kw)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    cmd, kw = _torchrun(*common, "--epochs", epochs, "--out", str(tmp_path / "a"))
+    straight = subprocess.run(cmd, capture_output=True, text=True, timeout=600, **kw)
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    a, b = _model(tmp_path / "a" / "bp"), _model(tmp_path / "b" / "bp")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
