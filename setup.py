@@ -1,8 +1,14 @@
-"""Build bioplaus_kernels._C: one extension with the C++ CPU kernels and, where possible, the CUDA kernels.
+"""Build bioplaus_kernels._C: one extension with the C++ CPU kernels and, where asked, the CUDA kernels.
 
-CUDA kernels are compiled whenever torch is a CUDA build and nvcc is found, even with no GPU visible
-(TORCH_CUDA_ARCH_LIST then defaults to build_flags.json's cuda_archs; an explicit value is honoured). Compiler
-flags come from build_flags.json too, which CMakeLists.txt reads as well. Otherwise the build is
+torchvision's convention: the CUDA kernels are compiled when torch is a CUDA build, nvcc is found, and either
+torch sees a GPU or FORCE_CUDA=1 is set (CI sets it, so every run compiles them without a GPU;
+TORCH_CUDA_ARCH_LIST then defaults to build_flags.json's cuda_archs, an explicit value is honoured).
+Otherwise the build is CPU-only and says why. Compiler flags come from build_flags.json too, which
+CMakeLists.txt reads as well.
+
+Object files live in build/temp-<python>-<torch>-<cpu|cuda> under the source tree, also for pip's editable
+installs (which otherwise build in a fresh temporary folder): a second install of unchanged sources
+recompiles nothing (ninja compares each object with its sources, headers and command line). Otherwise the build is
 CPU-only and says so. MAX_JOBS is honoured by torch's ninja builder. BIOPLAUS_FORCE_CPU=1 skips CUDA.
 """
 import glob
@@ -47,15 +53,20 @@ def find_cuda_home():
     return None
 
 
-cuda_home = None if os.environ.get("BIOPLAUS_FORCE_CPU") == "1" else find_cuda_home()
+import torch  # noqa: E402  (torch.utils.cpp_extension, which reads CUDA_HOME, comes below)
+
+force_cpu = os.environ.get("BIOPLAUS_FORCE_CPU") == "1"
+force_cuda = os.environ.get("FORCE_CUDA") == "1"
+gpu_visible = torch.version.cuda is not None and torch.cuda.is_available()
+cuda_home = find_cuda_home() if not force_cpu and torch.version.cuda is not None and (gpu_visible or force_cuda) \
+    else None
 if cuda_home:
     os.environ["CUDA_HOME"] = cuda_home  # before torch.utils.cpp_extension reads it
 
-import torch  # noqa: E402
 from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension  # noqa: E402
 
-with_cuda = cuda_home is not None and torch.version.cuda is not None
-if with_cuda and not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
+with_cuda = cuda_home is not None
+if with_cuda and not os.environ.get("TORCH_CUDA_ARCH_LIST") and not gpu_visible:
     os.environ["TORCH_CUDA_ARCH_LIST"] = ";".join(FLAGS["cuda_archs"])
 
 
@@ -79,8 +90,10 @@ if with_cuda:
 else:
     ext = CppExtension("bioplaus_kernels._C", sources, **extra)
 
-why_cpu = ("BIOPLAUS_FORCE_CPU=1" if os.environ.get("BIOPLAUS_FORCE_CPU") == "1"
-           else "torch is a CPU build" if torch.version.cuda is None else "nvcc / CUDA toolkit not found")
+why_cpu = ("BIOPLAUS_FORCE_CPU=1" if force_cpu
+           else "torch is a CPU build" if torch.version.cuda is None
+           else "no GPU visible and FORCE_CUDA is not 1; set FORCE_CUDA=1 to compile them anyway"
+           if not (gpu_visible or force_cuda) else "nvcc / CUDA toolkit not found")
 print("bioplaus_kernels build configuration:", file=sys.stderr)
 print(f"  torch {torch.__version__} (CUDA {torch.version.cuda}), python {sys.version.split()[0]}", file=sys.stderr)
 print(f"  CUDA kernels: {'yes' if with_cuda else 'no (' + why_cpu + '): CPU-only build'}", file=sys.stderr)
@@ -95,9 +108,19 @@ with open(os.path.join(ROOT, "bioplaus_kernels", "_build_info.json"), "w") as f:
     json.dump({"torch": torch.__version__, "cuda": torch.version.cuda, "with_cuda": with_cuda,
                "python": sys.version.split()[0]}, f)
 
+class PersistentBuild(BuildExtension):
+    """torch's BuildExtension (ninja) with its objects in a fixed folder of the source tree (module doc)."""
+
+    def finalize_options(self):
+        super().finalize_options()
+        tag = f"py{sys.version_info[0]}{sys.version_info[1]}-torch{torch.__version__.split('+')[0]}-" \
+              f"{'cuda' if with_cuda else 'cpu'}"
+        self.build_temp = os.path.join(ROOT, "build", f"temp-{tag}")
+
+
 setup(
     packages=find_packages(include=["bioplaus_kernels", "bioplaus_kernels.*"]),
     package_data={"bioplaus_kernels": ["_build_info.json"]},
     ext_modules=[ext],
-    cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
+    cmdclass={"build_ext": PersistentBuild.with_options(use_ninja=True)},
 )
