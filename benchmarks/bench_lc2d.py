@@ -79,6 +79,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
+import jax_lc2d  # noqa: E402
 
 import torch  # noqa: E402
 
@@ -405,8 +406,19 @@ def bench_shape(shape: Shape, args, ceilings: Dict, flush: common.Flusher, log) 
     peak_flops = ceilings["matmul"]["gflops"] * 1e9
     peak_bw = ceilings["copy"]["gbs"] * 1e9
     rows = []
+    jax_step = None
+    if args.jax:  # the peer: JAX's conv_general_dilated_local, full step only, timed beside ours
+        platform = jax_lc2d.backend(dev)
+        if platform is None:
+            log(f"  {shape.name}: no JAX backend for {dev}; the jax row is left out")
+        else:
+            jax_step = jax_lc2d.make_step(case, platform)
+            check["jax"] = jax_lc2d.compare(case, jax_step(), case.step_fn("ours")())
+            assert max(check["jax"].values()) <= CHECK_TOL[dtype], f"{shape.name}: JAX's step differs: {check['jax']}"
     for p in PASSES:
         fns = [case.make_fn("ours", p), case.make_fn("base", p)]
+        if p == "step" and jax_step is not None:
+            fns.append(jax_step)
         repeats = args.repeats
         # One untimed-for-the-record round: warm-up, and an estimate for the per-case time budget.
         warm = common.time_interleaved(fns, dev, 1, max(0, args.warmup - 1), flush)
@@ -420,7 +432,7 @@ def bench_shape(shape: Shape, args, ceilings: Dict, flush: common.Flusher, log) 
         row = {"shape": shape.name, "group": shape.group, "geometry": shape.geometry(), "batch": batch,
                "dtype": args.dtype, "pass": p, "repeats": repeats, "flops": flops, "bytes": nbytes,
                "floor_ms": floor_ms, "floor_bound": "compute" if flops / peak_flops >= nbytes / peak_bw else "memory"}
-        for impl, s in zip(IMPLS, samples):
+        for impl, s in zip(IMPLS + ("jax",), samples):
             st = common.summarize(s)
             ms = st["median_ms"]
             row[f"{impl}_ms"] = ms
@@ -431,6 +443,8 @@ def bench_shape(shape: Shape, args, ceilings: Dict, flush: common.Flusher, log) 
             row[f"{impl}_over_floor"] = ms / floor_ms
             row[f"{impl}_samples_ms"] = st["samples_ms"]
         row["speedup"] = row["base_ms"] / row["ours_ms"]
+        if "jax_ms" in row:
+            row["jax_speedup"] = row["jax_ms"] / row["ours_ms"]  # > 1: ours is faster than JAX
         for k in ("ours_peak_mb", "base_peak_mb", "mem_ratio", "need_mb"):
             row[k] = None
         rows.append(row)
@@ -460,9 +474,10 @@ def bench_shape(shape: Shape, args, ceilings: Dict, flush: common.Flusher, log) 
             "stride": shape.s, "padding": shape.padding, "padding4": list(shape.padding4), "output": list(shape.out),
             "P": shape.P, "K": shape.K, "params": shape.params, "weight_mb": shape.P * shape.c_out * shape.K * elem / common.MB,
             "check": check, "memory_probe": mem_detail or None, "wall_s": time.perf_counter() - t0}
+    jax_part = f"jax {step_row['jax_ms']:9.3f} ms  x{step_row['jax_speedup']:.2f}  " if "jax_ms" in step_row else ""
     log(f"  {shape.name:<12} {shape.geometry():<22} N={batch:<4} step ours {step_row['ours_ms']:9.3f} ms  "
-        f"base {step_row['base_ms']:9.3f} ms  x{step_row['speedup']:.2f}  peak MB {step_row['ours_peak_mb']:.1f}/"
-        f"{step_row['base_peak_mb']:.1f}  ({info['wall_s']:.1f} s)")
+        f"base {step_row['base_ms']:9.3f} ms  x{step_row['speedup']:.2f}  {jax_part}peak MB "
+        f"{step_row['ours_peak_mb']:.1f}/{step_row['base_peak_mb']:.1f}  ({info['wall_s']:.1f} s)")
     return info, rows
 
 
@@ -519,6 +534,10 @@ def format_table(result: Dict) -> str:
         geo = statistics.geometric_mean([r["speedup"] for r in steps])
         lines.append(f"step times summed over the shapes: ours {_ms(tot_o)} ms, base {_ms(tot_b)} ms "
                      f"(x{tot_b / tot_o:.2f}); geometric mean of the step speedups x{geo:.2f}")
+    jax_rows = [r for r in steps if r.get("jax_ms")]
+    if jax_rows:
+        lines.append("JAX (conv_general_dilated_local, jit) step ms / ours, per shape: " + ", ".join(
+            f"{r['shape']} {_ms(r['jax_ms'])} / {_ms(r['ours_ms'])} (x{r['jax_speedup']:.2f})" for r in jax_rows))
     return "\n".join(lines)
 
 
@@ -570,6 +589,8 @@ def parse_args(argv=None):
     ap.add_argument("--max-case-seconds", type=float, default=20.0,
                     help="cpu only: fewer repeats (at least 3) where a (shape, pass) would take longer (default 20)")
     ap.add_argument("--no-flush", action="store_true", help="do not write a cache-flush buffer between timed calls")
+    ap.add_argument("--jax", action="store_true", help="also time JAX's jax.lax.conv_general_dilated_local (jit, full "
+                    "step) beside ours where jax with a backend for --device can be imported (jax_speedup = jax/ours)")
     ap.add_argument("--feedback", action="store_true", help="also time lc2d_backward_input per feedback mode "
                     "(weight, random, sign, random_sign)")
     ap.add_argument("--json", default=None, help="output path (default: benchmarks/results/"

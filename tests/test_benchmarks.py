@@ -12,7 +12,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 RUNS = {
     "bench_lc2d": ["--device", "cpu", "--shapes", "mnist-L1", "--batch", "2", "--repeats", "1", "--warmup", "1",
-                   "--feedback"],
+                   "--feedback", "--jax"],  # the JAX row where jax is installed, a note where it is not
     "bench_feedback": ["--device", "cpu", "--shapes", "mnist-fc2,mnist-c1,mnist-lc1", "--batch", "2", "--repeats",
                        "1", "--warmup", "0", "--min-time", "0"],
     "bench_linear": ["--shapes", "mnist-fc-hidden", "--batch", "2", "--repeats", "1", "--warmup", "0"],
