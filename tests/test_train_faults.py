@@ -186,10 +186,11 @@ def test_atomic_writes_and_stale_temporaries(tmp_path):
     assert path.read_text() == "old" and not list(tmp_path.glob(".tmp-*"))
     # a killed write's temporary is removed when the run resumes
     assert main(["train", "--out", str(tmp_path / "r"), *COMMON, "--epochs", "1"]) == 0
-    stale = tmp_path / "r" / "fa" / ".tmp-abc123.pt"
-    stale.write_bytes(b"partial")
+    stale = [tmp_path / "r" / "fa" / ".tmp-abc123.pt", tmp_path / "r" / ".tmp-def456.json"]
+    for f in stale:
+        f.write_bytes(b"partial")
     assert main(["train", "--resume", "--out", str(tmp_path / "r"), "--epochs", "2"]) == 0
-    assert not stale.exists()
+    assert not any(f.exists() for f in stale)
     assert not list((tmp_path / "r").rglob(".tmp-*"))
 
 

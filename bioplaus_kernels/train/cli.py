@@ -302,7 +302,8 @@ def _save_config(args, ctx) -> None:
     if ctx.is_main:
         os.makedirs(args.out, exist_ok=True)
         config = {k: v for k, v in vars(args).items() if k != "resume"}
-        from .checkpoints import write_text_atomic
+        from .checkpoints import remove_stale_temporaries, write_text_atomic
+        remove_stale_temporaries(args.out)  # of config/summary writes a kill interrupted
         write_text_atomic(os.path.join(args.out, "config.json"), json.dumps(config, indent=2))
 
 
