@@ -104,7 +104,8 @@ def test_bad_names_and_batch_size():
         build_datasets("svhn")
     with pytest.raises(UsageError, match="batch size must be positive"):
         build_loaders(build_datasets("digits"), 0)
-    assert DATASETS == ("digits", "mnist", "fashion-mnist", "cifar10", "imagenet")
+    assert DATASETS == ("digits", "mnist", "fashion-mnist", "cifar10", "imagenet", "synthetic:imagenet",
+                        "synthetic:cifar10", "synthetic:mnist")
 
 
 # ------------------------------------------------------------------------------------- mnist, fashion-mnist
