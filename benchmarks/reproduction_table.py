@@ -82,8 +82,8 @@ def main(root: str) -> None:
         for arch in ("fc", "lc"):
             cells += [_paper(dataset, arch, key), _cell(runs[arch].get(key))]
         print(f"| {_name(key)} | " + " | ".join(cells) + " |")
-        if key == "sdtp-parallel":
-            fix = [_train_row(os.path.join(root, f"{arch}-{FIX}")) for arch in ("fc", "lc")]
+        fix = [_train_row(os.path.join(root, f"{arch}-{FIX}")) for arch in ("fc", "lc")]
+        if key == "sdtp-parallel" and any(fix):
             print("| SDTP parallel, inverse beta1 0.9 (ours) | - | " + _cell(fix[0]) + " | - | " + _cell(fix[1]) + " |")
     print("| BP ConvNet | - | - | " + _paper(dataset, "conv", "bp") + " | " + _cell(runs["conv"].get("bp")) + " |")
     print()
@@ -91,22 +91,24 @@ def main(root: str) -> None:
     if not any(os.path.isdir(os.path.join(root, f"{arch}-seed{k}")) for arch in ("fc", "lc") for k in (1, 2)):
         return
     print()
-    print("Seed spread (best test error %, seeds 0, 1, 2: mean ± sample standard deviation, and the values):")
+    print("Seed spread (best test error %, seeds 0, 1, 2: mean ± sample standard deviation, then each seed's value")
+    print("and the epochs its budget allowed: under a wall-clock budget on a shared machine the spread mixes the")
+    print("seed's effect with the epochs reached):")
     print()
     print("| Method | FC | LC |")
     print("|---|---|---|")
     for key in SEED_ROWS:
         cells = []
         for arch in ("fc", "lc"):
-            tests = [runs[arch].get(key, (None, None))[1]]
-            tests += [_reproduce_rows(os.path.join(root, f"{arch}-seed{k}")).get(key, (None, None))[1]
-                      for k in (1, 2)]
-            have = [t for t in tests if t is not None]
+            seeds = [runs[arch].get(key)] + [_reproduce_rows(os.path.join(root, f"{arch}-seed{k}")).get(key)
+                                             for k in (1, 2)]
+            have = [r for r in seeds if r is not None]
+            each = ", ".join("-" if r is None else f"{_f(r[1])} @{r[2]:.0f} ep" for r in seeds)
             if len(have) >= 2:
-                cells.append(f"{statistics.mean(have):.2f} ± {statistics.stdev(have):.2f} ("
-                             + ", ".join(_f(t) for t in tests) + ")")
+                tests = [r[1] for r in have]
+                cells.append(f"{statistics.mean(tests):.2f} ± {statistics.stdev(tests):.2f} ({each})")
             else:
-                cells.append("-" if not have else f"{_f(have[0])} (one seed)")
+                cells.append("-" if not have else f"{_f(have[0][1])} (one seed)")
         print(f"| {_name(key)} | " + " | ".join(cells) + " |")
 
 
