@@ -77,12 +77,12 @@ def main(root: str) -> None:
     print()
     print("| Method | FC paper | FC ours | LC paper | LC ours |")
     print("|---|---|---|---|---|")
+    fix = [_train_row(os.path.join(root, f"{arch}-{FIX}")) for arch in ("fc", "lc")]
     for key in ROWS:
         cells = []
         for arch in ("fc", "lc"):
             cells += [_paper(dataset, arch, key), _cell(runs[arch].get(key))]
         print(f"| {_name(key)} | " + " | ".join(cells) + " |")
-        fix = [_train_row(os.path.join(root, f"{arch}-{FIX}")) for arch in ("fc", "lc")]
         if key == "sdtp-parallel" and any(fix):
             print("| SDTP parallel, inverse beta1 0.9 (ours) | - | " + _cell(fix[0]) + " | - | " + _cell(fix[1]) + " |")
     print("| BP ConvNet | - | - | " + _paper(dataset, "conv", "bp") + " | " + _cell(runs["conv"].get("bp")) + " |")

@@ -6,6 +6,8 @@ from typing import Sequence
 
 import torch
 
+from .._geometry import output_size
+
 # c10's names, as the C++ messages print them.
 _DTYPE_NAMES = {torch.float32: "Float", torch.float64: "Double", torch.float16: "Half", torch.bfloat16: "BFloat16",
                 torch.int8: "Char", torch.uint8: "Byte", torch.int16: "Short", torch.int32: "Int",
@@ -86,7 +88,7 @@ def resolve_lc2d_output(op: str, hw, k, stride, padding, dilation):
     torch._check(sh <= ph and sw <= pw,
                  lambda: f"{op}: the kernel spans {sh}x{sw} (size {kH}x{kW}, dilation {dilation[0]}x{dilation[1]}) "
                          f"which is larger than the padded input {ph}x{pw}")
-    return (ph - sh) // stride[0] + 1, (pw - sw) // stride[1] + 1
+    return output_size(hw, k, stride, padding, dilation)
 
 
 def check_lc2d_grid(op: str, out, hw, k, stride, dilation, got, who: str) -> None:
