@@ -52,6 +52,13 @@ Feedback modes (--feedback): lc2d_backward_input per feedback spec on the same g
 in the JSON's "feedback_rows" and a second table. Each mode is first checked to equal, bit for bit,
 "weight" mode on the materialised B (ops.feedback_source).
 
+Algorithms (--algorithm): "ours" is the selection a user gets (bioplaus_kernels.backends.lc2d: forced, autotuned
+or the default table); each row records which algorithm every pass took ("selected"). --algorithm all also times
+every algorithm of the device forced on every pass, interleaved with the rest ("algo_ms", "algo_over_floor"):
+the data benchmarks/lc2d_selection_table.py builds the default table from. --algorithm NAME forces one.
+--tf32 lets fp32 matmuls use TF32 (torch.backends.cuda.matmul.allow_tf32): the library algorithm, the
+baseline's bmm and the ceiling then run on tensor cores; the fused kernels stay FFMA.
+
 Output: a JSON file (machine, versions, git revision, date, settings, ceilings, memory-method
 validation, shapes, one row per (shape, pass)) and a short table printed last. The same cases are
 pytest-benchmark tests: ``pytest benchmarks/bench_lc2d.py`` (CUDA cases carry the `cuda` mark and are
@@ -89,6 +96,7 @@ from bioplaus_kernels._geometry import output_size, resolve_padding  # noqa: E40
 from bioplaus_kernels.reference.lc2d import lc2d_unfold_bmm, weight_to_pkc  # noqa: E402
 
 _ops = torch.ops.bioplaus
+_lc2d = bioplaus_kernels.backends.lc2d
 
 DEFAULT_BATCH = 128
 BATCH_NOTE = ("Bartunov et al. 2018 do not state their batch size; 128 is this benchmark's choice for every "
@@ -396,6 +404,18 @@ def _rate(v: float, ms: float) -> Optional[float]:
     return v / (ms * 1e-3) / 1e9 if ms and ms > 0 else None
 
 
+# The selection pass each timed pass runs (the step runs all three).
+SELECTION_PASS = {"fwd": "forward", "dgrad": "backward_input", "wgrad": "backward_weight"}
+
+
+def forcing(fn: Callable[[], object], algorithm: str) -> Callable[[], object]:
+    """fn with `algorithm` forced on every lc2d pass while it runs."""
+    def run():
+        with _lc2d.force(algorithm):
+            return fn()
+    return run
+
+
 def bench_shape(shape: Shape, args, ceilings: Dict, flush: common.Flusher, log) -> Tuple[Dict, List[Dict]]:
     dev, dtype, batch = args.device, DTYPES[args.dtype], args.batch
     elem = torch.empty((), dtype=dtype).element_size()
@@ -415,14 +435,22 @@ def bench_shape(shape: Shape, args, ceilings: Dict, flush: common.Flusher, log) 
             jax_step = jax_lc2d.make_step(case, platform)
             check["jax"] = jax_lc2d.compare(case, jax_step(), case.step_fn("ours")())
             assert max(check["jax"].values()) <= CHECK_TOL[dtype], f"{shape.name}: JAX's step differs: {check['jax']}"
+    algorithms = bioplaus_kernels.backends.ALGORITHMS[dev] if args.algorithm == "all" else ()
     for p in PASSES:
+        names = list(IMPLS)
         fns = [case.make_fn("ours", p), case.make_fn("base", p)]
+        fns[0]()
+        selected = {k: v for k, v in _lc2d.last().items() if p == "step" or k == SELECTION_PASS[p]}
         if p == "step" and jax_step is not None:
+            names.append("jax")
             fns.append(jax_step)
+        for a in algorithms:
+            names.append(f"algo:{a}")
+            fns.append(forcing(case.make_fn("ours", p), a))
         repeats = args.repeats
         # One untimed-for-the-record round: warm-up, and an estimate for the per-case time budget.
         warm = common.time_interleaved(fns, dev, 1, max(0, args.warmup - 1), flush)
-        per_round_s = (warm[0][0] + warm[1][0]) * 1e-3
+        per_round_s = sum(w[0] for w in warm) * 1e-3
         if dev == "cpu" and args.max_case_seconds > 0 and per_round_s * repeats > args.max_case_seconds:
             repeats = max(3, int(args.max_case_seconds / max(per_round_s, 1e-9)))
         samples = common.time_interleaved(fns, dev, repeats, 0, flush)
@@ -431,10 +459,15 @@ def bench_shape(shape: Shape, args, ceilings: Dict, flush: common.Flusher, log) 
         floor_ms = max(flops / peak_flops, nbytes / peak_bw) * 1e3
         row = {"shape": shape.name, "group": shape.group, "geometry": shape.geometry(), "batch": batch,
                "dtype": args.dtype, "pass": p, "repeats": repeats, "flops": flops, "bytes": nbytes,
-               "floor_ms": floor_ms, "floor_bound": "compute" if flops / peak_flops >= nbytes / peak_bw else "memory"}
-        for impl, s in zip(IMPLS + ("jax",), samples):
+               "floor_ms": floor_ms, "floor_bound": "compute" if flops / peak_flops >= nbytes / peak_bw else "memory",
+               "selected": selected}
+        for impl, s in zip(names, samples):
             st = common.summarize(s)
             ms = st["median_ms"]
+            if impl.startswith("algo:"):
+                row.setdefault("algo_ms", {})[impl[5:]] = ms
+                row.setdefault("algo_over_floor", {})[impl[5:]] = ms / floor_ms
+                continue
             row[f"{impl}_ms"] = ms
             row[f"{impl}_min_ms"] = st["min_ms"]
             row[f"{impl}_iqr_ms"] = [st["q1_ms"], st["q3_ms"]]
@@ -538,6 +571,19 @@ def format_table(result: Dict) -> str:
     if jax_rows:
         lines.append("JAX (conv_general_dilated_local, jit) step ms / ours, per shape: " + ", ".join(
             f"{r['shape']} {_ms(r['jax_ms'])} / {_ms(r['ours_ms'])} (x{r['jax_speedup']:.2f})" for r in jax_rows))
+    algo_shapes = [(name, ps) for name, ps in by.items() if any(r.get("algo_ms") for r in ps.values())]
+    if algo_shapes:
+        lines.append("every algorithm forced, ms per pass (* = what the default selection ran):")
+        for name, ps in algo_shapes:
+            parts = []
+            for p in PASSES:
+                r = ps.get(p)
+                if r is None or not r.get("algo_ms"):
+                    continue
+                picked = set(r.get("selected", {}).values()) if p != "step" else set()
+                parts.append(f"{p} " + " ".join(f"{a}{'*' if a in picked else ''} {_ms(ms)}"
+                                                for a, ms in r["algo_ms"].items()))
+            lines.append(f"  {name:<11} " + " | ".join(parts))
     return "\n".join(lines)
 
 
@@ -591,6 +637,11 @@ def parse_args(argv=None):
     ap.add_argument("--no-flush", action="store_true", help="do not write a cache-flush buffer between timed calls")
     ap.add_argument("--jax", action="store_true", help="also time JAX's jax.lax.conv_general_dilated_local (jit, full "
                     "step) beside ours where jax with a backend for --device can be imported (jax_speedup = jax/ours)")
+    ap.add_argument("--algorithm", default="default",
+                    help="'default' (the selection as configured: bioplaus_kernels.backends.lc2d), 'all' (also time "
+                         "every algorithm of the device, forced), or one algorithm's name (forced for ours)")
+    ap.add_argument("--tf32", action="store_true", help="cuda float32: allow TF32 in matmuls (library algorithm, "
+                    "baseline and ceiling; the fused kernels stay FFMA)")
     ap.add_argument("--feedback", action="store_true", help="also time lc2d_backward_input per feedback mode "
                     "(weight, random, sign, random_sign)")
     ap.add_argument("--json", default=None, help="output path (default: benchmarks/results/"
@@ -630,6 +681,18 @@ def main(argv=None) -> int:
     if args.batch < 1:
         print("--batch must be positive", file=sys.stderr)
         return 2
+    known = bioplaus_kernels.backends.ALGORITHMS[args.device]
+    if args.algorithm not in ("default", "all") + tuple(known):
+        print(f"--algorithm must be default, all or one of {', '.join(known)} on {args.device}, got {args.algorithm}",
+              file=sys.stderr)
+        return 2
+    if args.algorithm not in ("default", "all"):
+        _lc2d.set_forced(args.algorithm)
+    if args.tf32:
+        if args.device != "cuda" or args.dtype != "float32":
+            print("--tf32 needs --device cuda --dtype float32", file=sys.stderr)
+            return 2
+        torch.backends.cuda.matmul.allow_tf32 = True
     args.repeats = args.repeats or (25 if args.device == "cuda" else 7)
     args.warmup = args.warmup if args.warmup is not None else (3 if args.device == "cuda" else 1)
     if args.repeats < 1 or args.warmup < 1:
@@ -695,6 +758,9 @@ def main(argv=None) -> int:
                      "cache_flush_mb": None if args.no_flush else (common.CUDA_FLUSH_BYTES if args.device == "cuda"
                                                                    else common.CPU_FLUSH_BYTES) / common.MB,
                      "statistic": "median", "impls": IMPL_NAMES, "passes": list(PASSES),
+                     "algorithm": args.algorithm, "tf32": args.tf32,
+                     "selection": {"autotune": _lc2d.autotune, "forced": _lc2d.forced(),
+                                   "workspace_limit": _lc2d.workspace_limit},
                      "shapes": [s.name for s in shapes], "units": "ms, MB = 1e6 bytes, GB/s = 1e9 B/s, GFLOP/s"},
         "ceilings": ceilings, "memory_method": mem_method, "shapes": shape_info, "rows": rows,
         "feedback_spec": FEEDBACK_SPEC if args.feedback else None, "feedback_rows": feedback_rows,

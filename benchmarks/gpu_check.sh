@@ -1,16 +1,19 @@
 #!/usr/bin/env bash
 # GPU check (DESIGN.md section 8): on a machine with an NVIDIA GPU, from the repository root,
 #   bash benchmarks/gpu_check.sh [OUTDIR]
-# builds the extension in place for that GPU, runs the CUDA tests, then the CPU tests under this machine's
-# torch, the feedback-rule benchmark (each rule's layer step against bp, stored against regenerated B) and
-# the Linear feedback-mode benchmark on CUDA, compute-sanitizer's memcheck and racecheck over a subset that
-# reaches every CUDA kernel (where compute-sanitizer exists), then the LC benchmark on CUDA in float32 and
-# bfloat16 (all shapes, batch 128); prints a stage summary, the failed tests and the tables last.
+# builds the extension in place for that GPU, runs the CUDA tests, the LC benchmark's sweep (all 13 shapes x
+# every algorithm, forced, beside the default selection and unfold+bmm, batch 128) in float32, bfloat16 and
+# TF32-allowed float32, the default selection table those runs make, the feedback-rule benchmark (each rule's
+# layer step against bp, LC included), compute-sanitizer's memcheck and racecheck over a subset that reaches
+# every CUDA kernel (where compute-sanitizer exists), the Linear feedback-mode benchmark, and, with
+# GPU_CHECK_CPU_TESTS=1, the CPU tests under this machine's torch (CI runs them otherwise); prints a stage
+# summary, the failed tests and the tables last.
 #
-# OUTDIR: the argument, else $OUT if set, else benchmarks/results/gpu-<date>. At most 8 files are written
-# there (gpu_check.log, stages.txt, feedback-cuda.json, linear-cuda-float32.json, lc2d-cuda-float32.json,
-# lc2d-cuda-bfloat16.json, and feedback-cuda.png and lc2d-cuda-float32.png when matplotlib is present), no
-# subfolders.
+# OUTDIR: the argument, else $OUT if set, else benchmarks/results/gpu-<date>. At most 11 files are written
+# there (gpu_check.log, stages.txt, lc2d-cuda-{float32,bfloat16,tf32}.json, lc2d-selection-table.txt,
+# feedback-cuda.json, linear-cuda-float32.json, and feedback-cuda.png and lc2d-cuda-{float32,bfloat16}.png
+# when matplotlib is present), no subfolders. To adopt the measured table:
+#   python benchmarks/lc2d_selection_table.py OUTDIR/lc2d-cuda-*.json   (then rebuild)
 #
 # Needs only python3 with torch (a CUDA build), pytest, pytest-benchmark, ninja and nvcc (pytest-xdist
 # used when present); no network.
@@ -106,25 +109,34 @@ main() {
     return 1
   fi
 
-  # --- tests: the CUDA cases, then the CPU cases under this machine's torch, both spread over processes
-  # (pytest-xdist, when present) with few threads each, so that the cores are not oversubscribed ------------
+  # --- tests: the CUDA cases (and, last and optional, the CPU cases), spread over processes (pytest-xdist,
+  # when present) with few threads each, so that the cores are not oversubscribed --------------------------
   local xdist_cuda=() xdist_cpu=()
   if "$PY" -c 'import xdist' 2>/dev/null; then
     xdist_cuda=(-n 4)
     xdist_cpu=(-n 8)
   fi
-  run_stage tests-cuda 200 90 env OMP_NUM_THREADS=4 "$PY" -m pytest tests -m cuda -q -rfE --tb=short \
+  run_stage tests-cuda 150 200 env OMP_NUM_THREADS=4 "$PY" -m pytest tests -m cuda -q -rfE --tb=short \
     --maxfail=60 -p no:cacheprovider "${xdist_cuda[@]}"
-  run_stage tests-cpu 150 60 env OMP_NUM_THREADS=2 "$PY" -m pytest tests -m "not cuda and not emulation" -q -rfE --tb=short \
-    --maxfail=60 -p no:cacheprovider "${xdist_cpu[@]}"
 
-  # --- feedback: each rule's layer step against bp (issue 3's ratios), then linear_backward_input per mode ---
+  # --- the LC sweep: every shape x algorithm x {fp32, bf16, tf32}, and the table it makes --------------------
+  local dt
+  for dt in float32 bfloat16 tf32; do
+    local flags=(--dtype "$dt") plot=(--plot "$OUTDIR/lc2d-cuda-$dt.png")
+    [[ $dt == tf32 ]] && flags=(--dtype float32 --tf32) && plot=()
+    run_stage "bench-lc2d-$dt" 90 60 "$PY" benchmarks/bench_lc2d.py --device cuda "${flags[@]}" --shapes all \
+      --batch 128 --algorithm all --json "$OUTDIR/lc2d-cuda-$dt.json" "${plot[@]}"
+  done
+  local sweep=()
+  for dt in float32 bfloat16 tf32; do [[ -f "$OUTDIR/lc2d-cuda-$dt.json" ]] && sweep+=("$OUTDIR/lc2d-cuda-$dt.json"); done
+  if ((${#sweep[@]})); then
+    run_stage selection-table 20 0 bash -c '"$0" benchmarks/lc2d_selection_table.py --print "$@" > "'"$OUTDIR"'/lc2d-selection-table.txt"' \
+      "$PY" "${sweep[@]}"
+  fi
+
   run_stage bench-feedback 100 45 "$PY" benchmarks/bench_feedback.py --device cuda \
     --json "$OUTDIR/feedback-cuda.json" --plot "$OUTDIR/feedback-cuda.png"
-  run_stage bench-linear 45 60 "$PY" benchmarks/bench_linear.py --device cuda --dtype float32 \
-    --json "$OUTDIR/linear-cuda-float32.json"
 
-  # --- compute-sanitizer over a small subset that reaches every CUDA kernel --------------------------------
   local cs=""
   if command -v compute-sanitizer >/dev/null; then
     cs="$(command -v compute-sanitizer)"
@@ -145,13 +157,12 @@ main() {
     STAGES+=("$(printf '%-24s %-12s %5ss' "sanitizer" "not found" 0)")
   fi
 
-  # --- the LC benchmark: float32 (all shapes, batch 128) ---------------------------------------------------
-  run_stage bench-lc2d-float32 100 0 "$PY" benchmarks/bench_lc2d.py --device cuda --dtype float32 --shapes all \
-    --batch 128 --json "$OUTDIR/lc2d-cuda-float32.json" --plot "$OUTDIR/lc2d-cuda-float32.png"
-
-  # --- bfloat16 LC benchmark, last (least needed) ---------------------------------------------------------
-  run_stage bench-lc2d-bfloat16 60 0 "$PY" benchmarks/bench_lc2d.py --device cuda --dtype bfloat16 --shapes all \
-    --batch 128 --json "$OUTDIR/lc2d-cuda-bfloat16.json"
+  run_stage bench-linear 45 0 "$PY" benchmarks/bench_linear.py --device cuda --dtype float32 \
+    --json "$OUTDIR/linear-cuda-float32.json"
+  if [[ "${GPU_CHECK_CPU_TESTS:-0}" == 1 ]]; then
+    run_stage tests-cpu 150 0 env OMP_NUM_THREADS=2 "$PY" -m pytest tests -m "not cuda and not emulation" -q -rfE \
+      --tb=short --maxfail=60 -p no:cacheprovider "${xdist_cpu[@]}"
+  fi
 
   print_summary
   echo
@@ -159,11 +170,11 @@ main() {
   grep -hE "^(FAILED|ERROR) " "$LOG" | cut -c1-220 | head -n 40 || true
   # The short tables, last.
   local f
-  for f in "$OUTDIR/lc2d-cuda-float32.json" "$OUTDIR/feedback-cuda.json"; do
+  for f in "$OUTDIR/lc2d-cuda-float32.json" "$OUTDIR/lc2d-cuda-bfloat16.json" "$OUTDIR/feedback-cuda.json"; do
     echo
     if [[ -f "$f" ]]; then
       case "$f" in
-        *lc2d*) "$PY" benchmarks/bench_lc2d.py --table-from "$f" | tail -n 20 || FAILED=1 ;;
+        *lc2d*) "$PY" benchmarks/bench_lc2d.py --table-from "$f" | tail -n 32 || FAILED=1 ;;
         *) "$PY" benchmarks/bench_feedback.py --table-from "$f" || FAILED=1 ;;
       esac
     else

@@ -33,7 +33,7 @@ try:
 except ImportError as _error:
     raise ImportError(_load_error(_error)) from _error
 
-from . import feedback, metrics, nn, ops, optim, reference, tp  # noqa: F401
+from . import backends, feedback, metrics, nn, ops, optim, reference, tp  # noqa: F401
 from .nn.convert import convert
 
 __version__ = "0.1.0"

@@ -28,6 +28,33 @@ def kernel_ops(device):
     return torch.ops.bioplaus, "cuda"
 
 
+#: lc2d's CUDA algorithms (bioplaus_kernels.backends.ALGORITHMS["cuda"]).
+CUDA_ALGORITHMS = ("fused", "library")
+#: the library algorithm's workspace in the kernel cases: small enough that most cases run in several
+#: position chunks (and a last, shorter one), as large layers do under the default budget.
+LIBRARY_TEST_WORKSPACE = 16 << 10
+
+
+@pytest.fixture(params=CUDA_ALGORITHMS)
+def cuda_algorithm(request):
+    """Forces one algorithm on every lc2d pass of the CUDA kernels, in the execution layer and on a GPU, for the
+    test, with a LIBRARY_TEST_WORKSPACE workspace; yields the algorithm's name."""
+    from bioplaus_kernels.backends import Lc2dBackend
+
+    namespaces = [emulated_cuda.load()] + ([torch.ops.bioplaus] if HAS_CUDA else [])
+    saved = [(ns.lc2d_selection_forced(), ns.lc2d_selection_workspace_limit()) for ns in namespaces]
+    for ns in namespaces:
+        backend = Lc2dBackend(ns)
+        backend.set_forced(request.param)
+        backend.workspace_limit = LIBRARY_TEST_WORKSPACE
+    try:
+        yield request.param
+    finally:
+        for ns, (forced, limit) in zip(namespaces, saved):
+            ns.lc2d_selection_set_forced(*forced)
+            ns.lc2d_selection_set_workspace_limit(limit)
+
+
 @contextlib.contextmanager
 def multiprocessors(device, count):
     """The emulated device has `count` SMs inside the block (grid sizing, split-K); a no-op on a real GPU, whose

@@ -24,7 +24,8 @@ def sources():
     emu = os.path.join(ROOT, "tests", "emulation")
     return ([os.path.join(emu, "emulation.cpp")]
             + [os.path.join(emu, f"{op}_kernel.cpp") for op in OPS]
-            + [os.path.join(ROOT, "csrc", f"{op}.cpp") for op in OPS])
+            + [os.path.join(ROOT, "csrc", f"{op}.cpp") for op in OPS]
+            + [os.path.join(ROOT, "csrc", "lc2d_selection.cpp")])
 
 
 @functools.cache

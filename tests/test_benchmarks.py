@@ -12,7 +12,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 RUNS = {
     "bench_lc2d": ["--device", "cpu", "--shapes", "mnist-L1", "--batch", "2", "--repeats", "1", "--warmup", "1",
-                   "--feedback", "--jax"],  # the JAX row where jax is installed, a note where it is not
+                   "--feedback", "--jax", "--algorithm", "all"],  # the JAX row where jax is installed, a note where it is not
     "bench_feedback": ["--device", "cpu", "--shapes", "mnist-fc2,mnist-c1,mnist-lc1", "--batch", "2", "--repeats",
                        "1", "--warmup", "0", "--min-time", "0"],
     "bench_linear": ["--shapes", "mnist-fc-hidden", "--batch", "2", "--repeats", "1", "--warmup", "0"],
@@ -30,3 +30,13 @@ def test_benchmark_script_runs(script, tmp_path):
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     result = json.loads(out.read_text())
     assert result  # a non-empty record
+    if script == "bench_lc2d":
+        from bioplaus_kernels.backends import ALGORITHMS
+        for row in result["rows"]:
+            assert sorted(row["algo_ms"]) == sorted(ALGORITHMS["cpu"]) and all(v > 0 for v in row["algo_ms"].values())
+            assert set(row["selected"].values()) <= set(ALGORITHMS["cpu"])
+        # the default table's builder reads the run: one winner per (pass, class, dtype)
+        table = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "lc2d_selection_table.py"), "--print",
+                                str(out)], capture_output=True, text=True, check=True).stdout
+        rows = [line for line in table.splitlines() if line.startswith('    {"cpu"')]
+        assert sorted(line.split('"')[3] for line in rows) == ["backward_input", "backward_weight", "forward"]

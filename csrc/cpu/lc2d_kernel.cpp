@@ -15,6 +15,7 @@
 // two threads write the same element (positions for forward and weight grad, samples for input grad),
 // so results need no atomics and are bit-identical run to run.
 #include "lc2d.h"
+#include "lc2d_selection.h"
 
 #include "cpu/fill_feedback.h"
 
@@ -29,6 +30,8 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <chrono>
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -292,6 +295,16 @@ void backward_input_kernel(const at::Tensor& grad_y, const at::Tensor& w, at::Te
   }
 }
 
+// The CPU algorithms of every pass, in preference order (lc2d_selection.h), and the autotuner's timer.
+const std::vector<std::string> kAlgorithms{"library"};
+
+template <typename F>
+double time_ms(F&& fn) {
+  const auto t0 = std::chrono::steady_clock::now();
+  fn();
+  return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+}
+
 at::Tensor lc2d_forward_cpu(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                             c10::IntArrayRef stride, c10::IntArrayRef padding, c10::IntArrayRef dilation) {
   // The GEMMs below go through the dispatcher: keep them out of autograd (inputs may require grad).
@@ -301,7 +314,11 @@ at::Tensor lc2d_forward_cpu(const at::Tensor& x, const at::Tensor& weight, const
   if (g.N == 0) return y;
   const at::Tensor w = weight.contiguous();
   const at::Tensor b = (bias.has_value() && bias->defined()) ? bias->contiguous() : at::Tensor();
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "lc2d_forward_cpu", [&] { forward_kernel<scalar_t>(x, w, b, y, g); });
+  const auto run = [&](const std::string&) {
+    AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "lc2d_forward_cpu", [&] { forward_kernel<scalar_t>(x, w, b, y, g); });
+  };
+  run(select_lc2d_algorithm(Lc2dPass::kForward, g, x.scalar_type(), x.device(), kAlgorithms,
+                            [&](const std::string& a) { return time_ms([&] { run(a); }); }));
   return y;
 }
 
@@ -317,8 +334,13 @@ at::Tensor lc2d_backward_input_cpu(const at::Tensor& grad_y, const at::Tensor& w
   if (g.N == 0) return gx;
   const at::Tensor w = f.reads_weight() ? weight.contiguous() : weight;  // "random": shape only
   const at::Tensor dy = grad_y.contiguous();
-  AT_DISPATCH_FLOATING_TYPES(dy.scalar_type(), "lc2d_backward_input_cpu",
-                             [&] { backward_input_kernel<scalar_t>(dy, w, gx, g, f); });
+  const auto run = [&](const std::string&) {
+    gx.zero_();  // the kernel adds into it (an autotuned call runs it more than once)
+    AT_DISPATCH_FLOATING_TYPES(dy.scalar_type(), "lc2d_backward_input_cpu",
+                               [&] { backward_input_kernel<scalar_t>(dy, w, gx, g, f); });
+  };
+  run(select_lc2d_algorithm(Lc2dPass::kBackwardInput, g, dy.scalar_type(), dy.device(), kAlgorithms,
+                            [&](const std::string& a) { return time_ms([&] { run(a); }); }));
   return gx;
 }
 
@@ -335,8 +357,12 @@ std::tuple<at::Tensor, at::Tensor> lc2d_backward_weight_cpu(const at::Tensor& gr
   at::Tensor gb = alloc({g.C_out, g.H_out, g.W_out});
   if (g.N == 0) return {gw, gb};
   const at::Tensor dy = grad_y.contiguous();
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "lc2d_backward_weight_cpu",
-                             [&] { backward_weight_kernel<scalar_t>(dy, x, gw, gb, g); });
+  const auto run = [&](const std::string&) {
+    AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "lc2d_backward_weight_cpu",
+                               [&] { backward_weight_kernel<scalar_t>(dy, x, gw, gb, g); });
+  };
+  run(select_lc2d_algorithm(Lc2dPass::kBackwardWeight, g, x.scalar_type(), x.device(), kAlgorithms,
+                            [&](const std::string& a) { return time_ms([&] { run(a); }); }));
   return {gw, gb};
 }
 

@@ -8,6 +8,7 @@
 //   DeviceGuard guard(tensor.device());                      the tensor's device is current in this scope
 //   launch_kernel(kernel, grid, block, smem_bytes, args...);  on torch's current CUDA stream, launch error checked
 //   multiprocessor_count(device)                             the SM count (grid sizing, split-K)
+//   device_synchronize()                                     waits for the current stream (timing)
 //   TORCH_LIBRARY_IMPL(bioplaus, BIOPLAUS_KERNEL_KEY, m)     CUDA here, CPU in the execution layer
 #pragma once
 
@@ -46,6 +47,8 @@ inline void launch_kernel(void (*kernel)(Params...), dim3 grid, dim3 block, size
 }
 
 inline int multiprocessor_count(int) { return ::cuda_emu::multiprocessor_count(); }
+
+inline void device_synchronize() {}  // launches return when the grid has run
 #else
 using DeviceGuard = c10::cuda::CUDAGuard;
 
@@ -61,6 +64,9 @@ inline int multiprocessor_count(int device) {
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
   return sms;
 }
+
+// Waits for the work queued on torch's current CUDA stream (the autotuner's timer).
+inline void device_synchronize() { c10::cuda::getCurrentCUDAStream().synchronize(); }
 #endif
 
 }  // namespace bioplaus

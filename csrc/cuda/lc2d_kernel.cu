@@ -14,6 +14,7 @@
 // they fit); the sample and position bases, n * sample and p * block, are 64-bit, so whole tensors
 // may pass 2^31 elements.
 #include "lc2d.h"
+#include "lc2d_selection.h"
 
 #include "common/checks.h"
 #include "cuda/launch.cuh"
@@ -22,15 +23,21 @@
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/baddbmm.h>
+#include <ATen/ops/bmm.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/sum.h>
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
 #include <algorithm>
 #include <array>
+#include <chrono>
 #include <climits>
 #include <initializer_list>
+#include <string>
 #include <tuple>
+#include <vector>
 
 namespace bioplaus {
 namespace {
@@ -49,6 +56,39 @@ struct Lc2dDims {
   int y_sample;  // C_out * P, elements of one sample of y (and of grad_y)
   int w_block;   // C_out * K, elements of one position's weight block weight[i, j]
 };
+
+// Patch element k = (c * kH + r) * kW + s of position (i, j): whether its pixel
+// (i * sH - pT + r * dH, j * sW - pL + s * dW) lies inside the image, and then its offset within one sample
+// of x (0 otherwise).
+struct PatchPixel {
+  bool in;
+  int off;
+};
+
+__device__ __forceinline__ PatchPixel patch_pixel(const Lc2dDims& d, int i, int j, int k) {
+  const int kHW = d.kH * d.kW;
+  const int c = k / kHW;
+  const int rs = k - c * kHW;
+  const int r = rs / d.kW;
+  const int s = rs - r * d.kW;
+  const int ih = i * d.sH - d.pT + r * d.dH;
+  const int iw = j * d.sW - d.pL + s * d.dW;
+  const bool in = ih >= 0 && ih < d.H && iw >= 0 && iw < d.W;
+  return {in, in ? c * d.HW + ih * d.W + iw : 0};
+}
+
+// The kernel taps that can cover input coordinate a = ih + pT along one axis (or iw + pL): i * stride +
+// r * dil = a with 0 <= i < out and 0 <= r < k holds only for r in [lo, hi] (those with a - r * dil
+// divisible by stride cover it):
+//   i <= out - 1  <=>  r * dil >= a - (out - 1) * stride,      i >= 0  <=>  r * dil <= a.
+struct TapRange {
+  int lo, hi;
+};
+
+__device__ __forceinline__ TapRange covering_taps(int a, int out, int stride, int dil, int k) {
+  const int span = a - (out - 1) * stride;
+  return {span > 0 ? (span - 1) / dil + 1 : 0, min(k - 1, a / dil)};
+}
 
 // Forward. Block (p, o-tile) computes Y_p[n, o] = bias[o, p] + sum_k X_p[n, k] * W_p[o, k] for
 // o in [o0, o0 + 64) and every n, the batch in tiles of 64 rows; X_p[n, k] is the patch element
@@ -78,27 +118,16 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<scalar_t>)
   const int tx = tid % kSpread, ty = tid / kSpread;
   const int kk = tid % kChunk, row0 = tid / kChunk;  // row0 < kStepRows
 
-  const int ih0 = i * d.sH - d.pT;  // window origin in input coordinates (negative inside the padding)
-  const int iw0 = j * d.sW - d.pL;
-  const int kHW = d.kH * d.kW;
   const scalar_t* Wp = weight + static_cast<int64_t>(p) * d.w_block;
 
   for (int n0 = 0; n0 < d.N; n0 += kTile) {
     acc_t acc[kMicro][kMicro] = {};
     for (int k0 = 0; k0 < d.K; k0 += kChunk) {
       const int k = k0 + kk;
-      bool x_in = false;  // k is a real patch index whose pixel lies inside the image
-      int x_off = 0;      // offset of that pixel within one sample of x
-      if (k < d.K) {
-        const int c = k / kHW;
-        const int rs = k - c * kHW;
-        const int r = rs / d.kW;
-        const int s = rs - r * d.kW;
-        const int ih = ih0 + r * d.dH;
-        const int iw = iw0 + s * d.dW;
-        x_in = ih >= 0 && ih < d.H && iw >= 0 && iw < d.W;
-        if (x_in) x_off = c * d.HW + ih * d.W + iw;
-      }
+      // k is a real patch index whose pixel lies inside the image, at x_off within one sample of x
+      const PatchPixel px = k < d.K ? patch_pixel(d, i, j, k) : PatchPixel{false, 0};
+      const bool x_in = px.in;
+      const int x_off = px.off;
 #pragma unroll
       for (int m = 0; m < kMicro; ++m) {
         const int row = row0 + kStepRows * m;
@@ -162,19 +191,9 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<scalar_t>)
 
   // This thread's staging column: patch index k (its pixel and whether it is in the image) and channel o.
   const int k = k0 + col;
-  bool x_in = false;
-  int x_off = 0;
-  if (k < d.K) {
-    const int kHW = d.kH * d.kW;
-    const int c = k / kHW;
-    const int rs = k - c * kHW;
-    const int r = rs / d.kW;
-    const int s = rs - r * d.kW;
-    const int ih = i * d.sH - d.pT + r * d.dH;
-    const int iw = j * d.sW - d.pL + s * d.dW;
-    x_in = ih >= 0 && ih < d.H && iw >= 0 && iw < d.W;
-    if (x_in) x_off = c * d.HW + ih * d.W + iw;
-  }
+  const PatchPixel px = k < d.K ? patch_pixel(d, i, j, k) : PatchPixel{false, 0};
+  const bool x_in = px.in;
+  const int x_off = px.off;
   const int o = o0 + col;
   const bool o_in = o < d.C_out;
   const int gy_off = o_in ? o * d.P + p : 0;  // (o, i, j) within one sample of grad_y
@@ -223,9 +242,8 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<scalar_t>)
 // 16 channels per chunk. Every weight element belongs to exactly one input pixel, so apart from the
 // batch tiles it is read once.
 //   blockIdx.x = ih * W + iw, blockIdx.y = c-tile (c0 = 64 * blockIdx.y).
-//   Covering range: r runs over [r_lo, r_hi], the r that put i in [0, H_out) and r in [0, kH):
-//     i * sH = ih + pT - r * dH in [0, (H_out - 1) * sH]  <=>  r in [ceil((ih + pT - (H_out - 1) * sH) / dH),
-//     floor((ih + pT) / dH)]; of those, the r with (ih + pT - r * dH) divisible by sH cover ih.
+//   Covering range: r runs over covering_taps(ih + pT, ...) (and s likewise); of those, the r with
+//   (ih + pT - r * dH) divisible by sH cover ih.
 //   Compute: thread (ty, tx) owns samples n0 + ty + 16a and input channels c0 + tx + 16b.
 //   Staging: thread owns tile column col = tid % 64 and chunk steps q = tid / 64 + 4m, m < 4
 //   (4 = kColRows):
@@ -258,12 +276,8 @@ __global__ void __launch_bounds__(kThreads, (kInputMinBlocks<scalar_t, kGenerate
 
   const int ah = ih + d.pT;  // = i * sH + r * dH for every covering (i, r)
   const int aw = iw + d.pL;
-  const int span_h = ah - (d.H_out - 1) * d.sH;  // r * dH >= span_h keeps i <= H_out - 1
-  const int span_w = aw - (d.W_out - 1) * d.sW;
-  const int r_lo = span_h > 0 ? (span_h - 1) / d.dH + 1 : 0;
-  const int s_lo = span_w > 0 ? (span_w - 1) / d.dW + 1 : 0;
-  const int r_hi = min(d.kH - 1, ah / d.dH);  // r * dH <= ah keeps i >= 0
-  const int s_hi = min(d.kW - 1, aw / d.dW);
+  const TapRange rr = covering_taps(ah, d.H_out, d.sH, d.dH, d.kH);
+  const TapRange sr = covering_taps(aw, d.W_out, d.sW, d.dW, d.kW);
 
   const int c = c0 + col;  // this thread's staging channel
   const bool c_in = c < d.C_in;
@@ -274,11 +288,11 @@ __global__ void __launch_bounds__(kThreads, (kInputMinBlocks<scalar_t, kGenerate
     const bool n_in = n < d.N;
     const scalar_t* gy_n = grad_y + (n_in ? static_cast<int64_t>(n) * d.y_sample : 0);  // dY[n]
     acc_t acc[kMicro][kMicro] = {};
-    for (int r = r_lo; r <= r_hi; ++r) {
+    for (int r = rr.lo; r <= rr.hi; ++r) {
       const int th = ah - r * d.dH;  // = i * sH
       if (th % d.sH != 0) continue;
       const int i = th / d.sH;
-      for (int s = s_lo; s <= s_hi; ++s) {
+      for (int s = sr.lo; s <= sr.hi; ++s) {
         const int tw = aw - s * d.dW;  // = j * sW
         if (tw % d.sW != 0) continue;
         const int j = tw / d.sW;
@@ -376,6 +390,248 @@ unsigned tiles_yz(int64_t extent, const char* op, const char* what) {
   return static_cast<unsigned>(t);
 }
 
+// ------------------------------------------------------------------------------------------------
+// The library algorithm: the same GEMMs as batched cuBLAS calls through ATen (at::bmm / at::baddbmm, tensor
+// cores where torch's settings allow), over chunks of np consecutive positions p0 .. p0 + np - 1 whose
+// operands the kernels below gather into a workspace within lc2d_workspace_limit() bytes:
+//   forward      Y_q[N x C_out]  = X_q[N x K] * W_q^T[K x C_out] (+ bias, as baddbmm's input)
+//   weight grad  dW_q[C_out x K] = dY_q^T[C_out x N] * X_q[N x K]    (written straight into grad_weight)
+//   input grad   dX_q[N x K]     = dY_q[N x C_out] * B_q[C_out x K], then folded into grad_x
+// with X_q = cols[q] (lc2d_gather_patches_kernel), dY_q = grad_y[:, :, p0 + q] (a strided copy), B_q =
+// weight[p0 + q] as [C_out, K] or its feedback transform (lc2d_fill_feedback_kernel). Chunks run
+// in order on the stream, and the fold adds each chunk's contribution to a pixel in that order: results
+// are bit-identical run to run. They differ from the fused kernels' in the last bits (another summation
+// order; cuBLAS picks its own reduction split).
+
+// Positions per chunk: as many as `per_position` workspace elements each allow within the budget
+// (lc2d_workspace_limit(); at least one position).
+int64_t library_chunk(const Lc2dGeometry& g, int64_t per_position, int64_t elem_size) {
+  return std::clamp<int64_t>(lc2d_workspace_limit() / (per_position * elem_size), 1, g.positions());
+}
+
+// cols[q][n][k] = x[n, c, i*sH - pT + r*dH, j*sW - pL + s*dW] for q < np, position p0 + q = i * W_out + j,
+// k = (c * kH + r) * kW + s; zero in the padding. One thread per element (grid-stride, 64-bit e), k fastest:
+// consecutive threads write consecutive elements.
+template <typename scalar_t>
+__global__ void lc2d_gather_patches_kernel(const scalar_t* __restrict__ x, scalar_t* __restrict__ cols,
+                                           const Lc2dDims d, int p0, int np) {
+  const int64_t total = static_cast<int64_t>(np) * d.N * d.K;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t e = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; e < total; e += stride) {
+    const int k = static_cast<int>(e % d.K);
+    const int64_t qn = e / d.K;
+    const int n = static_cast<int>(qn % d.N);
+    const int p = p0 + static_cast<int>(qn / d.N);
+    const int i = p / d.W_out;
+    const PatchPixel px = patch_pixel(d, i, p - i * d.W_out, k);
+    cols[e] = px.in ? x[static_cast<int64_t>(n) * d.x_sample + px.off] : scalar_t(0);
+  }
+}
+
+// gx[n, c, ih, iw] += sum over the covering (i, r), (j, s) whose position p = i * W_out + j lies in
+// [p0, p0 + np) of dcols[p - p0][n][(c * kH + r) * kW + s], for the input rows ih0 .. ih0 + rows - 1 that
+// the chunk's windows reach (covering ranges as in lc2d_backward_input_kernel). A gather: one thread per
+// pixel element, each written by one thread, terms in a fixed (r, s) order; acc_t is float for the
+// 16-bit types, whose gx is then a float buffer, so chunks add in float.
+template <typename scalar_t, typename acc_t>
+__global__ void lc2d_fold_patches_kernel(const scalar_t* __restrict__ dcols, acc_t* __restrict__ gx,
+                                         const Lc2dDims d, int p0, int np, int ih0, int rows) {
+  const int64_t total = static_cast<int64_t>(d.N) * d.C_in * rows * d.W;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t e = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; e < total; e += stride) {
+    const int iw = static_cast<int>(e % d.W);
+    int64_t t = e / d.W;
+    const int ih = ih0 + static_cast<int>(t % rows);
+    t /= rows;
+    const int c = static_cast<int>(t % d.C_in);
+    const int n = static_cast<int>(t / d.C_in);
+    const int ah = ih + d.pT;
+    const int aw = iw + d.pL;
+    const TapRange rr = covering_taps(ah, d.H_out, d.sH, d.dH, d.kH);
+    const TapRange sr = covering_taps(aw, d.W_out, d.sW, d.dW, d.kW);
+    acc_t acc = 0;
+    for (int r = rr.lo; r <= rr.hi; ++r) {
+      const int th = ah - r * d.dH;
+      if (th % d.sH != 0) continue;
+      const int i = th / d.sH;
+      for (int s = sr.lo; s <= sr.hi; ++s) {
+        const int tw = aw - s * d.dW;
+        if (tw % d.sW != 0) continue;
+        const int q = i * d.W_out + tw / d.sW - p0;
+        if (q < 0 || q >= np) continue;
+        acc += static_cast<acc_t>(dcols[(static_cast<int64_t>(q) * d.N + n) * d.K + (c * d.kH + r) * d.kW + s]);
+      }
+    }
+    gx[static_cast<int64_t>(n) * d.x_sample + c * d.HW + ih * d.W + iw] += acc;
+  }
+}
+
+// out[e - e0] = B[e] for e in [e0, e0 + count) (common/feedback.h), weight read at the same e. The
+// generating modes make one Philox call per counter block and share it over the block's elements in the
+// range (uniform: 8 elements 16 apart, philox::uniform_slot; normal: 4 consecutive), so a thread owns
+// one block; "sign" owns one element. Same values as feedback_element, bit for bit.
+template <typename scalar_t>
+__global__ void lc2d_fill_feedback_kernel(const scalar_t* __restrict__ weight, scalar_t* __restrict__ out,
+                                          int64_t e0, int64_t count, const FeedbackSpec f) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  const int64_t first = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  const int64_t e_end = e0 + count;
+  auto put = [&](int64_t e, float sample) {
+    const scalar_t r = static_cast<scalar_t>(philox::mul_rn(f.scale, sample));
+    const scalar_t w = f.reads_weight() ? weight[e] : scalar_t(0);
+    out[e - e0] = combine_feedback<scalar_t, acc_t>(f, r, w);
+  };
+  if (!f.generates()) {
+    for (int64_t t = first; t < count; t += stride) out[t] = combine_feedback<scalar_t, acc_t>(f, scalar_t(0), weight[e0 + t]);
+  } else if (f.distribution == philox::Distribution::kUniform) {
+    // Blocks 16 g .. 16 g + 15 of every group g that meets the range.
+    const int64_t g0 = e0 / philox::kGroupElems;
+    const int64_t blocks = ((e_end - 1) / philox::kGroupElems - g0 + 1) * philox::kGroupBlocks;
+    for (int64_t t = first; t < blocks; t += stride) {
+      const uint64_t b = static_cast<uint64_t>(g0 * philox::kGroupBlocks + t);
+      const philox::Words v = philox::block_words(f.key, b, f.step);
+      const int64_t base = static_cast<int64_t>(b / philox::kGroupBlocks) * philox::kGroupElems +
+                           static_cast<int64_t>(b % philox::kGroupBlocks);
+#pragma unroll
+      for (int s = 0; s < 8; ++s) {
+        const int64_t e = base + 16 * s;
+        if (e >= e0 && e < e_end) put(e, philox::uniform_half(v.w[s >> 1], s & 1));
+      }
+    }
+  } else {
+    const int64_t b0 = e0 / 4;
+    const int64_t blocks = (e_end - 1) / 4 - b0 + 1;
+    for (int64_t t = first; t < blocks; t += stride) {
+      const uint64_t b = static_cast<uint64_t>(b0 + t);
+      const philox::Words v = philox::block_words(f.key, b, f.step);
+#pragma unroll
+      for (int jj = 0; jj < 4; ++jj) {
+        const int64_t e = static_cast<int64_t>(b) * 4 + jj;
+        if (e >= e0 && e < e_end) put(e, philox::normal_sample(v, jj));
+      }
+    }
+  }
+}
+
+constexpr int kLibraryThreads = 256;
+
+template <typename scalar_t>
+void gather_patches(const at::Tensor& xc, at::Tensor& cols, const Lc2dDims& d, int64_t p0, int64_t np, int device) {
+  const unsigned grid = grid_stride_blocks(np * d.N * d.K, kLibraryThreads, device);
+  launch_kernel(lc2d_gather_patches_kernel<scalar_t>, grid, kLibraryThreads, 0, xc.const_data_ptr<scalar_t>(),
+                cols.mutable_data_ptr<scalar_t>(), d, static_cast<int>(p0), static_cast<int>(np));
+}
+
+// grad_y[:, :, p0 .. p0 + np) as [np, N, C_out] in `buf`.
+at::Tensor positions_major(const at::Tensor& gyc, const Lc2dGeometry& g, int64_t p0, int64_t np, at::Tensor buf) {
+  buf.copy_(gyc.view({g.N, g.C_out, g.positions()}).narrow(2, p0, np).permute({2, 0, 1}));
+  return buf;
+}
+
+at::Tensor library_forward(const at::Tensor& xc, const at::Tensor& wc, const at::Tensor& bc, at::Tensor y,
+                           const Lc2dGeometry& g, const Lc2dDims& d) {
+  const int64_t P = g.positions(), K = g.patch();
+  const int64_t np_max = library_chunk(g, g.N * (K + g.C_out), xc.element_size());
+  at::Tensor cols_ws = at::empty({np_max * g.N * K}, xc.options());
+  at::Tensor out_ws = at::empty({np_max * g.N * g.C_out}, xc.options());
+  const at::Tensor w3 = wc.view({P, g.C_out, K});
+  const at::Tensor y3 = y.view({g.N, g.C_out, P});
+  for (int64_t p0 = 0; p0 < P; p0 += np_max) {
+    const int64_t np = std::min(np_max, P - p0);
+    at::Tensor cols = cols_ws.narrow(0, 0, np * g.N * K).view({np, g.N, K});
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, xc.scalar_type(), "lc2d_library_forward", [&] {
+      gather_patches<scalar_t>(xc, cols, d, p0, np, xc.get_device());
+    });
+    at::Tensor out = out_ws.narrow(0, 0, np * g.N * g.C_out).view({np, g.N, g.C_out});
+    const at::Tensor wt = w3.narrow(0, p0, np).transpose(1, 2);  // [np, K, C_out]
+    if (bc.defined()) {
+      const at::Tensor b = bc.view({g.C_out, P}).narrow(1, p0, np).t().unsqueeze(1);  // [np, 1, C_out]
+      at::baddbmm_out(out, b.expand({np, g.N, g.C_out}), cols, wt);
+    } else {
+      at::bmm_out(out, cols, wt);
+    }
+    y3.narrow(2, p0, np).copy_(out.permute({1, 2, 0}));
+  }
+  return y;
+}
+
+void library_backward_weight(const at::Tensor& gyc, const at::Tensor& xc, at::Tensor& grad_weight,
+                             at::Tensor& grad_bias, const Lc2dGeometry& g, const Lc2dDims& d) {
+  const int64_t P = g.positions(), K = g.patch();
+  const int64_t np_max = library_chunk(g, g.N * (K + g.C_out), xc.element_size());
+  at::Tensor cols_ws = at::empty({np_max * g.N * K}, xc.options());
+  at::Tensor dy_ws = at::empty({np_max * g.N * g.C_out}, xc.options());
+  at::Tensor w3 = grad_weight.view({P, g.C_out, K});
+  for (int64_t p0 = 0; p0 < P; p0 += np_max) {
+    const int64_t np = std::min(np_max, P - p0);
+    at::Tensor cols = cols_ws.narrow(0, 0, np * g.N * K).view({np, g.N, K});
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, xc.scalar_type(), "lc2d_library_backward_weight", [&] {
+      gather_patches<scalar_t>(xc, cols, d, p0, np, xc.get_device());
+    });
+    const at::Tensor dy = positions_major(gyc, g, p0, np, dy_ws.narrow(0, 0, np * g.N * g.C_out).view({np, g.N, g.C_out}));
+    at::Tensor dw = w3.narrow(0, p0, np);  // contiguous: bmm writes grad_weight in place
+    at::bmm_out(dw, dy.transpose(1, 2), cols);
+  }
+  at::sum_out(grad_bias, gyc, c10::IntArrayRef{0});
+}
+
+at::Tensor library_backward_input(const at::Tensor& gyc, const at::Tensor& wc, at::Tensor grad_x,
+                                  const Lc2dGeometry& g, const Lc2dDims& d, const FeedbackSpec& f) {
+  const int64_t P = g.positions(), K = g.patch();
+  // B_q always goes through the workspace, a copy in "weight" mode: every mode then hands the GEMM the
+  // same buffers, so a generated B gives the bits of "weight" mode on the materialised B.
+  const int64_t np_max = library_chunk(g, g.N * (K + g.C_out) + g.C_out * K, gyc.element_size());
+  at::Tensor dy_ws = at::empty({np_max * g.N * g.C_out}, gyc.options());
+  at::Tensor dcols_ws = at::empty({np_max * g.N * K}, gyc.options());
+  at::Tensor b_ws = at::empty({np_max * g.C_out * K}, gyc.options());
+  // 16-bit results are folded in float and rounded once at the end.
+  const bool wide = gyc.scalar_type() == at::kFloat || gyc.scalar_type() == at::kDouble;
+  at::Tensor acc = wide ? grad_x.zero_() : at::zeros(grad_x.sizes(), gyc.options().dtype(at::kFloat));
+  const int device = gyc.get_device();
+  for (int64_t p0 = 0; p0 < P; p0 += np_max) {
+    const int64_t np = std::min(np_max, P - p0);
+    const at::Tensor dy = positions_major(gyc, g, p0, np, dy_ws.narrow(0, 0, np * g.N * g.C_out).view({np, g.N, g.C_out}));
+    at::Tensor b = b_ws.narrow(0, 0, np * g.C_out * K).view({np, g.C_out, K});
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, gyc.scalar_type(), "lc2d_library_feedback", [&] {
+      const int64_t blocks = f.generates() ? (np * g.C_out * K) / 4 + 2 * philox::kGroupBlocks : np * g.C_out * K;
+      launch_kernel(lc2d_fill_feedback_kernel<scalar_t>, grid_stride_blocks(blocks, kLibraryThreads, device),
+                    kLibraryThreads, 0, f.reads_weight() ? wc.const_data_ptr<scalar_t>() : nullptr,
+                    b.mutable_data_ptr<scalar_t>(), p0 * g.C_out * K, np * g.C_out * K, f);
+    });
+    at::Tensor dcols = dcols_ws.narrow(0, 0, np * g.N * K).view({np, g.N, K});
+    at::bmm_out(dcols, dy, b);
+    // Input rows the chunk's windows reach: from the first row of its first position's window to the
+    // last row of its last position's window.
+    const int64_t i_first = p0 / g.W_out, i_last = (p0 + np - 1) / g.W_out;
+    const int64_t ih0 = std::max<int64_t>(0, i_first * g.sH - g.pT);
+    const int64_t ih1 = std::min<int64_t>(g.H - 1, i_last * g.sH - g.pT + (g.kH - 1) * g.dH);
+    if (ih1 < ih0) continue;  // the windows lie in the padding
+    const int64_t rows = ih1 - ih0 + 1;
+    const unsigned grid = grid_stride_blocks(g.N * g.C_in * rows * g.W, kLibraryThreads, device);
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, gyc.scalar_type(), "lc2d_library_fold", [&] {
+      using acc_t = at::opmath_type<scalar_t>;
+      launch_kernel(lc2d_fold_patches_kernel<scalar_t, acc_t>, grid, kLibraryThreads, 0,
+                    dcols.const_data_ptr<scalar_t>(), acc.mutable_data_ptr<acc_t>(), d, static_cast<int>(p0),
+                    static_cast<int>(np), static_cast<int>(ih0), static_cast<int>(rows));
+    });
+  }
+  if (!wide) grad_x.copy_(acc);
+  return grad_x;
+}
+
+// Runs `fn` once on the current stream and returns its time in milliseconds (the autotuner's timer).
+template <typename F>
+double time_ms(F&& fn) {
+  device_synchronize();
+  const auto t0 = std::chrono::steady_clock::now();
+  fn();
+  device_synchronize();
+  return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+}
+
+const std::vector<std::string> kAlgorithms{"fused", "library"};
+
 at::Tensor lc2d_forward_cuda(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                              c10::IntArrayRef stride, c10::IntArrayRef padding, c10::IntArrayRef dilation) {
   constexpr const char* op = "lc2d_forward";
@@ -389,12 +645,17 @@ at::Tensor lc2d_forward_cuda(const at::Tensor& x, const at::Tensor& weight, cons
   const at::Tensor wc = weight.contiguous();
   const bool has_bias = bias.has_value() && bias->defined();
   const at::Tensor bc = has_bias ? bias->contiguous() : at::Tensor();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "lc2d_forward_cuda", [&] {
-    launch_kernel(lc2d_forward_kernel<scalar_t>, grid, kThreads, 0, xc.const_data_ptr<scalar_t>(),
-                  wc.const_data_ptr<scalar_t>(), has_bias ? bc.const_data_ptr<scalar_t>() : nullptr,
-                  y.mutable_data_ptr<scalar_t>(), d);
-  });
-  return y;
+  const auto run = [&](const std::string& algorithm) {
+    if (algorithm == "library") return library_forward(xc, wc, bc, y, g, d);
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "lc2d_forward_cuda", [&] {
+      launch_kernel(lc2d_forward_kernel<scalar_t>, grid, kThreads, 0, xc.const_data_ptr<scalar_t>(),
+                    wc.const_data_ptr<scalar_t>(), has_bias ? bc.const_data_ptr<scalar_t>() : nullptr,
+                    y.mutable_data_ptr<scalar_t>(), d);
+    });
+    return y;
+  };
+  return run(select_lc2d_algorithm(Lc2dPass::kForward, g, x.scalar_type(), x.device(), kAlgorithms,
+                                   [&](const std::string& a) { return time_ms([&] { run(a); }); }));
 }
 
 at::Tensor lc2d_backward_input_cuda(const at::Tensor& grad_y, const at::Tensor& weight, c10::IntArrayRef input_size,
@@ -413,14 +674,19 @@ at::Tensor lc2d_backward_input_cuda(const at::Tensor& grad_y, const at::Tensor& 
   const at::Tensor gyc = grad_y.contiguous();
   // "random" never reads weight (it may be an expanded zero-stride tensor): no copy, a null pointer.
   const at::Tensor wc = f.reads_weight() ? weight.contiguous() : at::Tensor();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad_y.scalar_type(), "lc2d_backward_input_cuda", [&] {
-    const scalar_t* w = f.reads_weight() ? wc.const_data_ptr<scalar_t>() : nullptr;
-    const auto kernel = f.generates() ? lc2d_backward_input_kernel<scalar_t, true>
-                                      : lc2d_backward_input_kernel<scalar_t, false>;
-    launch_kernel(kernel, grid, kThreads, 0, gyc.const_data_ptr<scalar_t>(), w, grad_x.mutable_data_ptr<scalar_t>(),
-                  d, f);
-  });
-  return grad_x;
+  const auto run = [&](const std::string& algorithm) {
+    if (algorithm == "library") return library_backward_input(gyc, wc, grad_x, g, d, f);
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad_y.scalar_type(), "lc2d_backward_input_cuda", [&] {
+      const scalar_t* w = f.reads_weight() ? wc.const_data_ptr<scalar_t>() : nullptr;
+      const auto kernel = f.generates() ? lc2d_backward_input_kernel<scalar_t, true>
+                                        : lc2d_backward_input_kernel<scalar_t, false>;
+      launch_kernel(kernel, grid, kThreads, 0, gyc.const_data_ptr<scalar_t>(), w,
+                    grad_x.mutable_data_ptr<scalar_t>(), d, f);
+    });
+    return grad_x;
+  };
+  return run(select_lc2d_algorithm(Lc2dPass::kBackwardInput, g, grad_y.scalar_type(), grad_y.device(), kAlgorithms,
+                                   [&](const std::string& a) { return time_ms([&] { run(a); }); }));
 }
 
 std::tuple<at::Tensor, at::Tensor> lc2d_backward_weight_cuda(const at::Tensor& grad_y, const at::Tensor& x,
@@ -442,11 +708,16 @@ std::tuple<at::Tensor, at::Tensor> lc2d_backward_weight_cuda(const at::Tensor& g
                   tiles_yz(g.C_out, op, "C_out"));
   const at::Tensor gyc = grad_y.contiguous();
   const at::Tensor xc = x.contiguous();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "lc2d_backward_weight_cuda", [&] {
-    launch_kernel(lc2d_backward_weight_kernel<scalar_t>, grid, kThreads, 0, gyc.const_data_ptr<scalar_t>(),
-                  xc.const_data_ptr<scalar_t>(), grad_weight.mutable_data_ptr<scalar_t>(),
-                  grad_bias.mutable_data_ptr<scalar_t>(), d);
-  });
+  const auto run = [&](const std::string& algorithm) {
+    if (algorithm == "library") return library_backward_weight(gyc, xc, grad_weight, grad_bias, g, d);
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "lc2d_backward_weight_cuda", [&] {
+      launch_kernel(lc2d_backward_weight_kernel<scalar_t>, grid, kThreads, 0, gyc.const_data_ptr<scalar_t>(),
+                    xc.const_data_ptr<scalar_t>(), grad_weight.mutable_data_ptr<scalar_t>(),
+                    grad_bias.mutable_data_ptr<scalar_t>(), d);
+    });
+  };
+  run(select_lc2d_algorithm(Lc2dPass::kBackwardWeight, g, x.scalar_type(), x.device(), kAlgorithms,
+                            [&](const std::string& a) { return time_ms([&] { run(a); }); }));
   return {grad_weight, grad_bias};
 }
 
