@@ -4,8 +4,9 @@ Every pass (forward, input gradient, weight gradient) has several algorithms wit
 (docs/algorithms.md):
 
     device   algorithms
-    cuda     fused (hand-written implicit-GEMM kernels), library (gather kernels + cuBLAS batched GEMMs
-             in a bounded workspace)
+    cuda     fused (hand-written implicit-GEMM kernels, FFMA), library (gather kernels + cuBLAS batched
+             GEMMs in a bounded workspace), fused_tc (the fused forward and weight gradient on tensor cores;
+             float16 and bfloat16)
     cpu      library (gathered patches + the CPU BLAS in per-thread buffers)
 
 A call takes, in this order: the forced algorithm of its pass; with ``autotune`` on (and
@@ -33,7 +34,7 @@ import torch
 
 __all__ = ["lc2d", "Lc2dBackend", "ALGORITHMS", "PASSES"]
 
-ALGORITHMS = {"cuda": ("fused", "library"), "cpu": ("library",)}
+ALGORITHMS = {"cuda": ("fused", "library", "fused_tc"), "cpu": ("library",)}
 PASSES = ("forward", "backward_input", "backward_weight")
 
 

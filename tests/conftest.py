@@ -28,31 +28,47 @@ def kernel_ops(device):
     return torch.ops.bioplaus, "cuda"
 
 
-#: lc2d's CUDA algorithms (bioplaus_kernels.backends.ALGORITHMS["cuda"]).
-CUDA_ALGORITHMS = ("fused", "library")
+#: lc2d's CUDA algorithms (bioplaus_kernels.backends.ALGORITHMS["cuda"]); fused_tc runs the forward and the
+#: weight gradient in float16 and bfloat16 only.
+CUDA_ALGORITHMS = ("fused", "library", "fused_tc")
+TENSOR_CORE_DTYPES = (torch.float16, torch.bfloat16)
 #: the library algorithm's workspace in the kernel cases: small enough that most cases run in several
 #: position chunks (and a last, shorter one), as large layers do under the default budget.
 LIBRARY_TEST_WORKSPACE = 16 << 10
 
 
-@pytest.fixture(params=CUDA_ALGORITHMS)
-def cuda_algorithm(request):
-    """Forces one algorithm on every lc2d pass of the CUDA kernels, in the execution layer and on a GPU, for the
-    test, with a LIBRARY_TEST_WORKSPACE workspace; yields the algorithm's name."""
+def _forcing(request, algorithm):
+    """Forces `algorithm` on every lc2d pass of the CUDA kernels, in the execution layer and on a GPU, for the
+    test, with a LIBRARY_TEST_WORKSPACE workspace; restores the previous state afterwards."""
     from bioplaus_kernels.backends import Lc2dBackend
 
+    dtype = request.node.callspec.params.get("dtype")
+    if algorithm == "fused_tc" and dtype not in TENSOR_CORE_DTYPES:
+        pytest.skip(f"fused_tc (tensor cores) takes float16 and bfloat16, not {dtype}")
     namespaces = [emulated_cuda.load()] + ([torch.ops.bioplaus] if HAS_CUDA else [])
     saved = [(ns.lc2d_selection_forced(), ns.lc2d_selection_workspace_limit()) for ns in namespaces]
     for ns in namespaces:
         backend = Lc2dBackend(ns)
-        backend.set_forced(request.param)
+        backend.set_forced(algorithm)
         backend.workspace_limit = LIBRARY_TEST_WORKSPACE
     try:
-        yield request.param
+        yield algorithm
     finally:
         for ns, (forced, limit) in zip(namespaces, saved):
             ns.lc2d_selection_set_forced(*forced)
             ns.lc2d_selection_set_workspace_limit(limit)
+
+
+@pytest.fixture(params=CUDA_ALGORITHMS)
+def cuda_algorithm(request):
+    """Every CUDA algorithm of the forward and weight-gradient passes, forced in turn; yields its name."""
+    yield from _forcing(request, request.param)
+
+
+@pytest.fixture(params=[a for a in CUDA_ALGORITHMS if a != "fused_tc"])
+def cuda_input_algorithm(request):
+    """Every CUDA algorithm of the input-gradient pass, forced in turn; yields its name."""
+    yield from _forcing(request, request.param)
 
 
 @contextlib.contextmanager

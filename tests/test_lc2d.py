@@ -566,7 +566,7 @@ def test_kernel_backward_weight(c, dtype, device, cuda_algorithm):
 @pytest.mark.parametrize("spec", FEEDBACK_SPECS, ids=spec_id)
 @pytest.mark.parametrize("dtype", KERNEL_DTYPES, ids=str)
 @pytest.mark.parametrize("c", KERNEL_CASES, ids=kernel_case_id)
-def test_kernel_backward_input(c, dtype, spec, device, cuda_algorithm):
+def test_kernel_backward_input(c, dtype, spec, device, cuda_input_algorithm):
     ops_, on = kernel_ops(device)
     x, w, b, gy, geometry = kernel_tensors(c, dtype, on, "input")
     spec = {**FEEDBACK_SEEDS, **spec}
@@ -581,7 +581,7 @@ def test_kernel_backward_input(c, dtype, spec, device, cuda_algorithm):
         # sample), and that can move B's rounding to dtype by one ulp of dtype: allow that much of every term.
         ulp_b, _, _ = ref_grads(x64, ulp(B64, dtype) + 4 * ulp(B64, torch.float32), b64, gy64.abs(), c)
         extra = ulp_b
-    if cuda_algorithm == "library" and dtype in (torch.float16, torch.bfloat16):
+    if cuda_input_algorithm == "library" and dtype in (torch.float16, torch.bfloat16):
         # The batched GEMM rounds each position's patch gradient to dtype before the fold adds the covering
         # positions in float: one more rounding, at most an ulp-sized share of every term's magnitude.
         rounding = magnitude * torch.finfo(dtype).eps

@@ -19,6 +19,7 @@
 #include "common/checks.h"
 #include "cuda/launch.cuh"
 #include "cuda/tile_fma.cuh"
+#include "cuda/tile_wmma.cuh"
 
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -337,6 +338,129 @@ __global__ void __launch_bounds__(kThreads, (kInputMinBlocks<scalar_t, kGenerate
 }
 
 // ------------------------------------------------------------------------------------------------
+// The fused_tc algorithm (float16 / bfloat16): the forward and weight-gradient kernels above with the
+// FFMA tile replaced by tensor cores (tile_wmma.cuh: WMMA m16n16k16, float accumulation). The operands
+// are staged in their own 16-bit type (the conversion to float happens inside the mma, exactly), and the
+// result leaves through shared memory for the same epilogue.
+
+// Forward. Block (p, o-tile), grid and staging ownership as lc2d_forward_kernel:
+//   As[row][kk] = X_p[n0 + row, k0 + kk] (A = X_p, rows n),  Bs[row][kk] = W_p[o0 + row, k0 + kk] (B = W_p^T,
+//   columns o), kk = tid % 16, row = tid / 16 + 16m; Cs[n - n0][o - o0] = the block's sums.
+template <typename scalar_t>
+__global__ void __launch_bounds__(kThreads)
+    lc2d_forward_tc_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ weight,
+                           const scalar_t* __restrict__ bias, scalar_t* __restrict__ y, const Lc2dDims d) {
+  namespace wm = cuda_wmma;
+  __shared__ __align__(32) scalar_t As[kTile][wm::kLd];
+  __shared__ __align__(32) scalar_t Bs[kTile][wm::kLd];
+  __shared__ __align__(32) float Cs[kTile][wm::kCld];
+
+  const int p = static_cast<int>(blockIdx.x);
+  const int i = p / d.W_out;
+  const int j = p - i * d.W_out;
+  const int o0 = static_cast<int>(blockIdx.y) * kTile;
+  const int tid = static_cast<int>(threadIdx.x);
+  const int warp = tid / 32;
+  const int tx = tid % kSpread, ty = tid / kSpread;
+  const int kk = tid % kChunk, row0 = tid / kChunk;
+  const scalar_t* Wp = weight + static_cast<int64_t>(p) * d.w_block;
+
+  for (int n0 = 0; n0 < d.N; n0 += kTile) {
+    wm::Acc c[2];
+    wm::zero(c);
+    for (int k0 = 0; k0 < d.K; k0 += kChunk) {
+      const int k = k0 + kk;
+      const PatchPixel px = k < d.K ? patch_pixel(d, i, j, k) : PatchPixel{false, 0};
+#pragma unroll
+      for (int m = 0; m < kMicro; ++m) {
+        const int row = row0 + kStepRows * m;
+        const int n = n0 + row;
+        const int o = o0 + row;
+        As[row][kk] = (px.in && n < d.N) ? x[static_cast<int64_t>(n) * d.x_sample + px.off] : scalar_t(0);
+        Bs[row][kk] = (k < d.K && o < d.C_out) ? Wp[o * d.K + k] : scalar_t(0);
+      }
+      __syncthreads();
+      wm::mma_step(c, As, Bs, warp);
+      __syncthreads();  // the next chunk overwrites As / Bs
+    }
+    wm::store(Cs, c, warp);
+    __syncthreads();
+    for_owned(ty, tx, [&](int row, int col, int, int) {
+      const int n = n0 + row, o = o0 + col;
+      if (n < d.N && o < d.C_out) {
+        const int plane = o * d.P + p;
+        float v = Cs[row][col];
+        if (bias != nullptr) v += static_cast<float>(bias[plane]);
+        y[static_cast<int64_t>(n) * d.y_sample + plane] = static_cast<scalar_t>(v);
+      }
+    });
+    __syncthreads();  // the next batch tile overwrites Cs
+  }
+}
+
+// Weight gradient. Block (p, k-tile, o-tile), grid and staging ownership as lc2d_backward_weight_kernel:
+//   As[col][q] = dY_p[n0 + q, o0 + col] (A = dY_p^T, rows o),  Bs[col][q] = X_p[n0 + q, k0 + col] (B = X_p,
+//   columns k), col = tid % 64, q = tid / 64 + 4m; Cs[o - o0][k - k0] = the block's sums. The k-tile-0
+//   blocks also sum grad_bias from As in batch order, in float.
+template <typename scalar_t>
+__global__ void __launch_bounds__(kThreads)
+    lc2d_backward_weight_tc_kernel(const scalar_t* __restrict__ grad_y, const scalar_t* __restrict__ x,
+                                   scalar_t* __restrict__ grad_weight, scalar_t* __restrict__ grad_bias,
+                                   const Lc2dDims d) {
+  namespace wm = cuda_wmma;
+  __shared__ __align__(32) scalar_t As[kTile][wm::kLd];
+  __shared__ __align__(32) scalar_t Bs[kTile][wm::kLd];
+  __shared__ __align__(32) float Cs[kTile][wm::kCld];
+
+  const int p = static_cast<int>(blockIdx.x);
+  const int i = p / d.W_out;
+  const int j = p - i * d.W_out;
+  const int k0 = static_cast<int>(blockIdx.y) * kTile;
+  const int o0 = static_cast<int>(blockIdx.z) * kTile;
+  const bool sums_bias = blockIdx.y == 0;
+  const int tid = static_cast<int>(threadIdx.x);
+  const int warp = tid / 32;
+  const int tx = tid % kSpread, ty = tid / kSpread;
+  const int col = tid % kTile, q0 = tid / kTile;
+
+  const int k = k0 + col;
+  const PatchPixel px = k < d.K ? patch_pixel(d, i, j, k) : PatchPixel{false, 0};
+  const int o = o0 + col;
+  const bool o_in = o < d.C_out;
+  const int gy_off = o_in ? o * d.P + p : 0;
+
+  wm::Acc c[2];
+  wm::zero(c);
+  float bias_sum = 0;
+  for (int n0 = 0; n0 < d.N; n0 += kChunk) {
+#pragma unroll
+    for (int m = 0; m < kMicro; ++m) {
+      const int q = q0 + kColRows * m;
+      const int n = n0 + q;
+      As[col][q] = (o_in && n < d.N) ? grad_y[static_cast<int64_t>(n) * d.y_sample + gy_off] : scalar_t(0);
+      Bs[col][q] = (px.in && n < d.N) ? x[static_cast<int64_t>(n) * d.x_sample + px.off] : scalar_t(0);
+    }
+    __syncthreads();
+    wm::mma_step(c, As, Bs, warp);
+    if (sums_bias && tid < kTile) {
+#pragma unroll
+      for (int q = 0; q < kChunk; ++q) bias_sum += static_cast<float>(As[tid][q]);
+    }
+    __syncthreads();  // the next chunk overwrites As / Bs
+  }
+  wm::store(Cs, c, warp);
+  __syncthreads();
+  scalar_t* dWp = grad_weight + static_cast<int64_t>(p) * d.w_block;
+  for_owned(ty, tx, [&](int row, int col_, int, int) {
+    const int oa = o0 + row, kb = k0 + col_;
+    if (oa < d.C_out && kb < d.K) dWp[oa * d.K + kb] = static_cast<scalar_t>(Cs[row][col_]);
+  });
+  if (sums_bias && tid < kTile && o0 + tid < d.C_out) {
+    grad_bias[(o0 + tid) * d.P + p] = static_cast<scalar_t>(bias_sum);
+  }
+}
+
+// ------------------------------------------------------------------------------------------------
 // Host side.
 
 // The kernels keep per-axis values, window coordinates and offsets within one sample or one
@@ -630,7 +754,13 @@ double time_ms(F&& fn) {
   return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
 }
 
-const std::vector<std::string> kAlgorithms{"fused", "library"};
+// The algorithms of a pass for a dtype, in preference order: fused_tc serves the forward and the weight
+// gradient in float16 and bfloat16.
+std::vector<std::string> algorithms(Lc2dPass pass, at::ScalarType dtype) {
+  const bool tc = (dtype == at::kHalf || dtype == at::kBFloat16) && pass != Lc2dPass::kBackwardInput;
+  if (tc) return {"fused", "library", "fused_tc"};
+  return {"fused", "library"};
+}
 
 at::Tensor lc2d_forward_cuda(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                              c10::IntArrayRef stride, c10::IntArrayRef padding, c10::IntArrayRef dilation) {
@@ -647,6 +777,14 @@ at::Tensor lc2d_forward_cuda(const at::Tensor& x, const at::Tensor& weight, cons
   const at::Tensor bc = has_bias ? bias->contiguous() : at::Tensor();
   const auto run = [&](const std::string& algorithm) {
     if (algorithm == "library") return library_forward(xc, wc, bc, y, g, d);
+    if (algorithm == "fused_tc") {
+      AT_DISPATCH_REDUCED_FLOATING_TYPES(x.scalar_type(), "lc2d_forward_tc", [&] {
+        launch_kernel(lc2d_forward_tc_kernel<scalar_t>, grid, kThreads, 0, xc.const_data_ptr<scalar_t>(),
+                      wc.const_data_ptr<scalar_t>(), has_bias ? bc.const_data_ptr<scalar_t>() : nullptr,
+                      y.mutable_data_ptr<scalar_t>(), d);
+      });
+      return y;
+    }
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "lc2d_forward_cuda", [&] {
       launch_kernel(lc2d_forward_kernel<scalar_t>, grid, kThreads, 0, xc.const_data_ptr<scalar_t>(),
                     wc.const_data_ptr<scalar_t>(), has_bias ? bc.const_data_ptr<scalar_t>() : nullptr,
@@ -654,7 +792,8 @@ at::Tensor lc2d_forward_cuda(const at::Tensor& x, const at::Tensor& weight, cons
     });
     return y;
   };
-  return run(select_lc2d_algorithm(Lc2dPass::kForward, g, x.scalar_type(), x.device(), kAlgorithms,
+  return run(select_lc2d_algorithm(Lc2dPass::kForward, g, x.scalar_type(), x.device(),
+                                   algorithms(Lc2dPass::kForward, x.scalar_type()),
                                    [&](const std::string& a) { return time_ms([&] { run(a); }); }));
 }
 
@@ -685,7 +824,8 @@ at::Tensor lc2d_backward_input_cuda(const at::Tensor& grad_y, const at::Tensor& 
     });
     return grad_x;
   };
-  return run(select_lc2d_algorithm(Lc2dPass::kBackwardInput, g, grad_y.scalar_type(), grad_y.device(), kAlgorithms,
+  return run(select_lc2d_algorithm(Lc2dPass::kBackwardInput, g, grad_y.scalar_type(), grad_y.device(),
+                                   algorithms(Lc2dPass::kBackwardInput, grad_y.scalar_type()),
                                    [&](const std::string& a) { return time_ms([&] { run(a); }); }));
 }
 
@@ -710,13 +850,21 @@ std::tuple<at::Tensor, at::Tensor> lc2d_backward_weight_cuda(const at::Tensor& g
   const at::Tensor xc = x.contiguous();
   const auto run = [&](const std::string& algorithm) {
     if (algorithm == "library") return library_backward_weight(gyc, xc, grad_weight, grad_bias, g, d);
+    if (algorithm == "fused_tc") {
+      return AT_DISPATCH_REDUCED_FLOATING_TYPES(x.scalar_type(), "lc2d_backward_weight_tc", [&] {
+        launch_kernel(lc2d_backward_weight_tc_kernel<scalar_t>, grid, kThreads, 0, gyc.const_data_ptr<scalar_t>(),
+                      xc.const_data_ptr<scalar_t>(), grad_weight.mutable_data_ptr<scalar_t>(),
+                      grad_bias.mutable_data_ptr<scalar_t>(), d);
+      });
+    }
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "lc2d_backward_weight_cuda", [&] {
       launch_kernel(lc2d_backward_weight_kernel<scalar_t>, grid, kThreads, 0, gyc.const_data_ptr<scalar_t>(),
                     xc.const_data_ptr<scalar_t>(), grad_weight.mutable_data_ptr<scalar_t>(),
                     grad_bias.mutable_data_ptr<scalar_t>(), d);
     });
   };
-  run(select_lc2d_algorithm(Lc2dPass::kBackwardWeight, g, x.scalar_type(), x.device(), kAlgorithms,
+  run(select_lc2d_algorithm(Lc2dPass::kBackwardWeight, g, x.scalar_type(), x.device(),
+                            algorithms(Lc2dPass::kBackwardWeight, x.scalar_type()),
                             [&](const std::string& a) { return time_ms([&] { run(a); }); }));
   return {grad_weight, grad_bias};
 }

@@ -6,6 +6,7 @@
 //   * __shared__ is `static thread_local`: one copy per host worker thread, and a worker runs one block at
 //     a time, so the threads of that block (and only they) share it;
 //   * threadIdx is the running CUDA thread's index, blockIdx / blockDim / gridDim the running block's;
+//   * __align__(n) is GCC's aligned attribute;
 //   * __syncthreads() is a real barrier: the calling thread stops until every thread of its block reaches
 //     it (see emulation.cpp for the schedule that makes a missing barrier give a wrong result);
 //   * cuda_emu::launch() checks the launch configuration as the driver does and runs the grid (csrc/cuda/
@@ -21,6 +22,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <functional>
+#include <string>
 
 #define __global__
 #define __device__
@@ -28,6 +30,7 @@
 #define __forceinline__ inline
 #define __launch_bounds__(...)
 #define __shared__ static thread_local
+#define __align__(n) __attribute__((aligned(n)))
 // __restrict__ is a GCC and Clang keyword already.
 
 #define BIOPLAUS_KERNEL_KEY CPU
@@ -61,6 +64,10 @@ struct DeviceGuard {
 
 // The emulated device.
 int multiprocessor_count();
+
+// A kernel body's report of a precondition the hardware would silently miscompute on (wmma_emu.h): the
+// first one of a launch fails it once the grid has run.
+void fault(const std::string& message);
 
 }  // namespace cuda_emu
 

@@ -25,6 +25,7 @@
 
 #include <atomic>
 #include <cstring>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -89,6 +90,10 @@ constexpr size_t kStackBytes = size_t{256} << 10;
 #endif
 
 std::atomic<int> g_multiprocessors{132};  // an H100 SXM by default
+
+// The first fault a kernel body reported during the running launch (fault()), thrown by launch() after it.
+std::mutex g_fault_mutex;
+std::string g_fault;
 
 enum class State { kRunnable, kAtBarrier, kDone };
 
@@ -256,6 +261,11 @@ void syncthreads() {
   switch_to_scheduler(w, false);
 }
 
+void fault(const std::string& message) {
+  std::lock_guard<std::mutex> lock(g_fault_mutex);
+  if (g_fault.empty()) g_fault = message;
+}
+
 void launch(dim3 grid, dim3 block, size_t smem_bytes, const std::function<void()>& body) {
   // The driver's limits (compute capability 8.0 / 9.0): cudaErrorInvalidConfiguration otherwise.
   const uint64_t threads = uint64_t{block.x} * block.y * block.z;
@@ -279,6 +289,12 @@ void launch(dim3 grid, dim3 block, size_t smem_bytes, const std::function<void()
     }
     w.body = nullptr;
   });
+  std::string message;
+  {
+    std::lock_guard<std::mutex> lock(g_fault_mutex);
+    message.swap(g_fault);
+  }
+  TORCH_CHECK(message.empty(), "CUDA emulation: ", message);
 }
 
 int multiprocessor_count() { return g_multiprocessors.load(); }

@@ -1,0 +1,92 @@
+// The CPU execution layer's stand-in for CUDA's warp matrix functions (nvcuda::wmma, <mma.h>), for the
+// 16-bit m16n16k16 shapes the kernels use (test-only; docs/emulation.md).
+//
+// A fragment holds its whole tile in every thread: the hardware spreads a tile over the 32 lanes of a
+// warp in an unspecified layout, and kernels may only touch fragment elements all alike (fill, element-wise
+// loops over num_elements), which the full copy honours. load/store/mma are warp-collective on the hardware;
+// here each lane does the whole operation on its copy (the same values, 32 times). mma_sync multiplies
+// exactly (a product of two 16-bit floats is exact in float) and adds in k order in float.
+// The preconditions the hardware does not check but silently miscomputes on are checked here and fail the
+// launch: a tile pointer aligned to 256 bits, and ldm a multiple of 16 bytes.
+#pragma once
+
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+
+#include <cstdint>
+#include <string>
+
+namespace cuda_emu {
+// Records the first fault of the running launch; launch() throws it once the grid has run.
+void fault(const std::string& message);
+}  // namespace cuda_emu
+
+namespace nvcuda {
+namespace wmma {
+
+struct matrix_a {};
+struct matrix_b {};
+struct accumulator {};
+struct row_major {};
+struct col_major {};
+enum layout_t { mem_row_major, mem_col_major };
+
+template <typename Use, int M, int N, int K, typename T, typename Layout = void>
+struct fragment {
+  static constexpr int rows = std::is_same<Use, matrix_b>::value ? K : M;
+  static constexpr int cols = std::is_same<Use, matrix_a>::value ? K : N;
+  static constexpr int num_elements = rows * cols;
+  T x[num_elements];  // row-major
+};
+
+namespace detail {
+inline void check_tile(const void* p, unsigned ldm, size_t elem, const char* what) {
+  if (reinterpret_cast<uintptr_t>(p) % 32 != 0) {
+    cuda_emu::fault(std::string("wmma::") + what + ": the tile pointer is not 256-bit aligned");
+  }
+  if ((ldm * elem) % 16 != 0) {
+    cuda_emu::fault(std::string("wmma::") + what + ": ldm = " + std::to_string(ldm) +
+                    " elements is not a multiple of 16 bytes");
+  }
+}
+}  // namespace detail
+
+template <typename Use, int M, int N, int K, typename T, typename Layout>
+inline void load_matrix_sync(fragment<Use, M, N, K, T, Layout>& f, const T* p, unsigned ldm) {
+  using F = fragment<Use, M, N, K, T, Layout>;
+  detail::check_tile(p, ldm, sizeof(T), "load_matrix_sync");
+  constexpr bool row = std::is_same<Layout, row_major>::value;
+  for (int r = 0; r < F::rows; ++r) {
+    for (int c = 0; c < F::cols; ++c) f.x[r * F::cols + c] = row ? p[r * ldm + c] : p[c * ldm + r];
+  }
+}
+
+template <int M, int N, int K, typename T>
+inline void store_matrix_sync(T* p, const fragment<accumulator, M, N, K, T>& f, unsigned ldm, layout_t layout) {
+  detail::check_tile(p, ldm, sizeof(T), "store_matrix_sync");
+  for (int r = 0; r < M; ++r) {
+    for (int c = 0; c < N; ++c) (layout == mem_row_major ? p[r * ldm + c] : p[c * ldm + r]) = f.x[r * N + c];
+  }
+}
+
+template <typename Use, int M, int N, int K, typename T, typename Layout>
+inline void fill_fragment(fragment<Use, M, N, K, T, Layout>& f, T v) {
+  for (auto& e : f.x) e = v;
+}
+
+template <int M, int N, int K, typename AT, typename LA, typename BT, typename LB>
+inline void mma_sync(fragment<accumulator, M, N, K, float>& d, const fragment<matrix_a, M, N, K, AT, LA>& a,
+                     const fragment<matrix_b, M, N, K, BT, LB>& b, const fragment<accumulator, M, N, K, float>& c) {
+  fragment<accumulator, M, N, K, float> out;
+  for (int i = 0; i < M; ++i) {
+    for (int j = 0; j < N; ++j) {
+      float s = c.x[i * N + j];
+      for (int k = 0; k < K; ++k) s += static_cast<float>(a.x[i * K + k]) * static_cast<float>(b.x[k * N + j]);
+      out.x[i * N + j] = s;
+    }
+  }
+  d = out;
+}
+
+}  // namespace wmma
+}  // namespace nvcuda
