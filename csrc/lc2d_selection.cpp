@@ -184,7 +184,8 @@ std::string lc2d_shape_class(const Lc2dGeometry& g) {
 
 std::string select_lc2d_algorithm(Lc2dPass pass, const Lc2dGeometry& g, at::ScalarType dtype, c10::Device device,
                                   const std::vector<std::string>& candidates,
-                                  const std::function<double(const std::string&)>& time_ms) {
+                                  const std::function<double(const std::string&)>& time_ms,
+                                  const std::string& variant) {
   State& s = state();
   const int pi = static_cast<int>(pass);
   std::unique_lock<std::mutex> lock(s.mutex);
@@ -196,7 +197,7 @@ std::string select_lc2d_algorithm(Lc2dPass pass, const Lc2dGeometry& g, at::Scal
                    " are: ", join(candidates));
     chosen = s.forced[pi];
   } else if (s.autotune && !at::globalContext().deterministicAlgorithms()) {
-    const std::string key = cache_key(pass, g, dtype, device);
+    const std::string key = cache_key(pass, g, dtype, device) + (variant.empty() ? "" : " " + variant);
     const auto hit = s.cache.find(key);
     if (hit != s.cache.end()) {
       chosen = hit->second;

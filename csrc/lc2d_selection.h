@@ -36,10 +36,13 @@ std::string lc2d_shape_class(const Lc2dGeometry& g);
 
 // Returns the name of the algorithm that runs this call (one of `candidates`, in the device's preference
 // order). `time_ms(name)` runs candidate `name` once on the call's inputs and returns its time in
-// milliseconds; it is called only while autotuning.
+// milliseconds; it is called only while autotuning. `variant` joins the autotuner's key where the
+// algorithms' relative speed depends on more than the geometry (the input gradient with a generated
+// feedback matrix: "generated feedback").
 std::string select_lc2d_algorithm(Lc2dPass pass, const Lc2dGeometry& g, at::ScalarType dtype, c10::Device device,
                                   const std::vector<std::string>& candidates,
-                                  const std::function<double(const std::string&)>& time_ms);
+                                  const std::function<double(const std::string&)>& time_ms,
+                                  const std::string& variant = "");
 
 // The workspace budget of the library algorithms in bytes (default 64 MiB; lc2d_selection_set_workspace_limit,
 // or BIOPLAUS_LC2D_WORKSPACE_MB read on first use). A chunk always holds at least one position, so a

@@ -184,6 +184,17 @@ def test_autotune_times_each_candidate_once_per_key_and_caches_the_winner(emu):
     assert backend.cache() == []
 
 
+def test_autotune_keys_the_input_gradient_by_generated_feedback(emu):
+    # a regenerated B changes the algorithms' relative cost: its calls are timed under a key of their own
+    emu.lc2d_selection_set_test_timer(["fused", "library"], [2.0, 1.0])
+    emu.lc2d_selection_set_autotune(True)
+    x, w, b, gy = tensors(torch.float32)
+    run_passes(emu, x, w, b, gy, feedback="weight")
+    run_passes(emu, x, w, b, gy, feedback="random_sign")
+    keys = [line for line in Lc2dBackend(emu).cache() if line.startswith("backward_input")]
+    assert len(keys) == 2 and sum(" generated feedback -> " in k for k in keys) == 1
+
+
 def test_autotune_ties_go_to_the_first_candidate(emu):
     emu.lc2d_selection_set_test_timer(["fused", "library"], [1.0, 1.0])
     emu.lc2d_selection_set_autotune(True)

@@ -826,7 +826,8 @@ at::Tensor lc2d_backward_input_cuda(const at::Tensor& grad_y, const at::Tensor& 
   };
   return run(select_lc2d_algorithm(Lc2dPass::kBackwardInput, g, grad_y.scalar_type(), grad_y.device(),
                                    algorithms(Lc2dPass::kBackwardInput, grad_y.scalar_type()),
-                                   [&](const std::string& a) { return time_ms([&] { run(a); }); }));
+                                   [&](const std::string& a) { return time_ms([&] { run(a); }); },
+                                   f.generates() ? "generated feedback" : ""));
 }
 
 std::tuple<at::Tensor, at::Tensor> lc2d_backward_weight_cuda(const at::Tensor& grad_y, const at::Tensor& x,
