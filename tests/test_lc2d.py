@@ -498,6 +498,9 @@ KERNEL_CASES = [
     dict(N=2, C_in=2, C_out=3, hw=(7, 9), k=(4, 3), stride=(1, 2), padding=(1, 2, 1, 1), dilation=(1, 1)),
     # an empty batch
     dict(N=0, C_in=3, C_out=4, hw=(5, 5), k=(3, 3), stride=(1, 1), padding=(0, 0, 0, 0), dilation=(1, 1)),
+    # channel tiles of every width (micro_tiles): C_out = 48 one 48-wide tile; C_in = 64 one 64-wide tile
+    dict(N=5, C_in=2, C_out=48, hw=(5, 4), k=(2, 2), stride=(1, 1), padding=(0, 1, 1, 0), dilation=(1, 1)),
+    dict(N=3, C_in=64, C_out=128, hw=(4, 4), k=(2, 2), stride=(2, 2), padding=(0, 0, 0, 0), dilation=(1, 1)),
 ]
 
 

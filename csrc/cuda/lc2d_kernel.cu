@@ -2,11 +2,14 @@
 // lc2d.h).
 //
 // Each pass is a set of small GEMMs, one per output position (forward, weight gradient) or per input
-// pixel (input gradient), computed by the hand-written register-tiled FFMA step of tile_fma.cuh
-// (256 threads, a 64 x 64 result tile per block, the reduction staged 16 steps at a time).
-// Nothing is materialised in global memory (implicit im2col: patch elements are gathered from x while
-// staging, zero outside the image) and there are no atomics: every output element is written once by
-// one thread after a reduction in a fixed order, so results are bit-identical from run to run.
+// pixel (input gradient). Three algorithms compute them (docs/algorithms.md; lc2d_selection.h picks one
+// per call): "fused", the hand-written register-tiled FFMA step of tile_fma.cuh (256 threads, a 64 x 64
+// result tile per block, narrowed to 16, 32 or 48 on the channel side where that idles fewer lanes, the
+// reduction staged 16 steps at a time); "fused_tc", the same kernels on tensor cores (tile_wmma.cuh); and
+// "library", batched cuBLAS GEMMs over gathered chunks (below the fused kernels).
+// The fused kernels materialise nothing in global memory (implicit im2col: patch elements are gathered
+// from x while staging, zero outside the image), and no kernel uses atomics: every output element is
+// written once by one thread after a reduction in a fixed order, so results are bit-identical run to run.
 //
 // Accumulation is in at::opmath_type<scalar_t>: float for float32/float16/bfloat16, double for
 // float64. Indexing: offsets within one sample of an activation ([C, H, W]) and within one
@@ -92,29 +95,30 @@ __device__ __forceinline__ TapRange covering_taps(int a, int out, int stride, in
 }
 
 // Forward. Block (p, o-tile) computes Y_p[n, o] = bias[o, p] + sum_k X_p[n, k] * W_p[o, k] for
-// o in [o0, o0 + 64) and every n, the batch in tiles of 64 rows; X_p[n, k] is the patch element
-// x[n, c, i*sH - pT + r*dH, j*sW - pL + s*dW] (zero outside the image) and W_p = weight[i, j] as
-// [C_out, K].
+// o in [o0, o0 + TN), TN = 16 MB (MB = micro_tiles(C_out): 48 or 96 channels take 48-wide tiles), and every
+// n, the batch in tiles of 64 rows; X_p[n, k] is the patch element x[n, c, i*sH - pT + r*dH, j*sW - pL + s*dW]
+// (zero outside the image) and W_p = weight[i, j] as [C_out, K].
 //   blockIdx.x = p = i * W_out + j (consecutive blocks are neighbouring positions: they share input
-//   pixels in L2 and write neighbouring y elements), blockIdx.y = o-tile, o0 = 64 * blockIdx.y.
-//   Compute: thread (ty, tx) owns samples n0 + ty + 16a and channels o0 + tx + 16b.
-//   Staging: thread owns step kk = tid % 16 of the chunk and tile rows row = tid / 16 + 16m, m < 4
-//   (16 = kStepRows):
+//   pixels in L2 and write neighbouring y elements), blockIdx.y = o-tile, o0 = TN * blockIdx.y.
+//   Compute: thread (ty, tx) owns samples n0 + ty + 16a (a < 4) and channels o0 + tx + 16b (b < MB).
+//   Staging: thread owns step kk = tid % 16 of the chunk and tile rows row = tid / 16 + 16m (16 = kStepRows),
+//   m < 4 for X and m < MB for W:
 //     Xs[kk][row] = X_p[n0 + row, k0 + kk],   Ws[kk][row] = W_p[o0 + row, k0 + kk].
 //   Consecutive threads read consecutive k: contiguous weights and, within a kernel row, input
-//   pixels dW apart. A thread's k is the same for its 4 rows, so it decodes (c, r, s) once a chunk.
-template <typename scalar_t>
+//   pixels dW apart. A thread's k is the same for its rows, so it decodes (c, r, s) once a chunk.
+template <typename scalar_t, int MB>
 __global__ void __launch_bounds__(kThreads, kMinBlocks<scalar_t>)
     lc2d_forward_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ weight,
                         const scalar_t* __restrict__ bias, scalar_t* __restrict__ y, const Lc2dDims d) {
   using acc_t = at::opmath_type<scalar_t>;
+  constexpr int TN = kSpread * MB;
   __shared__ acc_t Xs[kChunk][kLd];
-  __shared__ acc_t Ws[kChunk][kLd];
+  __shared__ acc_t Ws[kChunk][TN + 1];
 
   const int p = static_cast<int>(blockIdx.x);
   const int i = p / d.W_out;
   const int j = p - i * d.W_out;
-  const int o0 = static_cast<int>(blockIdx.y) * kTile;
+  const int o0 = static_cast<int>(blockIdx.y) * TN;
   const int tid = static_cast<int>(threadIdx.x);
   const int tx = tid % kSpread, ty = tid / kSpread;
   const int kk = tid % kChunk, row0 = tid / kChunk;  // row0 < kStepRows
@@ -122,69 +126,68 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<scalar_t>)
   const scalar_t* Wp = weight + static_cast<int64_t>(p) * d.w_block;
 
   for (int n0 = 0; n0 < d.N; n0 += kTile) {
-    acc_t acc[kMicro][kMicro] = {};
+    acc_t acc[kMicro][MB] = {};
     for (int k0 = 0; k0 < d.K; k0 += kChunk) {
       const int k = k0 + kk;
-      // k is a real patch index whose pixel lies inside the image, at x_off within one sample of x
+      // k is a real patch index whose pixel lies inside the image, at px.off within one sample of x
       const PatchPixel px = k < d.K ? patch_pixel(d, i, j, k) : PatchPixel{false, 0};
-      const bool x_in = px.in;
-      const int x_off = px.off;
 #pragma unroll
       for (int m = 0; m < kMicro; ++m) {
         const int row = row0 + kStepRows * m;
         const int n = n0 + row;
+        Xs[kk][row] = (px.in && n < d.N) ? static_cast<acc_t>(x[static_cast<int64_t>(n) * d.x_sample + px.off])
+                                         : acc_t(0);
+      }
+#pragma unroll
+      for (int m = 0; m < MB; ++m) {
+        const int row = row0 + kStepRows * m;
         const int o = o0 + row;
-        Xs[kk][row] = (x_in && n < d.N) ? static_cast<acc_t>(x[static_cast<int64_t>(n) * d.x_sample + x_off])
-                                        : acc_t(0);
         Ws[kk][row] = (k < d.K && o < d.C_out) ? static_cast<acc_t>(Wp[o * d.K + k]) : acc_t(0);
       }
       __syncthreads();
       tile_fma(acc, Xs, Ws, ty, tx);
       __syncthreads();  // the next chunk overwrites Xs / Ws
     }
-#pragma unroll
-    for (int a = 0; a < kMicro; ++a) {
-      const int n = n0 + ty + kSpread * a;
-#pragma unroll
-      for (int b = 0; b < kMicro; ++b) {
-        const int o = o0 + tx + kSpread * b;
-        if (n < d.N && o < d.C_out) {
-          const int plane = o * d.P + p;  // (o, i, j) within one sample of y, and within bias
-          acc_t v = acc[a][b];
-          if (bias != nullptr) v += static_cast<acc_t>(bias[plane]);
-          y[static_cast<int64_t>(n) * d.y_sample + plane] = static_cast<scalar_t>(v);
-        }
+    for_owned<kMicro, MB>(ty, tx, [&](int row, int col, int a, int b) {
+      const int n = n0 + row;
+      const int o = o0 + col;
+      if (n < d.N && o < d.C_out) {
+        const int plane = o * d.P + p;  // (o, i, j) within one sample of y, and within bias
+        acc_t v = acc[a][b];
+        if (bias != nullptr) v += static_cast<acc_t>(bias[plane]);
+        y[static_cast<int64_t>(n) * d.y_sample + plane] = static_cast<scalar_t>(v);
       }
-    }
+    });
   }
 }
 
 // Weight gradient. Block (p, k-tile, o-tile) computes dW_p[o, k] = sum_n dY_p[n, o] * X_p[n, k] for
-// o in [o0, o0 + 64), k in [k0, k0 + 64), reducing over the whole batch inside the block (16 samples
-// per chunk), then writes each weight element once. dY_p[n, o] = grad_y[n, o, i, j].
-//   blockIdx.x = p, blockIdx.y = k-tile (k0 = 64 * blockIdx.y), blockIdx.z = o-tile (o0 = 64 * blockIdx.z).
-//   Compute: thread (ty, tx) owns channels o0 + ty + 16a and patch indices k0 + tx + 16b
+// o in [o0, o0 + TA), TA = 16 MA (MA = micro_tiles(C_out)), k in [k0, k0 + 64), reducing over the whole batch
+// inside the block (16 samples per chunk), then writes each weight element once. dY_p[n, o] = grad_y[n, o, i, j].
+//   blockIdx.x = p, blockIdx.y = k-tile (k0 = 64 * blockIdx.y), blockIdx.z = o-tile (o0 = TA * blockIdx.z).
+//   Compute: thread (ty, tx) owns channels o0 + ty + 16a (a < MA) and patch indices k0 + tx + 16b (b < 4)
 //   (consecutive tx write consecutive k of grad_weight).
 //   Staging: thread owns tile column col = tid % 64 and chunk steps q = tid / 64 + 4m, m < 4
 //   (4 = kColRows):
-//     Gs[q][col] = dY_p[n0 + q, o0 + col],   Xs[q][col] = X_p[n0 + q, k0 + col].
+//     Gs[q][col] = dY_p[n0 + q, o0 + col] (col < TA),   Xs[q][col] = X_p[n0 + q, k0 + col].
 //   A thread's k and o never change, so its (c, r, s) decode and bounds test happen once.
-//   The k-tile-0 blocks also write grad_bias[o, p] = sum_n grad_y[n, o, p]: thread tid < 64 sums column
+//   The k-tile-0 blocks also write grad_bias[o, p] = sum_n grad_y[n, o, p]: thread tid < TA sums column
 //   tid of each staged Gs in batch order (a fixed order: deterministic).
-template <typename scalar_t>
+template <typename scalar_t, int MA>
 __global__ void __launch_bounds__(kThreads, kMinBlocks<scalar_t>)
     lc2d_backward_weight_kernel(const scalar_t* __restrict__ grad_y, const scalar_t* __restrict__ x,
                                 scalar_t* __restrict__ grad_weight, scalar_t* __restrict__ grad_bias,
                                 const Lc2dDims d) {
   using acc_t = at::opmath_type<scalar_t>;
-  __shared__ acc_t Gs[kChunk][kLd];
+  constexpr int TA = kSpread * MA;
+  __shared__ acc_t Gs[kChunk][TA + 1];
   __shared__ acc_t Xs[kChunk][kLd];
 
   const int p = static_cast<int>(blockIdx.x);
   const int i = p / d.W_out;
   const int j = p - i * d.W_out;
   const int k0 = static_cast<int>(blockIdx.y) * kTile;
-  const int o0 = static_cast<int>(blockIdx.z) * kTile;
+  const int o0 = static_cast<int>(blockIdx.z) * TA;
   const bool sums_bias = blockIdx.y == 0;
   const int tid = static_cast<int>(threadIdx.x);
   const int tx = tid % kSpread, ty = tid / kSpread;
@@ -193,27 +196,28 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<scalar_t>)
   // This thread's staging column: patch index k (its pixel and whether it is in the image) and channel o.
   const int k = k0 + col;
   const PatchPixel px = k < d.K ? patch_pixel(d, i, j, k) : PatchPixel{false, 0};
-  const bool x_in = px.in;
-  const int x_off = px.off;
+  const bool stages_g = col < TA;
   const int o = o0 + col;
-  const bool o_in = o < d.C_out;
+  const bool o_in = stages_g && o < d.C_out;
   const int gy_off = o_in ? o * d.P + p : 0;  // (o, i, j) within one sample of grad_y
 
-  acc_t acc[kMicro][kMicro] = {};
+  acc_t acc[MA][kMicro] = {};
   acc_t bias_sum = 0;
   for (int n0 = 0; n0 < d.N; n0 += kChunk) {
 #pragma unroll
     for (int m = 0; m < kMicro; ++m) {
       const int q = q0 + kColRows * m;
       const int n = n0 + q;
-      Gs[q][col] = (o_in && n < d.N) ? static_cast<acc_t>(grad_y[static_cast<int64_t>(n) * d.y_sample + gy_off])
-                                     : acc_t(0);
-      Xs[q][col] = (x_in && n < d.N) ? static_cast<acc_t>(x[static_cast<int64_t>(n) * d.x_sample + x_off])
-                                     : acc_t(0);
+      if (stages_g) {
+        Gs[q][col] = (o_in && n < d.N) ? static_cast<acc_t>(grad_y[static_cast<int64_t>(n) * d.y_sample + gy_off])
+                                       : acc_t(0);
+      }
+      Xs[q][col] = (px.in && n < d.N) ? static_cast<acc_t>(x[static_cast<int64_t>(n) * d.x_sample + px.off])
+                                      : acc_t(0);
     }
     __syncthreads();
     tile_fma(acc, Gs, Xs, ty, tx);
-    if (sums_bias && tid < kTile) {
+    if (sums_bias && tid < TA) {
 #pragma unroll
       for (int q = 0; q < kChunk; ++q) bias_sum += Gs[q][tid];
     }
@@ -221,34 +225,30 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<scalar_t>)
   }
 
   scalar_t* dWp = grad_weight + static_cast<int64_t>(p) * d.w_block;  // dW_p as [C_out, K]
-#pragma unroll
-  for (int a = 0; a < kMicro; ++a) {
-    const int oa = o0 + ty + kSpread * a;
-#pragma unroll
-    for (int b = 0; b < kMicro; ++b) {
-      const int kb = k0 + tx + kSpread * b;
-      if (oa < d.C_out && kb < d.K) dWp[oa * d.K + kb] = static_cast<scalar_t>(acc[a][b]);
-    }
-  }
-  if (sums_bias && tid < kTile && o0 + tid < d.C_out) {
+  for_owned<MA, kMicro>(ty, tx, [&](int row, int col_, int a, int b) {
+    const int oa = o0 + row, kb = k0 + col_;
+    if (oa < d.C_out && kb < d.K) dWp[oa * d.K + kb] = static_cast<scalar_t>(acc[a][b]);
+  });
+  if (sums_bias && tid < TA && o0 + tid < d.C_out) {
     grad_bias[(o0 + tid) * d.P + p] = static_cast<scalar_t>(bias_sum);
   }
 }
 
 // Input gradient, as a gather. Block (pixel, c-tile) computes, for the input pixel (ih, iw),
 //   dX[n, c, ih, iw] = sum over covering (i, r), (j, s) of sum_o dY[n, o, i, j] * Wt[i, j, o, c, r, s]
-// for c in [c0, c0 + 64) and every n (batch tiles of 64), where (i, r) covers ih when
+// for c in [c0, c0 + TB), TB = 16 MB (MB = micro_tiles(C_in)), and every n (batch tiles of 64), where (i, r)
+// covers ih when
 // i * sH + r * dH = ih + pT with 0 <= i < H_out and 0 <= r < kH (same for (j, s) and iw with pL).
 // Each covering term is a GEMM dY_p[n, o] * Wt_p[o, c] (Wt_p = Wt[i, j, :, :, r, s]) reduced over o,
 // 16 channels per chunk. Every weight element belongs to exactly one input pixel, so apart from the
 // batch tiles it is read once.
-//   blockIdx.x = ih * W + iw, blockIdx.y = c-tile (c0 = 64 * blockIdx.y).
+//   blockIdx.x = ih * W + iw, blockIdx.y = c-tile (c0 = TB * blockIdx.y).
 //   Covering range: r runs over covering_taps(ih + pT, ...) (and s likewise); of those, the r with
 //   (ih + pT - r * dH) divisible by sH cover ih.
-//   Compute: thread (ty, tx) owns samples n0 + ty + 16a and input channels c0 + tx + 16b.
+//   Compute: thread (ty, tx) owns samples n0 + ty + 16a (a < 4) and input channels c0 + tx + 16b (b < MB).
 //   Staging: thread owns tile column col = tid % 64 and chunk steps q = tid / 64 + 4m, m < 4
 //   (4 = kColRows):
-//     Gs[q][col] = dY[n0 + col, o0 + q, i, j],   Ws[q][col] = Bt_p[o0 + q, c0 + col].
+//     Gs[q][col] = dY[n0 + col, o0 + q, i, j],   Ws[q][col] = Bt_p[o0 + q, c0 + col] (col < TB).
 //   A thread's staging sample and channel are fixed within a batch tile, so are its row bases.
 // Bt_p is the feedback matrix B of the spec `f` (common/feedback.h) at the same places as Wt_p: the
 // staged element is B[e], e = p * C_out * K + o * K + (c * kH + r) * kW + s (64-bit), computed on load
@@ -259,21 +259,23 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<scalar_t>)
 template <typename scalar_t, bool kGenerates>
 constexpr int kInputMinBlocks = kGenerates && sizeof(at::opmath_type<scalar_t>) == 4 ? 3 : kMinBlocks<scalar_t>;
 
-template <typename scalar_t, bool kGenerates>
+template <typename scalar_t, bool kGenerates, int MB>
 __global__ void __launch_bounds__(kThreads, (kInputMinBlocks<scalar_t, kGenerates>))
     lc2d_backward_input_kernel(const scalar_t* __restrict__ grad_y, const scalar_t* __restrict__ weight,
                                scalar_t* __restrict__ grad_x, const Lc2dDims d, const FeedbackSpec f) {
   using acc_t = at::opmath_type<scalar_t>;
+  constexpr int TB = kSpread * MB;
   __shared__ acc_t Gs[kChunk][kLd];
-  __shared__ acc_t Ws[kChunk][kLd];
+  __shared__ acc_t Ws[kChunk][TB + 1];
 
   const int pix = static_cast<int>(blockIdx.x);
   const int ih = pix / d.W;
   const int iw = pix - ih * d.W;
-  const int c0 = static_cast<int>(blockIdx.y) * kTile;
+  const int c0 = static_cast<int>(blockIdx.y) * TB;
   const int tid = static_cast<int>(threadIdx.x);
   const int tx = tid % kSpread, ty = tid / kSpread;
   const int col = tid % kTile, q0 = tid / kTile;
+  const bool stages_b = col < TB;
 
   const int ah = ih + d.pT;  // = i * sH + r * dH for every covering (i, r)
   const int aw = iw + d.pL;
@@ -281,14 +283,14 @@ __global__ void __launch_bounds__(kThreads, (kInputMinBlocks<scalar_t, kGenerate
   const TapRange sr = covering_taps(aw, d.W_out, d.sW, d.dW, d.kW);
 
   const int c = c0 + col;  // this thread's staging channel
-  const bool c_in = c < d.C_in;
+  const bool c_in = stages_b && c < d.C_in;
   const int c_off = c_in ? c * d.kH * d.kW : 0;  // (c, 0, 0) within a row of W_p
 
   for (int n0 = 0; n0 < d.N; n0 += kTile) {
     const int n = n0 + col;  // this thread's staging sample
     const bool n_in = n < d.N;
     const scalar_t* gy_n = grad_y + (n_in ? static_cast<int64_t>(n) * d.y_sample : 0);  // dY[n]
-    acc_t acc[kMicro][kMicro] = {};
+    acc_t acc[kMicro][MB] = {};
     for (int r = rr.lo; r <= rr.hi; ++r) {
       const int th = ah - r * d.dH;  // = i * sH
       if (th % d.sH != 0) continue;
@@ -314,7 +316,7 @@ __global__ void __launch_bounds__(kThreads, (kInputMinBlocks<scalar_t, kGenerate
               b = static_cast<acc_t>(kGenerates ? feedback_element<scalar_t, acc_t>(f, static_cast<uint64_t>(e), w)
                                                 : combine_feedback<scalar_t, acc_t>(f, scalar_t(0), w));
             }
-            Ws[q][col] = b;
+            if (stages_b) Ws[q][col] = b;
           }
           __syncthreads();
           tile_fma(acc, Gs, Ws, ty, tx);
@@ -323,17 +325,12 @@ __global__ void __launch_bounds__(kThreads, (kInputMinBlocks<scalar_t, kGenerate
       }
     }
     // Pixels no window covers (stride larger than the dilated kernel) get their zeros here too.
-#pragma unroll
-    for (int a = 0; a < kMicro; ++a) {
-      const int na = n0 + ty + kSpread * a;
-#pragma unroll
-      for (int b = 0; b < kMicro; ++b) {
-        const int cb = c0 + tx + kSpread * b;
-        if (na < d.N && cb < d.C_in) {
-          grad_x[static_cast<int64_t>(na) * d.x_sample + cb * d.HW + pix] = static_cast<scalar_t>(acc[a][b]);
-        }
+    for_owned<kMicro, MB>(ty, tx, [&](int row, int col_, int a, int b) {
+      const int na = n0 + row, cb = c0 + col_;
+      if (na < d.N && cb < d.C_in) {
+        grad_x[static_cast<int64_t>(na) * d.x_sample + cb * d.HW + pix] = static_cast<scalar_t>(acc[a][b]);
       }
-    }
+    });
   }
 }
 
@@ -506,10 +503,10 @@ Lc2dDims make_dims(const Lc2dGeometry& g, const char* op) {
   return d;
 }
 
-// Number of 64-wide tiles over `extent`, for grid dimensions y / z (at most 65535 blocks).
-unsigned tiles_yz(int64_t extent, const char* op, const char* what) {
-  const int64_t t = (extent + kTile - 1) / kTile;
-  BIOPLAUS_CHECK(t <= 65535, op, ": ", what, " = ", extent, " needs ", t, " tiles of ", kTile,
+// Number of `width`-wide tiles over `extent`, for grid dimensions y / z (at most 65535 blocks).
+unsigned tiles_yz(int64_t extent, int64_t width, const char* op, const char* what) {
+  const int64_t t = (extent + width - 1) / width;
+  BIOPLAUS_CHECK(t <= 65535, op, ": ", what, " = ", extent, " needs ", t, " tiles of ", width,
                  ", more than the 65535 blocks a CUDA grid dimension allows");
   return static_cast<unsigned>(t);
 }
@@ -770,7 +767,9 @@ at::Tensor lc2d_forward_cuda(const at::Tensor& x, const at::Tensor& weight, cons
   at::Tensor y = at::empty({g.N, g.C_out, g.H_out, g.W_out}, x.options());
   if (g.N == 0) return y;  // no elements to write
   const Lc2dDims d = make_dims(g, op);
-  const dim3 grid(static_cast<unsigned>(d.P), tiles_yz(g.C_out, op, "C_out"));
+  const int mb = micro_tiles(g.C_out);  // the fused kernel's C_out tile: 16 mb channels
+  const dim3 grid(static_cast<unsigned>(d.P), tiles_yz(g.C_out, kSpread * mb, op, "C_out"));
+  const dim3 grid_tc(static_cast<unsigned>(d.P), tiles_yz(g.C_out, kTile, op, "C_out"));
   const at::Tensor xc = x.contiguous();
   const at::Tensor wc = weight.contiguous();
   const bool has_bias = bias.has_value() && bias->defined();
@@ -779,16 +778,18 @@ at::Tensor lc2d_forward_cuda(const at::Tensor& x, const at::Tensor& weight, cons
     if (algorithm == "library") return library_forward(xc, wc, bc, y, g, d);
     if (algorithm == "fused_tc") {
       AT_DISPATCH_REDUCED_FLOATING_TYPES(x.scalar_type(), "lc2d_forward_tc", [&] {
-        launch_kernel(lc2d_forward_tc_kernel<scalar_t>, grid, kThreads, 0, xc.const_data_ptr<scalar_t>(),
+        launch_kernel(lc2d_forward_tc_kernel<scalar_t>, grid_tc, kThreads, 0, xc.const_data_ptr<scalar_t>(),
                       wc.const_data_ptr<scalar_t>(), has_bias ? bc.const_data_ptr<scalar_t>() : nullptr,
                       y.mutable_data_ptr<scalar_t>(), d);
       });
       return y;
     }
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "lc2d_forward_cuda", [&] {
-      launch_kernel(lc2d_forward_kernel<scalar_t>, grid, kThreads, 0, xc.const_data_ptr<scalar_t>(),
-                    wc.const_data_ptr<scalar_t>(), has_bias ? bc.const_data_ptr<scalar_t>() : nullptr,
-                    y.mutable_data_ptr<scalar_t>(), d);
+      with_micro_tiles(mb, [&](auto m) {
+        launch_kernel(lc2d_forward_kernel<scalar_t, decltype(m)::value>, grid, kThreads, 0,
+                      xc.const_data_ptr<scalar_t>(), wc.const_data_ptr<scalar_t>(),
+                      has_bias ? bc.const_data_ptr<scalar_t>() : nullptr, y.mutable_data_ptr<scalar_t>(), d);
+      });
     });
     return y;
   };
@@ -809,7 +810,8 @@ at::Tensor lc2d_backward_input_cuda(const at::Tensor& grad_y, const at::Tensor& 
   at::Tensor grad_x = at::empty({g.N, g.C_in, g.H, g.W}, grad_y.options());
   if (g.N == 0) return grad_x;
   const Lc2dDims d = make_dims(g, op);
-  const dim3 grid(static_cast<unsigned>(d.HW), tiles_yz(g.C_in, op, "C_in"));
+  const int mb = micro_tiles(g.C_in);  // the fused kernel's C_in tile: 16 mb channels
+  const dim3 grid(static_cast<unsigned>(d.HW), tiles_yz(g.C_in, kSpread * mb, op, "C_in"));
   const at::Tensor gyc = grad_y.contiguous();
   // "random" never reads weight (it may be an expanded zero-stride tensor): no copy, a null pointer.
   const at::Tensor wc = f.reads_weight() ? weight.contiguous() : at::Tensor();
@@ -817,10 +819,13 @@ at::Tensor lc2d_backward_input_cuda(const at::Tensor& grad_y, const at::Tensor& 
     if (algorithm == "library") return library_backward_input(gyc, wc, grad_x, g, d, f);
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad_y.scalar_type(), "lc2d_backward_input_cuda", [&] {
       const scalar_t* w = f.reads_weight() ? wc.const_data_ptr<scalar_t>() : nullptr;
-      const auto kernel = f.generates() ? lc2d_backward_input_kernel<scalar_t, true>
-                                        : lc2d_backward_input_kernel<scalar_t, false>;
-      launch_kernel(kernel, grid, kThreads, 0, gyc.const_data_ptr<scalar_t>(), w,
-                    grad_x.mutable_data_ptr<scalar_t>(), d, f);
+      with_micro_tiles(mb, [&](auto m) {
+        constexpr int MB = decltype(m)::value;
+        const auto kernel = f.generates() ? lc2d_backward_input_kernel<scalar_t, true, MB>
+                                          : lc2d_backward_input_kernel<scalar_t, false, MB>;
+        launch_kernel(kernel, grid, kThreads, 0, gyc.const_data_ptr<scalar_t>(), w,
+                      grad_x.mutable_data_ptr<scalar_t>(), d, f);
+      });
     });
     return grad_x;
   };
@@ -845,23 +850,27 @@ std::tuple<at::Tensor, at::Tensor> lc2d_backward_weight_cuda(const at::Tensor& g
   at::Tensor grad_weight = at::empty(w_shape, x.options());
   at::Tensor grad_bias = at::empty(b_shape, x.options());
   const Lc2dDims d = make_dims(g, op);
-  const dim3 grid(static_cast<unsigned>(d.P), tiles_yz(g.patch(), op, "C_in * kH * kW"),
-                  tiles_yz(g.C_out, op, "C_out"));
+  const int ma = micro_tiles(g.C_out);  // the fused kernel's C_out tile: 16 ma channels
+  const dim3 grid(static_cast<unsigned>(d.P), tiles_yz(g.patch(), kTile, op, "C_in * kH * kW"),
+                  tiles_yz(g.C_out, kSpread * ma, op, "C_out"));
+  const dim3 grid_tc(static_cast<unsigned>(d.P), grid.y, tiles_yz(g.C_out, kTile, op, "C_out"));
   const at::Tensor gyc = grad_y.contiguous();
   const at::Tensor xc = x.contiguous();
   const auto run = [&](const std::string& algorithm) {
     if (algorithm == "library") return library_backward_weight(gyc, xc, grad_weight, grad_bias, g, d);
     if (algorithm == "fused_tc") {
       return AT_DISPATCH_REDUCED_FLOATING_TYPES(x.scalar_type(), "lc2d_backward_weight_tc", [&] {
-        launch_kernel(lc2d_backward_weight_tc_kernel<scalar_t>, grid, kThreads, 0, gyc.const_data_ptr<scalar_t>(),
+        launch_kernel(lc2d_backward_weight_tc_kernel<scalar_t>, grid_tc, kThreads, 0, gyc.const_data_ptr<scalar_t>(),
                       xc.const_data_ptr<scalar_t>(), grad_weight.mutable_data_ptr<scalar_t>(),
                       grad_bias.mutable_data_ptr<scalar_t>(), d);
       });
     }
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "lc2d_backward_weight_cuda", [&] {
-      launch_kernel(lc2d_backward_weight_kernel<scalar_t>, grid, kThreads, 0, gyc.const_data_ptr<scalar_t>(),
-                    xc.const_data_ptr<scalar_t>(), grad_weight.mutable_data_ptr<scalar_t>(),
-                    grad_bias.mutable_data_ptr<scalar_t>(), d);
+      with_micro_tiles(ma, [&](auto m) {
+        launch_kernel(lc2d_backward_weight_kernel<scalar_t, decltype(m)::value>, grid, kThreads, 0,
+                      gyc.const_data_ptr<scalar_t>(), xc.const_data_ptr<scalar_t>(),
+                      grad_weight.mutable_data_ptr<scalar_t>(), grad_bias.mutable_data_ptr<scalar_t>(), d);
+      });
     });
   };
   run(select_lc2d_algorithm(Lc2dPass::kBackwardWeight, g, x.scalar_type(), x.device(),
