@@ -6,7 +6,7 @@ Every pass (forward, input gradient, weight gradient) has several algorithms wit
     device   algorithms
     cuda     fused (hand-written implicit-GEMM kernels, FFMA), library (gather kernels + cuBLAS batched
              GEMMs in a bounded workspace), fused_tc (the fused forward and weight gradient on tensor cores;
-             float16 and bfloat16)
+             float16, bfloat16, and float32 as TF32 while torch.backends.cuda.matmul.allow_tf32 is on)
     cpu      library (gathered patches + the CPU BLAS in per-thread buffers)
 
 A call takes, in this order: the forced algorithm of its pass; with ``autotune`` on (and

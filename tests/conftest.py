@@ -29,7 +29,7 @@ def kernel_ops(device):
 
 
 #: lc2d's CUDA algorithms (bioplaus_kernels.backends.ALGORITHMS["cuda"]); fused_tc runs the forward and the
-#: weight gradient in float16 and bfloat16 only.
+#: weight gradient in float16 and bfloat16, and in float32 as TF32 (the fixture allows TF32 for it).
 CUDA_ALGORITHMS = ("fused", "library", "fused_tc")
 TENSOR_CORE_DTYPES = (torch.float16, torch.bfloat16)
 #: the library algorithm's workspace in the kernel cases: small enough that most cases run in several
@@ -43,8 +43,11 @@ def _forcing(request, algorithm):
     from bioplaus_kernels.backends import Lc2dBackend
 
     dtype = request.node.callspec.params.get("dtype")
-    if algorithm == "fused_tc" and dtype not in TENSOR_CORE_DTYPES:
-        pytest.skip(f"fused_tc (tensor cores) takes float16 and bfloat16, not {dtype}")
+    if algorithm == "fused_tc" and dtype not in TENSOR_CORE_DTYPES + (torch.float32,):
+        pytest.skip(f"fused_tc (tensor cores) takes float16, bfloat16 and float32 as TF32, not {dtype}")
+    # fused_tc takes float32 only while TF32 matmuls are allowed
+    tf32 = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = algorithm == "fused_tc"
     namespaces = [emulated_cuda.load()] + ([torch.ops.bioplaus] if HAS_CUDA else [])
     saved = [(ns.lc2d_selection_forced(), ns.lc2d_selection_workspace_limit()) for ns in namespaces]
     for ns in namespaces:
@@ -54,6 +57,7 @@ def _forcing(request, algorithm):
     try:
         yield algorithm
     finally:
+        torch.backends.cuda.matmul.allow_tf32 = tf32
         for ns, (forced, limit) in zip(namespaces, saved):
             ns.lc2d_selection_set_forced(*forced)
             ns.lc2d_selection_set_workspace_limit(limit)
@@ -107,3 +111,9 @@ def pytest_terminal_summary(terminalreporter):
     terminalreporter.write_line(
         f"CUDA kernels in the CPU execution layer: {_emulated['passed']} cases passed, {_emulated['failed']} failed, "
         f"{_emulated['skipped']} skipped")
+
+
+def tf32_allowance(algorithm, dtype, magnitude):
+    """The element-wise allowance for fused_tc's float32 path: both operands of every product rounded to TF32
+    (10 fraction bits, relative error at most 2^-11 each), so up to 2^-10 of each term's magnitude."""
+    return magnitude * 2.0 ** -10 if algorithm == "fused_tc" and dtype == torch.float32 else None

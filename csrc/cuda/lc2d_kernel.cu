@@ -24,6 +24,7 @@
 #include "cuda/tile_fma.cuh"
 #include "cuda/tile_wmma.cuh"
 
+#include <ATen/Context.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/core/Tensor.h>
@@ -335,10 +336,11 @@ __global__ void __launch_bounds__(kThreads, (kInputMinBlocks<scalar_t, kGenerate
 }
 
 // ------------------------------------------------------------------------------------------------
-// The fused_tc algorithm (float16 / bfloat16): the forward and weight-gradient kernels above with the
-// FFMA tile replaced by tensor cores (tile_wmma.cuh: WMMA m16n16k16, float accumulation). The operands
-// are staged in their own 16-bit type (the conversion to float happens inside the mma, exactly), and the
-// result leaves through shared memory for the same epilogue.
+// The fused_tc algorithm (float16 / bfloat16, and float32 as TF32 where torch allows TF32 matmuls): the
+// forward and weight-gradient kernels above with the FFMA tile replaced by tensor cores (tile_wmma.cuh,
+// float accumulation). The operands are staged in their own type (16-bit products are exact in the mma;
+// float operands are rounded to TF32 in the fragments), and the result leaves through shared memory for the
+// same epilogue.
 
 // Forward. Block (p, o-tile), grid and staging ownership as lc2d_forward_kernel:
 //   As[row][kk] = X_p[n0 + row, k0 + kk] (A = X_p, rows n),  Bs[row][kk] = W_p[o0 + row, k0 + kk] (B = W_p^T,
@@ -363,7 +365,7 @@ __global__ void __launch_bounds__(kThreads)
   const scalar_t* Wp = weight + static_cast<int64_t>(p) * d.w_block;
 
   for (int n0 = 0; n0 < d.N; n0 += kTile) {
-    wm::Acc c[2];
+    wm::Acc<scalar_t> c[2];
     wm::zero(c);
     for (int k0 = 0; k0 < d.K; k0 += kChunk) {
       const int k = k0 + kk;
@@ -426,7 +428,7 @@ __global__ void __launch_bounds__(kThreads)
   const bool o_in = o < d.C_out;
   const int gy_off = o_in ? o * d.P + p : 0;
 
-  wm::Acc c[2];
+  wm::Acc<scalar_t> c[2];
   wm::zero(c);
   float bias_sum = 0;
   for (int n0 = 0; n0 < d.N; n0 += kChunk) {
@@ -751,10 +753,23 @@ double time_ms(F&& fn) {
   return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
 }
 
+// f(scalar_t()) for the dtypes the fused_tc kernels take.
+template <typename F>
+void dispatch_tensor_core(at::ScalarType dtype, F&& f) {
+  switch (dtype) {
+    case at::kFloat: return f(float());
+    case at::kHalf: return f(c10::Half());
+    case at::kBFloat16: return f(c10::BFloat16());
+    default: BIOPLAUS_CHECK(false, "lc2d: the fused_tc algorithm takes float32, float16 or bfloat16, got ", dtype);
+  }
+}
+
 // The algorithms of a pass for a dtype, in preference order: fused_tc serves the forward and the weight
-// gradient in float16 and bfloat16.
+// gradient in float16 and bfloat16, and in float32 while torch.backends.cuda.matmul.allow_tf32 is on.
 std::vector<std::string> algorithms(Lc2dPass pass, at::ScalarType dtype) {
-  const bool tc = (dtype == at::kHalf || dtype == at::kBFloat16) && pass != Lc2dPass::kBackwardInput;
+  const bool tc_dtype = dtype == at::kHalf || dtype == at::kBFloat16 ||
+                        (dtype == at::kFloat && at::globalContext().allowTF32CuBLAS());
+  const bool tc = tc_dtype && pass != Lc2dPass::kBackwardInput;
   if (tc) return {"fused", "library", "fused_tc"};
   return {"fused", "library"};
 }
@@ -777,7 +792,8 @@ at::Tensor lc2d_forward_cuda(const at::Tensor& x, const at::Tensor& weight, cons
   const auto run = [&](const std::string& algorithm) {
     if (algorithm == "library") return library_forward(xc, wc, bc, y, g, d);
     if (algorithm == "fused_tc") {
-      AT_DISPATCH_REDUCED_FLOATING_TYPES(x.scalar_type(), "lc2d_forward_tc", [&] {
+      dispatch_tensor_core(x.scalar_type(), [&](auto tag) {
+        using scalar_t = decltype(tag);
         launch_kernel(lc2d_forward_tc_kernel<scalar_t>, grid_tc, kThreads, 0, xc.const_data_ptr<scalar_t>(),
                       wc.const_data_ptr<scalar_t>(), has_bias ? bc.const_data_ptr<scalar_t>() : nullptr,
                       y.mutable_data_ptr<scalar_t>(), d);
@@ -859,7 +875,8 @@ std::tuple<at::Tensor, at::Tensor> lc2d_backward_weight_cuda(const at::Tensor& g
   const auto run = [&](const std::string& algorithm) {
     if (algorithm == "library") return library_backward_weight(gyc, xc, grad_weight, grad_bias, g, d);
     if (algorithm == "fused_tc") {
-      return AT_DISPATCH_REDUCED_FLOATING_TYPES(x.scalar_type(), "lc2d_backward_weight_tc", [&] {
+      return dispatch_tensor_core(x.scalar_type(), [&](auto tag) {
+        using scalar_t = decltype(tag);
         launch_kernel(lc2d_backward_weight_tc_kernel<scalar_t>, grid_tc, kThreads, 0, gyc.const_data_ptr<scalar_t>(),
                       xc.const_data_ptr<scalar_t>(), grad_weight.mutable_data_ptr<scalar_t>(),
                       grad_bias.mutable_data_ptr<scalar_t>(), d);

@@ -1,11 +1,12 @@
 // The CPU execution layer's stand-in for CUDA's warp matrix functions (nvcuda::wmma, <mma.h>), for the
-// 16-bit m16n16k16 shapes the kernels use (test-only; docs/emulation.md).
+// shapes the kernels use: 16-bit m16n16k16 and TF32 m16n16k8 (test-only; docs/emulation.md).
 //
 // A fragment holds its whole tile in every thread: the hardware spreads a tile over the 32 lanes of a
 // warp in an unspecified layout, and kernels may only touch fragment elements all alike (fill, element-wise
 // loops over num_elements), which the full copy honours. load/store/mma are warp-collective on the hardware;
 // here each lane does the whole operation on its copy (the same values, 32 times). mma_sync multiplies
-// exactly (a product of two 16-bit floats is exact in float) and adds in k order in float.
+// exactly (a product of two 16-bit floats, or of two TF32 values, is exact in float) and adds in k order in
+// float. __float_to_tf32 rounds to nearest, ties away from zero, to TF32's 10 fraction bits (cvt.rna.tf32).
 // The preconditions the hardware does not check but silently miscomputes on are checked here and fail the
 // launch: a tile pointer aligned to 256 bits, and ldm a multiple of 16 bytes.
 #pragma once
@@ -14,7 +15,9 @@
 #include <c10/util/Half.h>
 
 #include <cstdint>
+#include <cstring>
 #include <string>
+#include <type_traits>
 
 namespace cuda_emu {
 // Records the first fault of the running launch; launch() throws it once the grid has run.
@@ -23,6 +26,20 @@ void fault(const std::string& message);
 
 namespace nvcuda {
 namespace wmma {
+
+namespace precision {
+struct tf32 {};
+}  // namespace precision
+
+// What a fragment of element type T stores (TF32 lives in float).
+template <typename T>
+struct storage {
+  using type = T;
+};
+template <>
+struct storage<precision::tf32> {
+  using type = float;
+};
 
 struct matrix_a {};
 struct matrix_b {};
@@ -36,8 +53,19 @@ struct fragment {
   static constexpr int rows = std::is_same<Use, matrix_b>::value ? K : M;
   static constexpr int cols = std::is_same<Use, matrix_a>::value ? K : N;
   static constexpr int num_elements = rows * cols;
-  T x[num_elements];  // row-major
+  typename storage<T>::type x[num_elements];  // row-major
 };
+
+inline float __float_to_tf32(float v) {
+  uint32_t u;
+  std::memcpy(&u, &v, sizeof u);
+  if ((u & 0x7F800000u) != 0x7F800000u) {  // finite: add half a TF32 ulp to the magnitude, then truncate
+    u += 0x1000u;
+    u &= 0xFFFFE000u;
+  }
+  std::memcpy(&v, &u, sizeof v);
+  return v;
+}
 
 namespace detail {
 inline void check_tile(const void* p, unsigned ldm, size_t elem, const char* what) {
@@ -52,9 +80,9 @@ inline void check_tile(const void* p, unsigned ldm, size_t elem, const char* wha
 }  // namespace detail
 
 template <typename Use, int M, int N, int K, typename T, typename Layout>
-inline void load_matrix_sync(fragment<Use, M, N, K, T, Layout>& f, const T* p, unsigned ldm) {
+inline void load_matrix_sync(fragment<Use, M, N, K, T, Layout>& f, const typename storage<T>::type* p, unsigned ldm) {
   using F = fragment<Use, M, N, K, T, Layout>;
-  detail::check_tile(p, ldm, sizeof(T), "load_matrix_sync");
+  detail::check_tile(p, ldm, sizeof(*p), "load_matrix_sync");
   constexpr bool row = std::is_same<Layout, row_major>::value;
   for (int r = 0; r < F::rows; ++r) {
     for (int c = 0; c < F::cols; ++c) f.x[r * F::cols + c] = row ? p[r * ldm + c] : p[c * ldm + r];
