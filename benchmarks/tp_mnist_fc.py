@@ -28,14 +28,11 @@ import sys
 import time
 
 import numpy as np
+import torch
+from torch import nn
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import common  # noqa: E402
-
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
-
-from bioplaus_kernels.tp import Trainer  # noqa: E402
+from bioplaus_kernels.bench import common
+from bioplaus_kernels.tp import Trainer
 
 # docs/papers.md section 1.6 (appendix Table 5), MNIST-FC: forward Adam (lr, beta1, beta2, eps), inverse Adam,
 # alpha, sigma.

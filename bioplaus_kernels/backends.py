@@ -32,10 +32,22 @@ from typing import Dict, Iterator, List, Optional
 
 import torch
 
-__all__ = ["lc2d", "Lc2dBackend", "ALGORITHMS", "PASSES"]
+__all__ = ["lc2d", "Lc2dBackend", "ALGORITHMS", "PASSES", "candidates"]
 
 ALGORITHMS = {"cuda": ("fused", "library", "fused_tc"), "cpu": ("library",)}
 PASSES = ("forward", "backward_input", "backward_weight")
+
+
+def candidates(device: str, dtype: torch.dtype, pass_: str) -> tuple:
+    """The algorithms a call of `pass_` ("forward", "backward_input", "backward_weight") may take on `device`
+    ("cpu" or "cuda") in `dtype`, in preference order: fused_tc runs the forward and the weight gradient in
+    float16 and bfloat16, and in float32 while ``torch.backends.cuda.matmul.allow_tf32`` is on."""
+    if pass_ not in PASSES:
+        raise ValueError(f"backends.lc2d: pass must be one of {', '.join(PASSES)}, got {pass_!r}")
+    tensor_cores = dtype in (torch.float16, torch.bfloat16) or (
+        dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32)
+    return tuple(a for a in ALGORITHMS[device]
+                 if a != "fused_tc" or (tensor_cores and pass_ != "backward_input"))
 
 
 class Lc2dBackend:

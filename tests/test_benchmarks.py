@@ -40,3 +40,60 @@ def test_benchmark_script_runs(script, tmp_path):
                                 str(out)], capture_output=True, text=True, check=True).stdout
         rows = [line for line in table.splitlines() if line.startswith('    {"cpu"')]
         assert sorted(line.split('"')[3] for line in rows) == ["backward_input", "backward_weight", "forward"]
+
+
+# ``bioplaus bench OP`` from the installed package (no PYTHONPATH, run outside the checkout): one tiny custom
+# shape each; the table's header names the medians, the ratios to the baseline and the time over the floor.
+BENCH = {
+    "lc2d": (["--shape", "8,8,2,4,3,2"], ("step ms ours/base", "spdup", "t/floor")),
+    "linear": (["--shape", "64,32"], ("F.linear", "w/F.l", "t/floor")),
+    "feedback": (["--shape", "8,8,2,4,3,2", "--min-time", "0"], ("bt-usf", "ratio_to_bp", "bp/floor")),
+    "tp": (["--shape", "8,8,2,4,3,2"], ("ref_dtp ms", "dtp/ref", "dtp/floor")),
+}
+
+
+def bench(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "bioplaus_kernels.train", "bench", *args], capture_output=True,
+                          text=True, timeout=300, cwd=cwd)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("op", sorted(BENCH))
+def test_bioplaus_bench_runs_and_prints_the_table(op, tmp_path):
+    out = tmp_path / f"{op}.json"
+    shape, header = BENCH[op]
+    proc = bench(op, *shape, "--device", "cpu", "--batch", "2", "--repeats", "1", "--warmup", "1", "--json", str(out),
+                 cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    assert all(h in proc.stdout for h in header), proc.stdout
+    result = json.loads(out.read_text())
+    assert result["rows"]
+    if op == "lc2d":  # the schema benchmarks/lc2d_selection_table.py and gpu_check.sh read
+        assert result["settings"]["device"] == "cpu" and result["settings"]["tf32"] is False
+        (shape,) = result["shapes"]
+        assert (shape["name"], shape["K"], shape["kernel"], shape["stride"], shape["input"]) == \
+            ("custom", 18, 3, 2, [2, 2, 8, 8])
+        for row in result["rows"]:
+            assert {"pass", "dtype", "shape", "ours_ms", "base_ms", "selected", "ours_over_floor"} <= set(row)
+
+
+def test_bioplaus_bench_without_json_saves_nothing(tmp_path):
+    proc = bench("linear", "--shape", "16,8", "--device", "cpu", "--batch", "2", "--repeats", "1", "--warmup", "0",
+                 cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "result not saved" in proc.stdout and not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("op,shape", [(op, "1,2,3,4") for op in sorted(BENCH)] +
+                         [("lc2d", "8,8,x,4,3,2"), ("lc2d", "8,8,0,4,3,2"), ("linear", "papers")])
+def test_bioplaus_bench_bad_shape_is_one_line_and_status_2(op, shape, tmp_path):
+    proc = bench(op, "--shape", shape, "--device", "cpu", cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    (line,) = proc.stderr.splitlines()
+    assert line.startswith(f"bioplaus: error: bioplaus bench {op}: argument --shape: must be 'paper' or ") and \
+        repr(shape) in line, line
+
+
+def test_bioplaus_bench_tp_fc_net_needs_two_hidden_layers(tmp_path):
+    proc = bench("tp", "--shape", "16,8,1", "--device", "cpu", cwd=tmp_path)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "DEPTH must be >= 2" in proc.stderr, proc.stderr

@@ -160,6 +160,37 @@ def test_forcing_an_algorithm_the_device_lacks_names_its_algorithms(cpu):
             cpu.lc2d_forward(x, w, b, *geometry())
 
 
+@pytest.mark.emulation
+@pytest.mark.parametrize("tf32", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16], ids=str)
+def test_python_candidates_match_the_kernels(emu, dtype, tf32):
+    # backends.candidates mirrors the CUDA launchers' lists: forcing a candidate runs it, forcing any other
+    # CUDA algorithm is refused with exactly the candidates named
+    from bioplaus_kernels.backends import candidates
+    x, w, b, gy = tensors(dtype)
+    calls = dict(zip(PASSES, (lambda: emu.lc2d_forward(x, w, b, *geometry()),
+                              lambda: emu.lc2d_backward_input(gy, w, list(CASE["hw"]), *geometry(), "weight", 0, 0, 0,
+                                                              "uniform", 1.0),
+                              lambda: emu.lc2d_backward_weight(gy, x, list(CASE["k"]), *geometry()))))
+    previous = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    try:
+        for pass_, call in calls.items():
+            names = candidates("cuda", dtype, pass_)
+            for algorithm in ALGORITHMS["cuda"]:
+                with Lc2dBackend(emu).force(**{pass_: algorithm}):
+                    if algorithm in names:
+                        call()
+                        assert Lc2dBackend(emu).last()[pass_] == algorithm
+                    else:
+                        with pytest.raises(RuntimeError, match=f"the forced {pass_} algorithm is '{algorithm}', but "
+                                                               f"the algorithms of that pass on cpu are: "
+                                                               f"{', '.join(names)}$"):
+                            call()
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = previous
+
+
 def test_unknown_algorithm_is_rejected_in_python():
     with pytest.raises(ValueError, match=r"backends.lc2d: algorithm must be one of \[.*'library'.*\], got 'cudnn'"):
         bioplaus_kernels.backends.lc2d.set_forced(backward_weight="cudnn")

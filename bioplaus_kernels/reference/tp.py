@@ -1,4 +1,5 @@
-"""A straightforward pure-PyTorch DTP step: the named baseline of benchmarks/bench_tp.py.
+"""A straightforward pure-PyTorch DTP step: the named baseline of ``bioplaus bench tp``
+(bioplaus_kernels/bench/tp.py).
 
 Written the way research code computes difference target propagation (Lee et al. 2015; Bartunov et al.
 2018): inverse layers as ordinary modules (``nn.Linear`` for Linear layers; for locally connected layers a
@@ -30,7 +31,8 @@ class _LCInverse(nn.Module):
         self.layer, self.act = layer, ACTIVATIONS[act]
         bound = math.sqrt(6.0 / ((layer.in_channels + layer.out_channels) * layer.kernel_size[0] * layer.kernel_size[1]))
         self.weight = nn.Parameter(torch.empty_like(layer.weight).uniform_(-bound, bound))
-        self.bias = nn.Parameter(torch.zeros(layer.in_channels, *layer.input_size, dtype=layer.weight.dtype))
+        self.bias = nn.Parameter(torch.zeros(layer.in_channels, *layer.input_size, dtype=layer.weight.dtype,
+                                             device=layer.weight.device))
 
     def forward(self, y):
         lc = self.layer
@@ -40,7 +42,9 @@ class _LCInverse(nn.Module):
 class _LinearInverse(nn.Module):
     def __init__(self, layer: nn.Linear, act: str):
         super().__init__()
-        self.linear, self.act = nn.Linear(layer.out_features, layer.in_features, dtype=layer.weight.dtype), ACTIVATIONS[act]
+        self.linear = nn.Linear(layer.out_features, layer.in_features, dtype=layer.weight.dtype,
+                                device=layer.weight.device)
+        self.act = ACTIVATIONS[act]
         nn.init.xavier_uniform_(self.linear.weight)
         nn.init.zeros_(self.linear.bias)
 

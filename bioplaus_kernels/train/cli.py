@@ -5,6 +5,8 @@
     bioplaus train --dataset mnist --data-dir DIR --arch fc --algo bp fa dtp --preset bartunov2018:mnist-fc
     bioplaus train --resume --out RUN   # continue a run exactly where it stopped
     bioplaus reproduce bartunov2018 --dataset mnist --arch fc --algo bp fa dtp sdtp --max-minutes 10
+    bioplaus bench lc2d --shape paper   # an op's kernels against its baseline (lc2d, linear, feedback, tp):
+                                        # medians, ratios and time over the roofline floor
 
 A run folder (--out) holds config.json, one sub-folder per rule (checkpoint.pt, metrics.csv, metrics.jsonl,
 curves.png, tensorboard/), and the comparison: summary.md, summary.json, curves.png.
@@ -30,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
 import json
 import math
 import os
@@ -120,7 +123,8 @@ def _run_options(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="bioplaus", description="Train and compare biologically motivated learning rules.")
+    parser = _Parser(prog="bioplaus", description="Train and compare biologically motivated learning rules, and "
+                     "benchmark the package's kernels.")
     sub = parser.add_subparsers(dest="command", parser_class=_Parser)
 
     t = sub.add_parser("train", help="train one or several rules (several: a comparison, same seed)",
@@ -178,6 +182,18 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--schedule", nargs="+", choices=SCHEDULES, default=list(SCHEDULES),
                    help="target-propagation schedules to run (default: both)")
     _run_options(r)
+
+    from ..bench import OPS
+    b = sub.add_parser("bench", help="micro-benchmark an op of the package against its baseline",
+                       description="Time an op of the package against a named baseline in the same run and print "
+                       "a table of medians, ratios and time over the roofline floor: " + ", ".join(OPS) + ".")
+    ops = b.add_subparsers(dest="op", metavar="OP", parser_class=_Parser, required=True)
+    for op, what in OPS.items():
+        module = importlib.import_module(f"..bench.{op}", __package__)
+        doc = module.__doc__
+        p = ops.add_parser(op, help=what, description=doc.split("\n\n")[0],
+                           epilog=doc.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+        module.add_arguments(p)
     return parser
 
 
@@ -249,7 +265,7 @@ def _settings(parser, argv: list[str]) -> argparse.Namespace:
     if args.command is None:  # `bioplaus` alone: the quickstart is `bioplaus train`
         parser.print_help()
         raise SystemExit(0)
-    if args.resume:
+    if getattr(args, "resume", False):
         if args.out is None:
             raise UsageError("--resume needs --out RUN_FOLDER (the folder of the run to continue)")
         saved = _load_config(args.out)
@@ -425,6 +441,10 @@ def cmd_reproduce(args) -> int:
     return _execute(args, plan, report)
 
 
+def cmd_bench(args) -> int:
+    return importlib.import_module(f"..bench.{args.op}", __package__).run(args)
+
+
 def _one_line(e: UsageError) -> str:
     """The message; from a DataLoader worker it arrives wrapped in the worker's traceback, whose last line is
     "<module>.UsageError: <message>"."""
@@ -443,7 +463,7 @@ def main(argv: list[str] | None = None) -> int:
     threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
     try:
         args = _settings(parser, argv)
-        return cmd_train(args) if args.command == "train" else cmd_reproduce(args)
+        return {"train": cmd_train, "reproduce": cmd_reproduce, "bench": cmd_bench}[args.command](args)
     except UsageError as e:
         print(f"bioplaus: error: {_one_line(e)}", file=sys.stderr)
         return 2

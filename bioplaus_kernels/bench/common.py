@@ -1,4 +1,5 @@
-"""Shared helpers of the benchmarks: machine/version/git records, timers, machine ceilings and peak memory.
+"""Shared helpers of the benchmarks: machine/version/git records, the timer, machine ceilings and roofline
+floors, peak memory, JSON results and the command-line plumbing every ``bioplaus bench`` op uses.
 
 Nothing here is specific to one operator. Units: times in milliseconds, sizes in decimal megabytes
 (1 MB = 1e6 bytes), rates in GB/s (1e9 bytes/s) and GFLOP/s (1e9 FLOP/s).
@@ -20,6 +21,7 @@ Peak memory
 """
 from __future__ import annotations
 
+import argparse
 import datetime as _dt
 import json
 import os
@@ -35,7 +37,12 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from ..train.errors import UsageError
+
+# The source checkout this package sits in (an editable install), or site-packages (an installed copy): only
+# the scripts of benchmarks/ write into its benchmarks/results by default, and git_info asks git about it.
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+RESULTS_DIR = os.path.join(REPO_ROOT, "benchmarks", "results")
 MB = 1e6
 CUDA_FLUSH_BYTES = 256 * 1024 * 1024
 CPU_FLUSH_BYTES = 64 * 1024 * 1024
@@ -155,11 +162,51 @@ def slug(s: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", s).strip("-") or "unknown"
 
 
-def print_saved_table(path: str, format_table: Callable[[Dict], str]) -> int:
-    """``--table-from``: print the table of a saved JSON result; the exit status."""
-    with open(path) as f:
-        print(format_table(json.load(f)))
-    return 0
+def machine_label(machine: Dict) -> str:
+    """Where a result was measured, for a table's title: the GPU's name, or the CPU and its thread count."""
+    if machine.get("gpu"):
+        return machine["gpu"]["name"]
+    return f"{machine.get('cpu_model', 'CPU')}, {machine['torch_threads']} threads"
+
+
+def machine_slug(machine: Dict) -> str:
+    """The GPU's name or the host name, for a file name."""
+    return slug(machine["gpu"]["name"] if machine.get("gpu") else machine["hostname"])
+
+
+def load_result(path: str) -> Dict:
+    """``--table-from``: a saved JSON result."""
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError) as e:
+        raise UsageError(f"--table-from: cannot read {path} ({e})") from None
+
+
+def result_path(args, name: str) -> Optional[str]:
+    """Where a run's JSON goes: --json; else, for the scripts of benchmarks/ (``save_default``),
+    benchmarks/results/<name>-<date>.json (a new file each run); else None (not saved)."""
+    if args.json:
+        return args.json
+    if getattr(args, "save_default", False):
+        return os.path.join(RESULTS_DIR, f"{name}-{time.strftime('%Y%m%d-%H%M%S')}.json")
+    return None
+
+
+def write_json(result: Dict, path: Optional[str]) -> str:
+    """Writes the result atomically (a temporary file, then a rename); returns the line that says so."""
+    if path is None:
+        return "result not saved (--json PATH saves it)"
+    os.makedirs(os.path.dirname(os.path.abspath(path)) or ".", exist_ok=True)
+    existed = os.path.exists(path)
+    with open(path + ".tmp", "w") as f:
+        json.dump(result, f, indent=1)
+    os.replace(path + ".tmp", path)
+    return f"wrote {path}" + (" (replaced the file that was there)" if existed else "")
+
+
+def command_line() -> str:
+    return " ".join([os.path.basename(sys.executable)] + sys.argv)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -223,16 +270,15 @@ def summarize(samples: Sequence[float]) -> Dict:
 def measure_ceilings(device: str, dtype: torch.dtype, quick: bool = False) -> Dict:
     """Peak FLOP/s from a large square matmul in ``dtype`` and bandwidth from a large copy (read + write).
 
-    CPU: 2048^3 float32 matmul, 256 MB copy. CUDA: 8192^3 matmul (TF32 as configured: reported, off by
-    default in torch), 1 GiB copy, CUDA events, median of the repeats."""
+    CPU: 2048^3 matmul (float32 or float64), 256 MB copy. CUDA: 8192^3 matmul (TF32 as configured: reported,
+    off by default in torch), 1 GiB copy, CUDA events, median of the repeats."""
     if device == "cuda":
         n, copy_bytes, reps, warm = (4096 if quick else 8192), (256 if quick else 1024) * 1024 * 1024, 10, 3
     else:
         n, copy_bytes, reps, warm = (1024 if quick else 2048), 256 * 1024 * 1024, 5, 1
-    mm_dtype = dtype if device == "cuda" else torch.float32
     g = torch.Generator(device=device).manual_seed(0)
-    a = torch.randn(n, n, device=device, dtype=mm_dtype, generator=g)
-    b = torch.randn(n, n, device=device, dtype=mm_dtype, generator=g)
+    a = torch.randn(n, n, device=device, dtype=dtype, generator=g)
+    b = torch.randn(n, n, device=device, dtype=dtype, generator=g)
     (t_mm,) = time_interleaved([lambda: torch.mm(a, b)], device, reps, warm)
     del a, b
     elem = torch.empty((), dtype=torch.float32).element_size()
@@ -242,7 +288,7 @@ def measure_ceilings(device: str, dtype: torch.dtype, quick: bool = False) -> Di
     del src, dst
     mm_ms, cp_ms = statistics.median(t_mm), statistics.median(t_cp)
     res = {
-        "matmul": {"n": n, "dtype": str(mm_dtype).replace("torch.", ""), "median_ms": mm_ms,
+        "matmul": {"n": n, "dtype": str(dtype).replace("torch.", ""), "median_ms": mm_ms,
                    "gflops": 2 * n ** 3 / (mm_ms * 1e-3) / 1e9},
         "copy": {"bytes_read_plus_written": 2 * copy_bytes, "median_ms": cp_ms,
                  "gbs": 2 * copy_bytes / (cp_ms * 1e-3) / 1e9},
@@ -252,6 +298,20 @@ def measure_ceilings(device: str, dtype: torch.dtype, quick: bool = False) -> Di
     if device == "cuda":
         torch.cuda.empty_cache()
     return res
+
+
+def floor(flops: float, nbytes: float, ceilings: Dict) -> Dict:
+    """The roofline floor of a pass: max(FLOPs / peak FLOP/s, bytes / peak bandwidth), with the ceilings of
+    :func:`measure_ceilings`, and which of the two bounds it."""
+    t_flops = flops / (ceilings["matmul"]["gflops"] * 1e9)
+    t_bytes = nbytes / (ceilings["copy"]["gbs"] * 1e9)
+    return {"floor_ms": max(t_flops, t_bytes) * 1e3, "floor_bound": "compute" if t_flops >= t_bytes else "memory"}
+
+
+def describe_ceilings(ceilings: Dict) -> str:
+    m, c = ceilings["matmul"], ceilings["copy"]
+    return (f"ceilings: matmul {m['n']}^3 {m['dtype']} {m['gflops']:.1f} GFLOP/s; copy {c['gbs']:.1f} GB/s "
+            "(read + write)")
 
 
 def run_pytest_benchmark(benchmark, fn: Callable[[], object], device: str, rounds: int = 20):
@@ -356,12 +416,12 @@ def rss_peak_growth(setup: Callable[[], object], step: Callable[[object], object
     }
 
 
-def cpu_peak_rss_probe(script: str, spec: Dict, timeout: float = 600) -> Dict:
-    """Run ``python script --mem-probe JSON`` in a fresh process and return its JSON answer (the last line
-    of its stdout)."""
+def cpu_peak_rss_probe(module: str, spec: Dict, timeout: float = 600) -> Dict:
+    """Run ``python -m module --mem-probe JSON`` in a fresh process and return its JSON answer (the last line
+    of its stdout). A module, not a script path: the probe runs the same from an installed copy."""
     env = dict(os.environ)
     env["OMP_NUM_THREADS"] = str(spec.get("threads", torch.get_num_threads()))
-    proc = subprocess.run([sys.executable, script, "--mem-probe", json.dumps(spec)], capture_output=True,
+    proc = subprocess.run([sys.executable, "-m", module, "--mem-probe", json.dumps(spec)], capture_output=True,
                           text=True, timeout=timeout, env=env)
     if proc.returncode != 0:
         raise RuntimeError(f"memory probe {spec} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
@@ -379,3 +439,96 @@ def validation_step(kind: str):
     if kind == "none":
         return (lambda _state: None), 0.0
     raise ValueError(kind)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Command line: the options every op shares, and its errors (one line, exit status 2)
+# ---------------------------------------------------------------------------------------------------
+DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse whose errors are raised as UsageError, which :func:`main` prints as one line."""
+
+    def error(self, message: str):
+        raise UsageError(message)
+
+
+def shape_type(forms: Sequence[str]):
+    """An argparse type for --shape: "paper", or comma-separated positive integers in one of ``forms`` (each
+    a field list such as "H,W,Cin,Cout,k,s"; the number of fields tells them apart). Returns "paper" or
+    the tuple of integers."""
+    counts = {f.count(",") + 1 for f in forms}
+
+    def parse(text: str):
+        if text.strip() == "paper":
+            return "paper"
+        try:
+            fields = tuple(int(v) for v in text.split(","))
+        except ValueError:
+            fields = ()
+        if len(fields) not in counts or min(fields) < 1:
+            raise argparse.ArgumentTypeError(f"must be 'paper' or {' or '.join(forms)} (positive integers), "
+                                             f"got {text!r}")
+        return fields
+    parse.__name__ = "shape"
+    return parse
+
+
+def add_run_arguments(ap: argparse.ArgumentParser, dtypes: Sequence[str], save_default: bool,
+                      result_name: str) -> None:
+    """--device, --dtype, --json and --table-from (the others differ per op). ``save_default``: without --json
+    the result goes to benchmarks/results (the scripts of benchmarks/); otherwise (``bioplaus bench``) it is not
+    saved."""
+    ap.add_argument("--device", choices=("cpu", "cuda"), default=None,
+                    help="default: cuda when a GPU is visible and the kernels were built with CUDA, else cpu")
+    ap.add_argument("--dtype", choices=tuple(dtypes), default="float32",
+                    help=f"element type: {', '.join(dtypes)} (default float32; on the CPU float32 and float64 only)")
+    ap.add_argument("--json", default=None, metavar="PATH", help="write the result (machine, versions, git "
+                    "revision, settings, every sample) to PATH; " + (
+                        f"default: benchmarks/results/{result_name}-<date>.json, a new file each run" if save_default
+                        else "default: not saved"))
+    ap.add_argument("--table-from", default=None, metavar="JSON", help="print the table of a saved result and exit")
+    ap.set_defaults(save_default=save_default)
+
+
+def add_shape_argument(ap: argparse.ArgumentParser, forms: Sequence[str], help: str):
+    """--shape paper|FORM..., in a mutually exclusive group that the op's older shape option joins (returned)."""
+    which = ap.add_mutually_exclusive_group()
+    which.add_argument("--shape", type=shape_type(forms), default=None, metavar="paper|" + "|".join(forms), help=help)
+    return which
+
+
+def resolve_device(args) -> None:
+    """--device (default: cuda where the package's CUDA kernels can run) and --dtype against it."""
+    import bioplaus_kernels
+    has_cuda = torch.cuda.is_available() and bool(bioplaus_kernels.with_cuda)
+    if args.device is None:
+        args.device = "cuda" if has_cuda else "cpu"
+    if args.device == "cuda" and not has_cuda:
+        raise UsageError("--device cuda: " + ("no CUDA device is visible" if not torch.cuda.is_available()
+                                              else "bioplaus_kernels was built without its CUDA kernels"))
+    if args.device == "cpu" and args.dtype not in ("float32", "float64"):
+        raise UsageError(f"--dtype {args.dtype} is CUDA-only (the CPU kernels take float32 and float64)")
+
+
+def positive(args, *names: str) -> None:
+    for n in names:
+        v = getattr(args, n)
+        if v is not None and v < 1:
+            raise UsageError(f"--{n.replace('_', '-')} must be >= 1, got {v}")
+
+
+def main(module, argv=None, save_default: bool = False) -> int:
+    """A benchmark module's command line (``python -m bioplaus_kernels.bench.OP``, benchmarks/bench_OP.py): its
+    parser (``module.add_arguments``), then ``module.run``; a UsageError prints one line and gives exit
+    status 2."""
+    doc = module.__doc__
+    ap = Parser(description=doc.split("\n\n")[0], epilog=doc.split("\n\n", 1)[1],
+                formatter_class=argparse.RawDescriptionHelpFormatter)
+    module.add_arguments(ap, save_default)
+    try:
+        return module.run(ap.parse_args(argv))
+    except UsageError as e:
+        print(f"{ap.prog}: error: {e}", file=sys.stderr)
+        return 2
