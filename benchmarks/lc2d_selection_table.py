@@ -2,7 +2,8 @@
 measured per-pass times.
 
 Sources, each a bench_lc2d.py JSON:
-  * runs with ``--algorithm all``: rows carry ``algo_ms`` (every algorithm, forced); the winner of a (device, pass,
+  * runs with ``--algorithm all``: rows carry ``algo_ms`` (every algorithm, forced), or runs with one algorithm
+    forced (--algorithm NAME or BIOPLAUS_LC2D_ALGORITHM, recorded in settings.selection.forced); the winner of a (device, pass,
     shape class, dtype) is the algorithm with the smallest geometric mean of time over the best time of each
     shape in the class;
     A ``--tf32`` run fills the "tfloat32" rows (float32 calls while TF32 matmuls are allowed).
@@ -51,6 +52,7 @@ def timings(path: str, proxy: bool) -> Iterable[Tuple[str, str, str, str, str, f
         result = json.load(f)
     device = result["settings"]["device"]
     tf32 = result["settings"].get("tf32", False)
+    forced = (result["settings"].get("selection") or {}).get("forced") or {}
     shapes = {s["name"]: s for s in result["shapes"]}
     for row in result["rows"]:
         if row["pass"] not in PASSES:
@@ -62,9 +64,11 @@ def timings(path: str, proxy: bool) -> Iterable[Tuple[str, str, str, str, str, f
             yield (*key, "fused", row["ours_ms"], row["shape"])
             if row.get("base_ms"):
                 yield (*key, "library", row["base_ms"], row["shape"])
-        else:
-            for algo, ms in (row.get("algo_ms") or {}).items():
+        elif row.get("algo_ms"):
+            for algo, ms in row["algo_ms"].items():
                 yield (*key, algo, ms, row["shape"])
+        elif forced.get(PASSES[row["pass"]]):  # a run with one algorithm forced: its "ours" is that algorithm
+            yield (*key, forced[PASSES[row["pass"]]], row["ours_ms"], row["shape"])
 
 
 def winners(sources: List[Dict]) -> List[Tuple[str, str, str, str, str, str]]:

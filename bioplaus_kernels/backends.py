@@ -7,7 +7,8 @@ Every pass (forward, input gradient, weight gradient) has several algorithms wit
     cuda     fused (hand-written implicit-GEMM kernels, FFMA), library (gather kernels + cuBLAS batched
              GEMMs in a bounded workspace), fused_tc (the fused forward and weight gradient on tensor cores;
              float16, bfloat16, and float32 as TF32 while torch.backends.cuda.matmul.allow_tf32 is on)
-    cpu      library (gathered patches + the CPU BLAS in per-thread buffers)
+    cpu      direct (position-vectorised loops, 16 positions a SIMD vector: small patches and channel counts),
+             library (gathered patches + the CPU BLAS in per-thread buffers)
 
 A call takes, in this order: the forced algorithm of its pass; with ``autotune`` on (and
 ``torch.use_deterministic_algorithms`` off), the fastest candidate, timed on the first call of its (pass,
@@ -34,7 +35,7 @@ import torch
 
 __all__ = ["lc2d", "Lc2dBackend", "ALGORITHMS", "PASSES", "candidates"]
 
-ALGORITHMS = {"cuda": ("fused", "library", "fused_tc"), "cpu": ("library",)}
+ALGORITHMS = {"cuda": ("fused", "library", "fused_tc"), "cpu": ("direct", "library")}
 PASSES = ("forward", "backward_input", "backward_weight")
 
 
