@@ -24,16 +24,18 @@ def test_ci_runs_the_readme_test_command_verbatim():
 
 
 def test_reproduced_results_are_generated_from_the_committed_json():
-    """The README's "Reproduced results" tables are benchmarks/reproduction_table.py's output for the committed
-    result folders, character for character: generated, never typed."""
+    """The README's "Reproduced results" tables are the output of benchmarks/reproduction_table.py (Bartunov et
+    al.) and benchmarks/xiao_table.py (Xiao et al.) for the committed result folders, character for character:
+    generated, never typed."""
     import os
     import subprocess
     import sys
     text = (ROOT / "README.md").read_text()
-    blocks = re.findall(r"<!-- reproduction_table\.py (\S+) -->\n(.*?)<!-- end -->", text, re.S)
-    assert blocks, "README has no generated reproduction block"
-    for folder, shown in blocks:
-        out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "reproduction_table.py"), str(ROOT / folder)],
+    blocks = re.findall(r"<!-- (reproduction_table|xiao_table)\.py (\S+) -->\n(.*?)<!-- end -->", text, re.S)
+    assert {script for script, _, _ in blocks} == {"reproduction_table", "xiao_table"}, \
+        "README lacks a generated reproduction block"
+    for script, folder, shown in blocks:
+        out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / f"{script}.py"), str(ROOT / folder)],
                              capture_output=True, text=True, check=True, cwd=ROOT,
                              env={**os.environ, "PYTHONPATH": str(ROOT)}).stdout
         assert shown == out, folder
