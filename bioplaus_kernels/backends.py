@@ -84,12 +84,11 @@ class Lc2dBackend:
                    backward_input: Optional[str] = None, backward_weight: Optional[str] = None) -> None:
         """Forces `algorithm` on every pass, or the named passes' algorithms (None: choose as usual). A name
         the call's device lacks is an error at that call, naming the device's algorithms."""
-        per_pass = (forward, backward_input, backward_weight)
-        names = [algorithm if p is None else p for p in per_pass]
+        names = [algorithm if p is None else p for p in (forward, backward_input, backward_weight)]
+        known = sorted({a for algos in ALGORITHMS.values() for a in algos})
         for n in names:
-            if n is not None and n not in {a for algos in ALGORITHMS.values() for a in algos}:
-                raise ValueError(f"backends.lc2d: algorithm must be one of "
-                                 f"{sorted({a for v in ALGORITHMS.values() for a in v})}, got {n!r}")
+            if n is not None and n not in known:
+                raise ValueError(f"backends.lc2d: algorithm must be one of {known}, got {n!r}")
         self._ops.lc2d_selection_set_forced(*[n or "" for n in names])
 
     @contextlib.contextmanager
