@@ -5,8 +5,8 @@ Every pass (forward, input gradient, weight gradient) has several algorithms wit
 
     device   algorithms
     cuda     fused (hand-written implicit-GEMM kernels, FFMA), library (gather kernels + cuBLAS batched
-             GEMMs in a bounded workspace), fused_tc (the fused forward and weight gradient on tensor cores;
-             float16, bfloat16, and float32 as TF32 while torch.backends.cuda.matmul.allow_tf32 is on)
+             GEMMs in a bounded workspace), fused_tc (the fused kernels on tensor cores; float16, bfloat16,
+             and float32 as TF32 while torch.backends.cuda.matmul.allow_tf32 is on)
     cpu      direct (position-vectorised loops, 16 positions a SIMD vector: small patches and channel counts),
              library (gathered patches + the CPU BLAS in per-thread buffers)
 
@@ -41,14 +41,13 @@ PASSES = ("forward", "backward_input", "backward_weight")
 
 def candidates(device: str, dtype: torch.dtype, pass_: str) -> tuple:
     """The algorithms a call of `pass_` ("forward", "backward_input", "backward_weight") may take on `device`
-    ("cpu" or "cuda") in `dtype`, in preference order: fused_tc runs the forward and the weight gradient in
-    float16 and bfloat16, and in float32 while ``torch.backends.cuda.matmul.allow_tf32`` is on."""
+    ("cpu" or "cuda") in `dtype`, in preference order: fused_tc runs in float16 and bfloat16, and in float32 while
+    ``torch.backends.cuda.matmul.allow_tf32`` is on."""
     if pass_ not in PASSES:
         raise ValueError(f"backends.lc2d: pass must be one of {', '.join(PASSES)}, got {pass_!r}")
     tensor_cores = dtype in (torch.float16, torch.bfloat16) or (
         dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32)
-    return tuple(a for a in ALGORITHMS[device]
-                 if a != "fused_tc" or (tensor_cores and pass_ != "backward_input"))
+    return tuple(a for a in ALGORITHMS[device] if a != "fused_tc" or tensor_cores)
 
 
 class Lc2dBackend:

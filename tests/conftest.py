@@ -28,8 +28,8 @@ def kernel_ops(device):
     return torch.ops.bioplaus, "cuda"
 
 
-#: lc2d's CUDA algorithms (bioplaus_kernels.backends.ALGORITHMS["cuda"]); fused_tc runs the forward and the
-#: weight gradient in float16 and bfloat16, and in float32 as TF32 (the fixture allows TF32 for it).
+#: lc2d's CUDA algorithms (bioplaus_kernels.backends.ALGORITHMS["cuda"]); fused_tc runs in float16 and
+#: bfloat16, and in float32 as TF32 (the fixture allows TF32 for it).
 CUDA_ALGORITHMS = ("fused", "library", "fused_tc")
 TENSOR_CORE_DTYPES = (torch.float16, torch.bfloat16)
 #: the library algorithm's workspace in the kernel cases: small enough that most cases run in several
@@ -65,13 +65,7 @@ def _forcing(request, algorithm):
 
 @pytest.fixture(params=CUDA_ALGORITHMS)
 def cuda_algorithm(request):
-    """Every CUDA algorithm of the forward and weight-gradient passes, forced in turn; yields its name."""
-    yield from _forcing(request, request.param)
-
-
-@pytest.fixture(params=[a for a in CUDA_ALGORITHMS if a != "fused_tc"])
-def cuda_input_algorithm(request):
-    """Every CUDA algorithm of the input-gradient pass, forced in turn; yields its name."""
+    """Every CUDA algorithm of lc2d, forced in turn on every pass; yields its name."""
     yield from _forcing(request, request.param)
 
 

@@ -84,16 +84,29 @@ def test_bioplaus_bench_without_json_saves_nothing(tmp_path):
     assert "result not saved" in proc.stdout and not list(tmp_path.iterdir())
 
 
+def bench_in_process(capsys, *args):
+    """(exit status, stdout, stderr) of ``bioplaus bench ARGS`` run in this process: the usage checks need no
+    fresh interpreter (the subprocess cases above run the real command)."""
+    from bioplaus_kernels.train.cli import main
+
+    try:
+        status = main(["bench", *args])
+    except SystemExit as e:  # argparse's own errors
+        status = e.code
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
 @pytest.mark.parametrize("op,shape", [(op, "1,2,3,4") for op in sorted(BENCH)] +
                          [("lc2d", "8,8,x,4,3,2"), ("lc2d", "8,8,0,4,3,2"), ("linear", "papers")])
-def test_bioplaus_bench_bad_shape_is_one_line_and_status_2(op, shape, tmp_path):
-    proc = bench(op, "--shape", shape, "--device", "cpu", cwd=tmp_path)
-    assert proc.returncode == 2, proc.stderr
-    (line,) = proc.stderr.splitlines()
+def test_bioplaus_bench_bad_shape_is_one_line_and_status_2(op, shape, capsys):
+    status, _, err = bench_in_process(capsys, op, "--shape", shape, "--device", "cpu")
+    assert status == 2, err
+    (line,) = err.splitlines()
     assert line.startswith(f"bioplaus: error: bioplaus bench {op}: argument --shape: must be 'paper' or ") and \
         repr(shape) in line, line
 
 
-def test_bioplaus_bench_tp_fc_net_needs_two_hidden_layers(tmp_path):
-    proc = bench("tp", "--shape", "16,8,1", "--device", "cpu", cwd=tmp_path)
-    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "DEPTH must be >= 2" in proc.stderr, proc.stderr
+def test_bioplaus_bench_tp_fc_net_needs_two_hidden_layers(capsys):
+    status, _, err = bench_in_process(capsys, "tp", "--shape", "16,8,1", "--device", "cpu")
+    assert status == 2 and err.count("\n") == 1 and "DEPTH must be >= 2" in err, err

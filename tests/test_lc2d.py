@@ -501,6 +501,13 @@ KERNEL_CASES = [
     # channel tiles of every width (micro_tiles): C_out = 48 one 48-wide tile; C_in = 64 one 64-wide tile
     dict(N=5, C_in=2, C_out=48, hw=(5, 4), k=(2, 2), stride=(1, 1), padding=(0, 1, 1, 0), dilation=(1, 1)),
     dict(N=3, C_in=64, C_out=128, hw=(4, 4), k=(2, 2), stride=(2, 2), padding=(0, 0, 0, 0), dilation=(1, 1)),
+    # input grad's pixel groups (input_groups): ImageNet L1's k9 s4 and 3 channels with padding takes 3 x 5
+    # groups (45 columns), whose last row and column of groups lie partly past the image (23 = 7 * 3 + 2,
+    # 25 = 5 * 5); dilation 2 inside 3 x 5 groups gives covering positions that cover only some pixels
+    dict(N=3, C_in=3, C_out=20, hw=(23, 25), k=(9, 9), stride=(4, 4), padding=(4, 4, 4, 4), dilation=(1, 1)),
+    dict(N=3, C_in=1, C_out=4, hw=(15, 13), k=(3, 3), stride=(2, 2), padding=(2, 2, 2, 2), dilation=(2, 2)),
+    # groups no position covers (a 1x1 kernel with stride 3), in 2 batch tiles: empty reductions, zeros written
+    dict(N=70, C_in=1, C_out=2, hw=(5, 5), k=(1, 1), stride=(3, 3), padding=(0, 0, 0, 0), dilation=(1, 1)),
 ]
 
 
@@ -568,11 +575,19 @@ def test_kernel_backward_weight(c, dtype, device, cuda_algorithm):
     assert_elementwise_close(gb, want_b, dtype, magnitude=mag_b, terms=terms, what="grad_bias")
 
 
+# The input gradient runs every kernel case with the weights as feedback, and every feedback mode on three of
+# them: the modes differ only in how a staged element of B is formed (the tiles and tails are the weight
+# mode's), and these three reach every tile path: several column tiles, batch tiles and dilation (67
+# channels), pixel groups that end past the image (k9 s4), and one-pixel groups of 64 columns.
+FEEDBACK_KERNEL_CASES = [KERNEL_CASES[1], KERNEL_CASES[7], KERNEL_CASES[8]]
+INPUT_KERNEL_CASES = [pytest.param(c, s, id=f"{kernel_case_id(c)}-{spec_id(s)}") for c in KERNEL_CASES
+                      for s in FEEDBACK_SPECS if s["feedback"] == "weight" or c in FEEDBACK_KERNEL_CASES]
+
+
 @pytest.mark.parametrize("device", KERNEL_DEVICES)
-@pytest.mark.parametrize("spec", FEEDBACK_SPECS, ids=spec_id)
 @pytest.mark.parametrize("dtype", KERNEL_DTYPES, ids=str)
-@pytest.mark.parametrize("c", KERNEL_CASES, ids=kernel_case_id)
-def test_kernel_backward_input(c, dtype, spec, device, cuda_input_algorithm):
+@pytest.mark.parametrize("c, spec", INPUT_KERNEL_CASES)
+def test_kernel_backward_input(c, dtype, spec, device, cuda_algorithm):
     ops_, on = kernel_ops(device)
     x, w, b, gy, geometry = kernel_tensors(c, dtype, on, "input")
     spec = {**FEEDBACK_SEEDS, **spec}
@@ -587,11 +602,14 @@ def test_kernel_backward_input(c, dtype, spec, device, cuda_input_algorithm):
         # sample), and that can move B's rounding to dtype by one ulp of dtype: allow that much of every term.
         ulp_b, _, _ = ref_grads(x64, ulp(B64, dtype) + 4 * ulp(B64, torch.float32), b64, gy64.abs(), c)
         extra = ulp_b
-    if cuda_input_algorithm == "library" and dtype in (torch.float16, torch.bfloat16):
+    if cuda_algorithm == "library" and dtype in (torch.float16, torch.bfloat16):
         # The batched GEMM rounds each position's patch gradient to dtype before the fold adds the covering
         # positions in float: one more rounding, at most an ulp-sized share of every term's magnitude.
         rounding = magnitude * torch.finfo(dtype).eps
         extra = rounding if extra is None else extra + rounding
+    tf32 = tf32_allowance(cuda_algorithm, dtype, magnitude)
+    if tf32 is not None:
+        extra = tf32 if extra is None else extra + tf32
     terms = c["C_out"] * c["k"][0] * c["k"][1]
     assert_elementwise_close(gx, want, dtype, magnitude=magnitude, terms=terms, extra=extra, what="grad_x")
     # the feedback matrix made on the fly equals "weight" mode on the materialised B, bit for bit

@@ -59,8 +59,7 @@ or the default table); each row records which algorithm every pass took ("select
 every algorithm of the device forced on every pass, interleaved with the rest ("algo_ms", "algo_over_floor"):
 the data benchmarks/lc2d_selection_table.py builds the default table from. --algorithm NAME forces one.
 --tf32 lets fp32 matmuls use TF32 (torch.backends.cuda.matmul.allow_tf32): the library algorithm, the
-baseline's bmm and the ceiling then run on tensor cores, and fused_tc takes float32. fused_tc has no input
-gradient: its dgrad is not timed, and its step runs the default selection's input gradient.
+baseline's bmm and the ceiling then run on tensor cores, and fused_tc takes float32.
 
 Output: a JSON file (machine, versions, git revision, date, settings, ceilings, memory-method
 validation, shapes, one row per (shape, pass)) and a short table printed last. The same cases are
@@ -433,8 +432,8 @@ SELECTION_PASS = {"fwd": "forward", "dgrad": "backward_input", "wgrad": "backwar
 
 
 def forced_passes(algorithm: str, device: str, dtype: torch.dtype) -> Dict[str, str]:
-    """{pass: algorithm} for the passes that have `algorithm` on device in dtype (fused_tc has no input
-    gradient: that pass keeps the default selection)."""
+    """{pass: algorithm} for the passes that have `algorithm` on device in dtype (the others keep the
+    default selection)."""
     return {q: algorithm for q in SELECTION_PASS.values()
             if algorithm in bioplaus_kernels.backends.candidates(device, dtype, q)}
 

@@ -95,6 +95,78 @@ __device__ __forceinline__ TapRange covering_taps(int a, int out, int stride, in
   return {span > 0 ? (span - 1) / dil + 1 : 0, min(k - 1, a / dil)};
 }
 
+// The input-gradient kernels' pixel groups: GH x GW input pixels each, groups_w groups along a row of the
+// image (input_groups() picks them on the host).
+struct PixelGroups {
+  int GH, GW, groups_w;
+};
+
+// The positions along one axis that cover some coordinate of [a_first, a_last] (a = ih + pT): the i with
+// i * stride + r * dil = a for some a of the range and 0 <= r < k lie in
+//   [ceil((a_first - (k - 1) * dil) / stride), floor(a_last / stride)], clipped to [0, out - 1]
+// (at dilation > 1, some i inside cover nothing: the kernel's terms for them are zero).
+__device__ __forceinline__ TapRange covering_positions(int a_first, int a_last, int out, int stride, int dil, int k) {
+  const int lo = a_first - (k - 1) * dil;
+  return {lo > 0 ? (lo + stride - 1) / stride : 0, min(out - 1, a_last / stride)};
+}
+
+// The tap r by which position i covers coordinate a along one axis (i * stride + r * dil = a, 0 <= r < k),
+// or -1 where it does not cover a; a < 0 (a column with no pixel) gives -1 too.
+__device__ __forceinline__ int covering_tap(int a, int i, int stride, int dil, int k) {
+  const int t = a - i * stride;
+  if (a < 0 || t < 0 || t % dil != 0) return -1;
+  const int r = t / dil;
+  return r < k ? r : -1;
+}
+
+// The part of the input-gradient GEMM that block (group, u-tile) computes: its group's first pixel
+// (ih0, iw0), its first column u0, and the positions covering some pixel of the group, per axis.
+struct GroupTile {
+  int ih0, iw0, u0;
+  TapRange rows, cols;
+};
+
+__device__ __forceinline__ GroupTile group_tile(const Lc2dDims& d, const PixelGroups& pg, int group, int u0) {
+  const int gh = group / pg.groups_w;
+  const int ih0 = gh * pg.GH;
+  const int iw0 = (group - gh * pg.groups_w) * pg.GW;
+  const int ih_last = min(ih0 + pg.GH, d.H) - 1;  // edge groups end at the image's edge
+  const int iw_last = min(iw0 + pg.GW, d.W) - 1;
+  return {ih0, iw0, u0, covering_positions(ih0 + d.pT, ih_last + d.pT, d.H_out, d.sH, d.dH, d.kH),
+          covering_positions(iw0 + d.pL, iw_last + d.pL, d.W_out, d.sW, d.dW, d.kW)};
+}
+
+// Column u = (c * GH + py) * GW + px of a group: the offset c * H * W + ih * W + iw of its pixel
+// (ih0 + py, iw0 + px) within one sample of x, or -1 where u < 0, u >= C_in * GH * GW, or the pixel lies
+// past the image's edge.
+__device__ __forceinline__ int column_offset(const Lc2dDims& d, const PixelGroups& pg, const GroupTile& gt, int u) {
+  const int area = pg.GH * pg.GW;
+  if (u < 0 || u >= d.C_in * area) return -1;
+  const int c = u / area;
+  const int rem = u - c * area;
+  const int py = rem / pg.GW;
+  const int ih = gt.ih0 + py;
+  const int iw = gt.iw0 + rem - py * pg.GW;
+  return ih < d.H && iw < d.W ? c * d.HW + ih * d.W + iw : -1;
+}
+
+// A staging column's pixel: whether there is one, its padded coordinates ah = ih + pT, aw = iw + pL, and
+// c_off = c * kH * kW, the offset of (c, r = 0, s = 0) within a row of a position's weight block.
+struct GroupColumn {
+  bool in;
+  int ah, aw, c_off;
+};
+
+__device__ __forceinline__ GroupColumn group_column(const Lc2dDims& d, const PixelGroups& pg, const GroupTile& gt,
+                                                    int u) {
+  const int off = column_offset(d, pg, gt, u);
+  if (off < 0) return {false, 0, 0, 0};
+  const int c = off / d.HW;
+  const int pix = off - c * d.HW;
+  const int ih = pix / d.W;
+  return {true, ih + d.pT, pix - ih * d.W + d.pL, c * d.kH * d.kW};
+}
+
 // Forward. Block (p, o-tile) computes Y_p[n, o] = bias[o, p] + sum_k X_p[n, k] * W_p[o, k] for
 // o in [o0, o0 + TN), TN = 16 MB (MB = micro_tiles(C_out): 48 or 96 channels take 48-wide tiles), and every
 // n, the batch in tiles of 64 rows; X_p[n, k] is the patch element x[n, c, i*sH - pT + r*dH, j*sW - pL + s*dW]
@@ -235,74 +307,67 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<scalar_t>)
   }
 }
 
-// Input gradient, as a gather. Block (pixel, c-tile) computes, for the input pixel (ih, iw),
-//   dX[n, c, ih, iw] = sum over covering (i, r), (j, s) of sum_o dY[n, o, i, j] * Wt[i, j, o, c, r, s]
-// for c in [c0, c0 + TB), TB = 16 MB (MB = micro_tiles(C_in)), and every n (batch tiles of 64), where (i, r)
-// covers ih when
-// i * sH + r * dH = ih + pT with 0 <= i < H_out and 0 <= r < kH (same for (j, s) and iw with pL).
-// Each covering term is a GEMM dY_p[n, o] * Wt_p[o, c] (Wt_p = Wt[i, j, :, :, r, s]) reduced over o,
-// 16 channels per chunk. Every weight element belongs to exactly one input pixel, so apart from the
-// batch tiles it is read once.
-//   blockIdx.x = ih * W + iw, blockIdx.y = c-tile (c0 = TB * blockIdx.y).
-//   Covering range: r runs over covering_taps(ih + pT, ...) (and s likewise); of those, the r with
-//   (ih + pT - r * dH) divisible by sH cover ih.
-//   Compute: thread (ty, tx) owns samples n0 + ty + 16a (a < 4) and input channels c0 + tx + 16b (b < MB).
+// Input gradient, as a gather over pixel groups. For an input pixel (ih, iw),
+//   dX[n, c, ih, iw] = sum over covering (i, r), (j, s) of sum_o dY[n, o, i, j] * Bt[i, j, o, c, r, s],
+// where (i, r) covers ih when i * sH + r * dH = ih + pT with 0 <= i < H_out and 0 <= r < kH (same for (j, s)
+// and iw with pL), and Bt_p = Bt[i, j] is the feedback matrix of position p = i * W_out + j (below).
+// Block (group, u-tile) computes this for the GH x GW pixels (ih0 + py, iw0 + px) of one pixel group and
+// all C_in channels as one GEMM: rows n (every n, in batch tiles of 64), columns u = (c * GH + py) * GW + px,
+// u in [u0, u0 + TB), TB = 16 MB (MB = micro_tiles(C_in * GH * GW)), and a reduction over (i, j, o) for
+// the positions (i, j) that cover any pixel of the group (covering_positions, per axis) and every o,
+// 16 channels per chunk; the term of column u is zero where (i, j) does not cover u's pixel. A group of one
+// pixel reduces over exactly its covering positions (no zero terms at dilation 1). Larger groups serve
+// few input channels with large kernels or strides, where one pixel's C_in columns would idle most lanes
+// of the 16-wide tile: ImageNet L1 (3 channels, k9 s4) takes 4 x 4 groups, 48 columns, at the price of
+// the zero terms of positions that cover only part of the group (input_groups() on the host picks the
+// group). Every weight element is staged by the one group that holds its pixel, once per batch tile.
+//   blockIdx.x = group = gh * groups_w + gw (ih0 = gh * GH, iw0 = gw * GW; groups run along rows, so
+//   consecutive blocks share covering positions in L2), blockIdx.y = u-tile (u0 = TB * blockIdx.y).
+//   Compute: thread (ty, tx) owns samples n0 + ty + 16a (a < 4) and columns u0 + tx + 16b (b < MB).
 //   Staging: thread owns tile column col = tid % 64 and chunk steps q = tid / 64 + 4m, m < 4
 //   (4 = kColRows):
-//     Gs[q][col] = dY[n0 + col, o0 + q, i, j],   Ws[q][col] = Bt_p[o0 + q, c0 + col] (col < TB).
-//   A thread's staging sample and channel are fixed within a batch tile, so are its row bases.
-// Bt_p is the feedback matrix B of the spec `f` (common/feedback.h) at the same places as Wt_p: the
-// staged element is B[e], e = p * C_out * K + o * K + (c * kH + r) * kW + s (64-bit), computed on load
-// from weight[e] (weight, sign) and/or the generator (random, random_sign); B is never stored, and in
-// "random" mode weight is not read (it may be null). kGenerates (f.generates()) compiles the generator in
-// only where it is used: its registers would otherwise spill the other modes at 64 registers; the
-// generating form gets a budget of 3 blocks per SM (<= 80 registers) with a float accumulator instead.
+//     Gs[q][col] = dY[n0 + col, o0 + q, i, j],   Ws[q][col] = Bt_p[o0 + q, u0 + col] (col < TB),
+//   where Bt_p[o, u] = B[e], e = p * C_out * K + o * K + (c * kH + r) * kW + s (64-bit) for u's channel c and
+//   the taps (r, s) by which (i, j) covers u's pixel, and 0 where it does not cover it, or u lies past
+//   C_in * GH * GW or its pixel past the image's edge. A thread's staging sample, column and pixel are fixed
+//   within a batch tile, and its taps within a position.
+// B is the feedback matrix of the spec `f` (common/feedback.h): computed on load from weight[e] (weight,
+// sign) and/or the generator (random, random_sign); B is never stored, and in "random" mode weight is not
+// read (it may be null). kGenerates (f.generates()) compiles the generator in only where it is used: its
+// registers would otherwise spill the other modes at 64 registers; the generating form gets a budget of 3
+// blocks per SM (<= 80 registers) with a float accumulator instead.
 template <typename scalar_t, bool kGenerates>
 constexpr int kInputMinBlocks = kGenerates && sizeof(at::opmath_type<scalar_t>) == 4 ? 3 : kMinBlocks<scalar_t>;
 
 template <typename scalar_t, bool kGenerates, int MB>
 __global__ void __launch_bounds__(kThreads, (kInputMinBlocks<scalar_t, kGenerates>))
     lc2d_backward_input_kernel(const scalar_t* __restrict__ grad_y, const scalar_t* __restrict__ weight,
-                               scalar_t* __restrict__ grad_x, const Lc2dDims d, const FeedbackSpec f) {
+                               scalar_t* __restrict__ grad_x, const Lc2dDims d, const PixelGroups pg,
+                               const FeedbackSpec f) {
   using acc_t = at::opmath_type<scalar_t>;
   constexpr int TB = kSpread * MB;
   __shared__ acc_t Gs[kChunk][kLd];
   __shared__ acc_t Ws[kChunk][TB + 1];
 
-  const int pix = static_cast<int>(blockIdx.x);
-  const int ih = pix / d.W;
-  const int iw = pix - ih * d.W;
-  const int c0 = static_cast<int>(blockIdx.y) * TB;
+  const GroupTile gt = group_tile(d, pg, static_cast<int>(blockIdx.x), static_cast<int>(blockIdx.y) * TB);
   const int tid = static_cast<int>(threadIdx.x);
   const int tx = tid % kSpread, ty = tid / kSpread;
   const int col = tid % kTile, q0 = tid / kTile;
-  const bool stages_b = col < TB;
-
-  const int ah = ih + d.pT;  // = i * sH + r * dH for every covering (i, r)
-  const int aw = iw + d.pL;
-  const TapRange rr = covering_taps(ah, d.H_out, d.sH, d.dH, d.kH);
-  const TapRange sr = covering_taps(aw, d.W_out, d.sW, d.dW, d.kW);
-
-  const int c = c0 + col;  // this thread's staging channel
-  const bool c_in = stages_b && c < d.C_in;
-  const int c_off = c_in ? c * d.kH * d.kW : 0;  // (c, 0, 0) within a row of W_p
+  const GroupColumn gc = group_column(d, pg, gt, col < TB ? gt.u0 + col : -1);
 
   for (int n0 = 0; n0 < d.N; n0 += kTile) {
     const int n = n0 + col;  // this thread's staging sample
     const bool n_in = n < d.N;
     const scalar_t* gy_n = grad_y + (n_in ? static_cast<int64_t>(n) * d.y_sample : 0);  // dY[n]
     acc_t acc[kMicro][MB] = {};
-    for (int r = rr.lo; r <= rr.hi; ++r) {
-      const int th = ah - r * d.dH;  // = i * sH
-      if (th % d.sH != 0) continue;
-      const int i = th / d.sH;
-      for (int s = sr.lo; s <= sr.hi; ++s) {
-        const int tw = aw - s * d.dW;  // = j * sW
-        if (tw % d.sW != 0) continue;
-        const int j = tw / d.sW;
+    for (int i = gt.rows.lo; i <= gt.rows.hi; ++i) {
+      const int r = covering_tap(gc.in ? gc.ah : -1, i, d.sH, d.dH, d.kH);
+      for (int j = gt.cols.lo; j <= gt.cols.hi; ++j) {
+        const int s = covering_tap(r >= 0 ? gc.aw : -1, j, d.sW, d.dW, d.kW);
+        const bool covers = s >= 0;  // r >= 0 too: s < 0 otherwise
         const int p = i * d.W_out + j;
-        // Bt_p[o, c] = B[e_pc + o * K], e_pc = the flat index of (p, o = 0, c, r, s).
-        const int64_t e_pc = static_cast<int64_t>(p) * d.w_block + c_off + r * d.kW + s;
+        // Bt_p[o, u] = B[e_pc + o * K], e_pc = the flat index of (p, o = 0, c, r, s).
+        const int64_t e_pc = static_cast<int64_t>(p) * d.w_block + (covers ? gc.c_off + r * d.kW + s : 0);
         for (int o0 = 0; o0 < d.C_out; o0 += kChunk) {
 #pragma unroll
           for (int m = 0; m < kMicro; ++m) {
@@ -311,13 +376,13 @@ __global__ void __launch_bounds__(kThreads, (kInputMinBlocks<scalar_t, kGenerate
             const bool o_in = o < d.C_out;
             Gs[q][col] = (n_in && o_in) ? static_cast<acc_t>(gy_n[o * d.P + p]) : acc_t(0);
             acc_t b = acc_t(0);
-            if (c_in && o_in) {
+            if (covers && o_in) {
               const int64_t e = e_pc + static_cast<int64_t>(o) * d.K;
               const scalar_t w = f.reads_weight() ? weight[e] : scalar_t(0);
               b = static_cast<acc_t>(kGenerates ? feedback_element<scalar_t, acc_t>(f, static_cast<uint64_t>(e), w)
                                                 : combine_feedback<scalar_t, acc_t>(f, scalar_t(0), w));
             }
-            if (stages_b) Ws[q][col] = b;
+            if (col < TB) Ws[q][col] = b;
           }
           __syncthreads();
           tile_fma(acc, Gs, Ws, ty, tx);
@@ -325,20 +390,20 @@ __global__ void __launch_bounds__(kThreads, (kInputMinBlocks<scalar_t, kGenerate
         }
       }
     }
-    // Pixels no window covers (stride larger than the dilated kernel) get their zeros here too.
+    // Pixels no window covers (stride larger than the dilated kernel) get their zeros here too. The group's
+    // origin is recomputed from blockIdx rather than held in registers through the reduction.
+    const GroupTile origin = group_tile(d, pg, static_cast<int>(blockIdx.x), static_cast<int>(blockIdx.y) * TB);
     for_owned<kMicro, MB>(ty, tx, [&](int row, int col_, int a, int b) {
-      const int na = n0 + row, cb = c0 + col_;
-      if (na < d.N && cb < d.C_in) {
-        grad_x[static_cast<int64_t>(na) * d.x_sample + cb * d.HW + pix] = static_cast<scalar_t>(acc[a][b]);
-      }
+      const int na = n0 + row;
+      const int off = column_offset(d, pg, origin, origin.u0 + col_);
+      if (na < d.N && off >= 0) grad_x[static_cast<int64_t>(na) * d.x_sample + off] = static_cast<scalar_t>(acc[a][b]);
     });
   }
 }
 
 // ------------------------------------------------------------------------------------------------
 // The fused_tc algorithm (float16 / bfloat16, and float32 as TF32 where torch allows TF32 matmuls): the
-// forward and weight-gradient kernels above with the FFMA tile replaced by tensor cores (tile_wmma.cuh,
-// float accumulation). The operands are staged in their own type (16-bit products are exact in the mma;
+// kernels above with the FFMA tile replaced by tensor cores (tile_wmma.cuh, float accumulation). The operands are staged in their own type (16-bit products are exact in the mma;
 // float operands are rounded to TF32 in the fragments), and the result leaves through shared memory for the
 // same epilogue.
 
@@ -459,6 +524,76 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
+// Input gradient. Block (group, u-tile), grid and staging ownership as lc2d_backward_input_kernel with
+// 64-wide u-tiles (input_groups picks the group for that width):
+//   As[col][q] = dY[n0 + col, o0 + q, i, j] (A = dY_p, rows n),  Bs[col][q] = Bt_p[o0 + q, u0 + col] (B = Bt_p,
+//   columns u), col = tid % 64, q = tid / 64 + 4m; Cs[n - n0][u - u0] = the block's sums. The staged B
+//   element is the one the FFMA kernel stages, in scalar_t: feedback_element rounds it to scalar_t already.
+template <typename scalar_t, bool kGenerates>
+__global__ void __launch_bounds__(kThreads)
+    lc2d_backward_input_tc_kernel(const scalar_t* __restrict__ grad_y, const scalar_t* __restrict__ weight,
+                                  scalar_t* __restrict__ grad_x, const Lc2dDims d, const PixelGroups pg,
+                                  const FeedbackSpec f) {
+  namespace wm = cuda_wmma;
+  using acc_t = at::opmath_type<scalar_t>;
+  __shared__ __align__(32) scalar_t As[kTile][wm::kLd];
+  __shared__ __align__(32) scalar_t Bs[kTile][wm::kLd];
+  __shared__ __align__(32) float Cs[kTile][wm::kCld];
+
+  const GroupTile gt = group_tile(d, pg, static_cast<int>(blockIdx.x), static_cast<int>(blockIdx.y) * kTile);
+  const int tid = static_cast<int>(threadIdx.x);
+  const int warp = tid / 32;
+  const int tx = tid % kSpread, ty = tid / kSpread;
+  const int col = tid % kTile, q0 = tid / kTile;
+  const GroupColumn gc = group_column(d, pg, gt, gt.u0 + col);
+
+  for (int n0 = 0; n0 < d.N; n0 += kTile) {
+    const int n = n0 + col;  // this thread's staging sample
+    const bool n_in = n < d.N;
+    const scalar_t* gy_n = grad_y + (n_in ? static_cast<int64_t>(n) * d.y_sample : 0);  // dY[n]
+    wm::Acc<scalar_t> c[2];
+    wm::zero(c);
+    for (int i = gt.rows.lo; i <= gt.rows.hi; ++i) {
+      const int r = covering_tap(gc.in ? gc.ah : -1, i, d.sH, d.dH, d.kH);
+      for (int j = gt.cols.lo; j <= gt.cols.hi; ++j) {
+        const int s = covering_tap(r >= 0 ? gc.aw : -1, j, d.sW, d.dW, d.kW);
+        const bool covers = s >= 0;
+        const int p = i * d.W_out + j;
+        const int64_t e_pc = static_cast<int64_t>(p) * d.w_block + (covers ? gc.c_off + r * d.kW + s : 0);
+        for (int o0 = 0; o0 < d.C_out; o0 += kChunk) {
+#pragma unroll
+          for (int m = 0; m < kMicro; ++m) {
+            const int q = q0 + kColRows * m;
+            const int o = o0 + q;
+            const bool o_in = o < d.C_out;
+            As[col][q] = (n_in && o_in) ? gy_n[o * d.P + p] : scalar_t(0);
+            scalar_t b = scalar_t(0);
+            if (covers && o_in) {
+              const int64_t e = e_pc + static_cast<int64_t>(o) * d.K;
+              const scalar_t w = f.reads_weight() ? weight[e] : scalar_t(0);
+              b = kGenerates ? feedback_element<scalar_t, acc_t>(f, static_cast<uint64_t>(e), w)
+                             : combine_feedback<scalar_t, acc_t>(f, scalar_t(0), w);
+            }
+            Bs[col][q] = b;
+          }
+          __syncthreads();
+          wm::mma_step(c, As, Bs, warp);
+          __syncthreads();  // the next chunk overwrites As / Bs
+        }
+      }
+    }
+    wm::store(Cs, c, warp);
+    __syncthreads();
+    const GroupTile origin = group_tile(d, pg, static_cast<int>(blockIdx.x), static_cast<int>(blockIdx.y) * kTile);
+    for_owned(ty, tx, [&](int row, int col_, int, int) {
+      const int na = n0 + row;
+      const int off = column_offset(d, pg, origin, origin.u0 + col_);
+      if (na < d.N && off >= 0) grad_x[static_cast<int64_t>(na) * d.x_sample + off] = static_cast<scalar_t>(Cs[row][col_]);
+    });
+    __syncthreads();  // the next batch tile overwrites Cs
+  }
+}
+
 // ------------------------------------------------------------------------------------------------
 // Host side.
 
@@ -513,6 +648,52 @@ unsigned tiles_yz(int64_t extent, int64_t width, const char* op, const char* wha
   return static_cast<unsigned>(t);
 }
 
+// The input-gradient kernel's reduction length along one axis, summed over its groups of G coordinates:
+// the count of positions covering some coordinate of each group (covering_positions). The model below
+// counts the groups of the first kModelExtent coordinates only: the count repeats with the stride.
+constexpr int64_t kModelExtent = 4096;
+
+int64_t covering_positions_total(int64_t extent, int64_t G, int64_t out, int64_t stride, int64_t dil, int64_t k,
+                                 int64_t pad) {
+  int64_t total = 0;
+  for (int64_t a0 = 0; a0 < std::min(extent, kModelExtent); a0 += G) {
+    const int64_t first = a0 + pad - (k - 1) * dil;
+    const int64_t lo = first > 0 ? (first + stride - 1) / stride : 0;
+    const int64_t hi = std::min(out - 1, (std::min(a0 + G, extent) - 1 + pad) / stride);
+    total += std::max<int64_t>(0, hi - lo + 1);
+  }
+  return total;
+}
+
+// The input-gradient kernel's pixel group: the GH x GW (1 to 8 each) of least modelled time
+//   u_tiles * (1 + MB) * covering_positions_total(H axis) * covering_positions_total(W axis),
+// MB = micro_tiles(C_in * GH * GW) (kMicro, 64-wide tiles, on tensor cores): one reduction chunk of a (group, u-tile) block costs its staging (about
+// one micro-tile's FMAs) plus MB micro-tiles of FMAs, and runs once per C_out chunk and batch tile, which
+// every group has alike. Ties go to the smaller group. One pixel wins from 32 input channels up; few
+// channels with strides or large kernels take larger groups (4 x 4 at ImageNet L1, 3 channels k9 s4, and at
+// the stem, 3 channels k7 s2: about a quarter of one pixel's modelled time).
+PixelGroups input_groups(const Lc2dGeometry& g, bool tensor_cores) {
+  constexpr int kMaxGroup = 8;
+  int best_h = 1, best_w = 1;
+  double best = -1;
+  for (int gh = 1; gh <= kMaxGroup; ++gh) {
+    const double rows = static_cast<double>(covering_positions_total(g.H, gh, g.H_out, g.sH, g.dH, g.kH, g.pT));
+    for (int gw = 1; gw <= kMaxGroup; ++gw) {
+      const int64_t columns = g.C_in * gh * gw;
+      const int mb = tensor_cores ? kMicro : micro_tiles(columns);
+      const int64_t width = int64_t{kSpread} * mb;
+      const double cost = static_cast<double>((columns + width - 1) / width * (1 + mb)) * rows *
+                          static_cast<double>(covering_positions_total(g.W, gw, g.W_out, g.sW, g.dW, g.kW, g.pL));
+      if (best < 0 || cost < best) {
+        best = cost;
+        best_h = gh;
+        best_w = gw;
+      }
+    }
+  }
+  return {best_h, best_w, static_cast<int>((g.W + best_w - 1) / best_w)};
+}
+
 // ------------------------------------------------------------------------------------------------
 // The library algorithm: the same GEMMs as batched cuBLAS calls through ATen (at::bmm / at::baddbmm, tensor
 // cores where torch's settings allow), over chunks of np consecutive positions p0 .. p0 + np - 1 whose
@@ -553,7 +734,7 @@ __global__ void lc2d_gather_patches_kernel(const scalar_t* __restrict__ x, scala
 
 // gx[n, c, ih, iw] += sum over the covering (i, r), (j, s) whose position p = i * W_out + j lies in
 // [p0, p0 + np) of dcols[p - p0][n][(c * kH + r) * kW + s], for the input rows ih0 .. ih0 + rows - 1 that
-// the chunk's windows reach (covering ranges as in lc2d_backward_input_kernel). A gather: one thread per
+// the chunk's windows reach (covering_taps gives the ranges). A gather: one thread per
 // pixel element, each written by one thread, terms in a fixed (r, s) order; acc_t is float for the
 // 16-bit types, whose gx is then a float buffer, so chunks add in float.
 template <typename scalar_t, typename acc_t>
@@ -764,12 +945,11 @@ void dispatch_tensor_core(at::ScalarType dtype, F&& f) {
   }
 }
 
-// The algorithms of a pass for a dtype, in preference order: fused_tc serves the forward and the weight
-// gradient in float16 and bfloat16, and in float32 while torch.backends.cuda.matmul.allow_tf32 is on.
-std::vector<std::string> algorithms(Lc2dPass pass, at::ScalarType dtype) {
-  const bool tc_dtype = dtype == at::kHalf || dtype == at::kBFloat16 ||
-                        (dtype == at::kFloat && at::globalContext().allowTF32CuBLAS());
-  const bool tc = tc_dtype && pass != Lc2dPass::kBackwardInput;
+// The algorithms of a pass for a dtype, in preference order: fused_tc serves float16 and bfloat16, and
+// float32 while torch.backends.cuda.matmul.allow_tf32 is on.
+std::vector<std::string> algorithms(at::ScalarType dtype) {
+  const bool tc = dtype == at::kHalf || dtype == at::kBFloat16 ||
+                  (dtype == at::kFloat && at::globalContext().allowTF32CuBLAS());
   if (tc) return {"fused", "library", "fused_tc"};
   return {"fused", "library"};
 }
@@ -810,7 +990,7 @@ at::Tensor lc2d_forward_cuda(const at::Tensor& x, const at::Tensor& weight, cons
     return y;
   };
   return run(select_lc2d_algorithm(Lc2dPass::kForward, g, x.scalar_type(), x.device(),
-                                   algorithms(Lc2dPass::kForward, x.scalar_type()),
+                                   algorithms(x.scalar_type()),
                                    [&](const std::string& a) { return time_ms([&] { run(a); }); }));
 }
 
@@ -826,27 +1006,44 @@ at::Tensor lc2d_backward_input_cuda(const at::Tensor& grad_y, const at::Tensor& 
   at::Tensor grad_x = at::empty({g.N, g.C_in, g.H, g.W}, grad_y.options());
   if (g.N == 0) return grad_x;
   const Lc2dDims d = make_dims(g, op);
-  const int mb = micro_tiles(g.C_in);  // the fused kernel's C_in tile: 16 mb channels
-  const dim3 grid(static_cast<unsigned>(d.HW), tiles_yz(g.C_in, kSpread * mb, op, "C_in"));
   const at::Tensor gyc = grad_y.contiguous();
   // "random" never reads weight (it may be an expanded zero-stride tensor): no copy, a null pointer.
   const at::Tensor wc = f.reads_weight() ? weight.contiguous() : at::Tensor();
+  // The fused kernels' grid: pixel groups x tiles of their C_in * GH * GW columns (16 mb wide, 64 on tensor cores).
+  const auto grid = [&](const PixelGroups& pg, int width) {
+    const int64_t groups = (g.H + pg.GH - 1) / pg.GH * pg.groups_w;
+    return dim3(static_cast<unsigned>(groups), tiles_yz(g.C_in * pg.GH * pg.GW, width, op, "C_in * pixels per group"));
+  };
   const auto run = [&](const std::string& algorithm) {
     if (algorithm == "library") return library_backward_input(gyc, wc, grad_x, g, d, f);
+    if (algorithm == "fused_tc") {
+      const PixelGroups pg = input_groups(g, true);
+      dispatch_tensor_core(grad_y.scalar_type(), [&](auto tag) {
+        using scalar_t = decltype(tag);
+        const auto kernel = f.generates() ? lc2d_backward_input_tc_kernel<scalar_t, true>
+                                          : lc2d_backward_input_tc_kernel<scalar_t, false>;
+        launch_kernel(kernel, grid(pg, kTile), kThreads, 0, gyc.const_data_ptr<scalar_t>(),
+                      f.reads_weight() ? wc.const_data_ptr<scalar_t>() : nullptr, grad_x.mutable_data_ptr<scalar_t>(),
+                      d, pg, f);
+      });
+      return grad_x;
+    }
+    const PixelGroups pg = input_groups(g, false);
+    const int mb = micro_tiles(g.C_in * pg.GH * pg.GW);  // the column tile: 16 mb columns
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad_y.scalar_type(), "lc2d_backward_input_cuda", [&] {
       const scalar_t* w = f.reads_weight() ? wc.const_data_ptr<scalar_t>() : nullptr;
       with_micro_tiles(mb, [&](auto m) {
         constexpr int MB = decltype(m)::value;
         const auto kernel = f.generates() ? lc2d_backward_input_kernel<scalar_t, true, MB>
                                           : lc2d_backward_input_kernel<scalar_t, false, MB>;
-        launch_kernel(kernel, grid, kThreads, 0, gyc.const_data_ptr<scalar_t>(), w,
-                      grad_x.mutable_data_ptr<scalar_t>(), d, f);
+        launch_kernel(kernel, grid(pg, kSpread * mb), kThreads, 0, gyc.const_data_ptr<scalar_t>(), w,
+                      grad_x.mutable_data_ptr<scalar_t>(), d, pg, f);
       });
     });
     return grad_x;
   };
   return run(select_lc2d_algorithm(Lc2dPass::kBackwardInput, g, grad_y.scalar_type(), grad_y.device(),
-                                   algorithms(Lc2dPass::kBackwardInput, grad_y.scalar_type()),
+                                   algorithms(grad_y.scalar_type()),
                                    [&](const std::string& a) { return time_ms([&] { run(a); }); },
                                    f.generates() ? "generated feedback" : ""));
 }
@@ -891,7 +1088,7 @@ std::tuple<at::Tensor, at::Tensor> lc2d_backward_weight_cuda(const at::Tensor& g
     });
   };
   run(select_lc2d_algorithm(Lc2dPass::kBackwardWeight, g, x.scalar_type(), x.device(),
-                            algorithms(Lc2dPass::kBackwardWeight, x.scalar_type()),
+                            algorithms(x.scalar_type()),
                             [&](const std::string& a) { return time_ms([&] { run(a); }); }));
   return {grad_weight, grad_bias};
 }
