@@ -529,8 +529,10 @@ __global__ void __launch_bounds__(kThreads)
 //   As[col][q] = dY[n0 + col, o0 + q, i, j] (A = dY_p, rows n),  Bs[col][q] = Bt_p[o0 + q, u0 + col] (B = Bt_p,
 //   columns u), col = tid % 64, q = tid / 64 + 4m; Cs[n - n0][u - u0] = the block's sums. The staged B
 //   element is the one the FFMA kernel stages, in scalar_t: feedback_element rounds it to scalar_t already.
+// Register budget: 3 blocks per SM (<= 80 registers), 2 with the generator (<= 128); at 64 the fragments,
+// the group's ranges and the staging indices spill.
 template <typename scalar_t, bool kGenerates>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kThreads, kGenerates ? 2 : 3)
     lc2d_backward_input_tc_kernel(const scalar_t* __restrict__ grad_y, const scalar_t* __restrict__ weight,
                                   scalar_t* __restrict__ grad_x, const Lc2dDims d, const PixelGroups pg,
                                   const FeedbackSpec f) {
