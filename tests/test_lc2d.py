@@ -561,6 +561,25 @@ def test_kernel_forward(c, dtype, device, cuda_algorithm):
 
 @pytest.mark.parametrize("device", KERNEL_DEVICES)
 @pytest.mark.parametrize("dtype", KERNEL_DTYPES, ids=str)
+def test_kernel_forward_weight_alignment(dtype, device, cuda_algorithm):
+    # K = 24 (a multiple of 4; chunks of 16 + 8): the fused forward kernels stage weight rows with vector loads
+    # where the weight's data is aligned to 4 elements, and with scalar loads where it is not (a view one
+    # element into its storage). Both give the bits of a plain weight (the same sums in the same order; the
+    # emulation faults on a misaligned vector load, as the hardware does), and neither reads past the last
+    # row: NaN follows the weight in its storage.
+    c = KERNEL_CASES[4]
+    ops_, on = kernel_ops(device)
+    x, w, b, _, geometry = kernel_tensors(c, dtype, on, "forward")
+    want = ops_.lc2d_forward(x, w, b, *geometry)
+    storage = torch.full((w.numel() + 8,), float("nan"), dtype=dtype, device=on)
+    for offset in (0, 1):
+        placed = storage[offset:offset + w.numel()].view(w.shape).copy_(w)
+        assert (placed.data_ptr() % (4 * placed.element_size()) == 0) == (offset == 0)
+        assert torch.equal(ops_.lc2d_forward(x, placed, b, *geometry), want), offset
+
+
+@pytest.mark.parametrize("device", KERNEL_DEVICES)
+@pytest.mark.parametrize("dtype", KERNEL_DTYPES, ids=str)
 @pytest.mark.parametrize("c", KERNEL_CASES, ids=kernel_case_id)
 def test_kernel_backward_weight(c, dtype, device, cuda_algorithm):
     ops_, on = kernel_ops(device)

@@ -39,6 +39,7 @@
 #include <array>
 #include <chrono>
 #include <climits>
+#include <cstdint>
 #include <initializer_list>
 #include <string>
 #include <tuple>
@@ -80,6 +81,26 @@ __device__ __forceinline__ PatchPixel patch_pixel(const Lc2dDims& d, int i, int 
   const int iw = j * d.sW - d.pL + s * d.dW;
   const bool in = ih >= 0 && ih < d.H && iw >= 0 && iw < d.W;
   return {in, in ? c * d.HW + ih * d.W + iw : 0};
+}
+
+// Four consecutive elements as one vector load (16 bytes of float, 8 of a 16-bit type, 32 of double): the
+// forward kernels stage weight rows this way where K is a multiple of 4 and the weight tensor's data is
+// aligned to the vector (vector_weights() on the host), so that every row and 4-step of a row is too.
+template <typename scalar_t>
+struct alignas(4 * sizeof(scalar_t)) Vec4 {
+  scalar_t v[4];
+};
+
+template <typename scalar_t>
+__device__ __forceinline__ Vec4<scalar_t> load_vec4(const scalar_t* p) {
+#if defined(BIOPLAUS_CUDA_EMULATION)
+  // The hardware faults on a misaligned vector access (cudaErrorMisalignedAddress); so does the emulation.
+  if (reinterpret_cast<uintptr_t>(p) % sizeof(Vec4<scalar_t>) != 0) {
+    cuda_emu::fault("a " + std::to_string(sizeof(Vec4<scalar_t>)) + "-byte vector load from a misaligned address");
+    return {};
+  }
+#endif
+  return *reinterpret_cast<const Vec4<scalar_t>*>(p);
 }
 
 // The kernel taps that can cover input coordinate a = ih + pT along one axis (or iw + pL): i * stride +
@@ -179,10 +200,13 @@ __device__ __forceinline__ GroupColumn group_column(const Lc2dDims& d, const Pix
 //     Xs[kk][row] = X_p[n0 + row, k0 + kk],   Ws[kk][row] = W_p[o0 + row, k0 + kk].
 //   Consecutive threads read consecutive k: contiguous weights and, within a kernel row, input
 //   pixels dW apart. A thread's k is the same for its rows, so it decodes (c, r, s) once a chunk.
+//   With vec_w (load_vec4), thread tid < 4 TN stages Ws[4v + u][row] = W_p[o0 + row, k0 + 4v + u], u < 4,
+//   row = tid / 4, v = tid % 4, from one vector load instead.
 template <typename scalar_t, int MB>
 __global__ void __launch_bounds__(kThreads, kMinBlocks<scalar_t>)
     lc2d_forward_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ weight,
-                        const scalar_t* __restrict__ bias, scalar_t* __restrict__ y, const Lc2dDims d) {
+                        const scalar_t* __restrict__ bias, scalar_t* __restrict__ y, const Lc2dDims d,
+                        const bool vec_w) {
   using acc_t = at::opmath_type<scalar_t>;
   constexpr int TN = kSpread * MB;
   __shared__ acc_t Xs[kChunk][kLd];
@@ -211,11 +235,22 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<scalar_t>)
         Xs[kk][row] = (px.in && n < d.N) ? static_cast<acc_t>(x[static_cast<int64_t>(n) * d.x_sample + px.off])
                                          : acc_t(0);
       }
+      if (vec_w) {
+        if (tid < 4 * TN) {
+          const int row = tid / 4, k4 = 4 * (tid % 4);
+          const int o = o0 + row;
+          // K is a multiple of 4: a 4-step starting inside the patch lies inside it
+          const Vec4<scalar_t> w = (k0 + k4 < d.K && o < d.C_out) ? load_vec4(Wp + o * d.K + k0 + k4) : Vec4<scalar_t>{};
 #pragma unroll
-      for (int m = 0; m < MB; ++m) {
-        const int row = row0 + kStepRows * m;
-        const int o = o0 + row;
-        Ws[kk][row] = (k < d.K && o < d.C_out) ? static_cast<acc_t>(Wp[o * d.K + k]) : acc_t(0);
+          for (int u = 0; u < 4; ++u) Ws[k4 + u][row] = static_cast<acc_t>(w.v[u]);
+        }
+      } else {
+#pragma unroll
+        for (int m = 0; m < MB; ++m) {
+          const int row = row0 + kStepRows * m;
+          const int o = o0 + row;
+          Ws[kk][row] = (k < d.K && o < d.C_out) ? static_cast<acc_t>(Wp[o * d.K + k]) : acc_t(0);
+        }
       }
       __syncthreads();
       tile_fma(acc, Xs, Ws, ty, tx);
@@ -409,11 +444,13 @@ __global__ void __launch_bounds__(kThreads, (kInputMinBlocks<scalar_t, kGenerate
 
 // Forward. Block (p, o-tile), grid and staging ownership as lc2d_forward_kernel:
 //   As[row][kk] = X_p[n0 + row, k0 + kk] (A = X_p, rows n),  Bs[row][kk] = W_p[o0 + row, k0 + kk] (B = W_p^T,
-//   columns o), kk = tid % 16, row = tid / 16 + 16m; Cs[n - n0][o - o0] = the block's sums.
+//   columns o), kk = tid % 16, row = tid / 16 + 16m; Cs[n - n0][o - o0] = the block's sums. With vec_w,
+//   thread tid stages Bs[row][4v + u], u < 4, row = tid / 4, v = tid % 4, from one vector load.
 template <typename scalar_t>
 __global__ void __launch_bounds__(kThreads)
     lc2d_forward_tc_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ weight,
-                           const scalar_t* __restrict__ bias, scalar_t* __restrict__ y, const Lc2dDims d) {
+                           const scalar_t* __restrict__ bias, scalar_t* __restrict__ y, const Lc2dDims d,
+                           const bool vec_w) {
   namespace wm = cuda_wmma;
   __shared__ __align__(32) scalar_t As[kTile][wm::kLd];
   __shared__ __align__(32) scalar_t Bs[kTile][wm::kLd];
@@ -439,9 +476,18 @@ __global__ void __launch_bounds__(kThreads)
       for (int m = 0; m < kMicro; ++m) {
         const int row = row0 + kStepRows * m;
         const int n = n0 + row;
-        const int o = o0 + row;
         As[row][kk] = (px.in && n < d.N) ? x[static_cast<int64_t>(n) * d.x_sample + px.off] : scalar_t(0);
-        Bs[row][kk] = (k < d.K && o < d.C_out) ? Wp[o * d.K + k] : scalar_t(0);
+        if (!vec_w) {
+          const int o = o0 + row;
+          Bs[row][kk] = (k < d.K && o < d.C_out) ? Wp[o * d.K + k] : scalar_t(0);
+        }
+      }
+      if (vec_w) {
+        const int row = tid / 4, k4 = 4 * (tid % 4);
+        const int o = o0 + row;
+        const Vec4<scalar_t> w = (k0 + k4 < d.K && o < d.C_out) ? load_vec4(Wp + o * d.K + k0 + k4) : Vec4<scalar_t>{};
+#pragma unroll
+        for (int u = 0; u < 4; ++u) Bs[row][k4 + u] = w.v[u];
       }
       __syncthreads();
       wm::mma_step(c, As, Bs, warp);
@@ -971,6 +1017,9 @@ at::Tensor lc2d_forward_cuda(const at::Tensor& x, const at::Tensor& weight, cons
   const at::Tensor wc = weight.contiguous();
   const bool has_bias = bias.has_value() && bias->defined();
   const at::Tensor bc = has_bias ? bias->contiguous() : at::Tensor();
+  // Weight rows staged with vector loads (load_vec4): K a multiple of 4, the data aligned to 4 elements.
+  const bool vec_w = g.patch() % 4 == 0 &&
+                     reinterpret_cast<uintptr_t>(wc.const_data_ptr()) % (4 * wc.element_size()) == 0;
   const auto run = [&](const std::string& algorithm) {
     if (algorithm == "library") return library_forward(xc, wc, bc, y, g, d);
     if (algorithm == "fused_tc") {
@@ -978,7 +1027,7 @@ at::Tensor lc2d_forward_cuda(const at::Tensor& x, const at::Tensor& weight, cons
         using scalar_t = decltype(tag);
         launch_kernel(lc2d_forward_tc_kernel<scalar_t>, grid_tc, kThreads, 0, xc.const_data_ptr<scalar_t>(),
                       wc.const_data_ptr<scalar_t>(), has_bias ? bc.const_data_ptr<scalar_t>() : nullptr,
-                      y.mutable_data_ptr<scalar_t>(), d);
+                      y.mutable_data_ptr<scalar_t>(), d, vec_w);
       });
       return y;
     }
@@ -986,7 +1035,7 @@ at::Tensor lc2d_forward_cuda(const at::Tensor& x, const at::Tensor& weight, cons
       with_micro_tiles(mb, [&](auto m) {
         launch_kernel(lc2d_forward_kernel<scalar_t, decltype(m)::value>, grid, kThreads, 0,
                       xc.const_data_ptr<scalar_t>(), wc.const_data_ptr<scalar_t>(),
-                      has_bias ? bc.const_data_ptr<scalar_t>() : nullptr, y.mutable_data_ptr<scalar_t>(), d);
+                      has_bias ? bc.const_data_ptr<scalar_t>() : nullptr, y.mutable_data_ptr<scalar_t>(), d, vec_w);
       });
     });
     return y;

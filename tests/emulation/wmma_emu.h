@@ -105,11 +105,18 @@ inline void fill_fragment(fragment<Use, M, N, K, T, Layout>& f, T v) {
 template <int M, int N, int K, typename AT, typename LA, typename BT, typename LB>
 inline void mma_sync(fragment<accumulator, M, N, K, float>& d, const fragment<matrix_a, M, N, K, AT, LA>& a,
                      const fragment<matrix_b, M, N, K, BT, LB>& b, const fragment<accumulator, M, N, K, float>& c) {
+  // The operands in float once (a float16 conversion is a software routine on the host), b transposed so
+  // that the innermost loop runs over contiguous k; the products and sums are those of the loop over k.
+  float af[M * K], bt[N * K];
+  for (int e = 0; e < M * K; ++e) af[e] = static_cast<float>(a.x[e]);
+  for (int k = 0; k < K; ++k) {
+    for (int j = 0; j < N; ++j) bt[j * K + k] = static_cast<float>(b.x[k * N + j]);
+  }
   fragment<accumulator, M, N, K, float> out;
   for (int i = 0; i < M; ++i) {
     for (int j = 0; j < N; ++j) {
       float s = c.x[i * N + j];
-      for (int k = 0; k < K; ++k) s += static_cast<float>(a.x[i * K + k]) * static_cast<float>(b.x[k * N + j]);
+      for (int k = 0; k < K; ++k) s += af[i * K + k] * bt[j * K + k];
       out.x[i * N + j] = s;
     }
   }
