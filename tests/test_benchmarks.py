@@ -3,10 +3,12 @@ breaks with the package (an op it calls loses its autograd, a renamed function) 
 machine."""
 import json
 import os
+import runpy
 import subprocess
 import sys
 
 import pytest
+import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -22,12 +24,21 @@ RUNS = {
 
 @pytest.mark.slow
 @pytest.mark.parametrize("script", sorted(RUNS))
-def test_benchmark_script_runs(script, tmp_path):
+def test_benchmark_script_runs(script, tmp_path, monkeypatch, capsys):
+    # In this process, as `python benchmarks/<script>.py ...` runs it (__main__, its own argv), without a
+    # fresh interpreter's start; the CPU memory probes of bench_lc2d still run in processes of their own.
     out = tmp_path / f"{script}.json"
-    env = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", f"{script}.py"), *RUNS[script],
-                           "--json", str(out)], capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", [f"{script}.py", *RUNS[script], "--json", str(out)])
+    threads = torch.get_num_threads()
+    try:
+        runpy.run_path(os.path.join(ROOT, "benchmarks", f"{script}.py"), run_name="__main__")
+        status = 0
+    except SystemExit as e:
+        status = e.code
+    finally:
+        torch.set_num_threads(threads)
+    assert status in (0, None), capsys.readouterr()
     result = json.loads(out.read_text())
     assert result  # a non-empty record
     if script == "bench_lc2d":
@@ -45,7 +56,7 @@ def test_benchmark_script_runs(script, tmp_path):
 # ``bioplaus bench OP`` from the installed package (no PYTHONPATH, run outside the checkout): one tiny custom
 # shape each; the table's header names the medians, the ratios to the baseline and the time over the floor.
 BENCH = {
-    "lc2d": (["--shape", "8,8,2,4,3,2"], ("step ms ours/base", "spdup", "t/floor")),
+    "lc2d": (["--shape", "8,8,2,4,3,2", "--no-memory"], ("step ms ours/base", "spdup", "t/floor")),
     "linear": (["--shape", "64,32"], ("F.linear", "w/F.l", "t/floor")),
     "feedback": (["--shape", "8,8,2,4,3,2", "--min-time", "0"], ("bt-usf", "ratio_to_bp", "bp/floor")),
     "tp": (["--shape", "8,8,2,4,3,2"], ("ref_dtp ms", "dtp/ref", "dtp/floor")),
@@ -59,13 +70,20 @@ def bench(*args, cwd):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("op", sorted(BENCH))
-def test_bioplaus_bench_runs_and_prints_the_table(op, tmp_path):
+def test_bioplaus_bench_runs_and_prints_the_table(op, tmp_path, monkeypatch, capsys):
+    # lc2d as a user runs it, from the installed package in a folder outside the checkout; the others in this
+    # process (the same command line, without a fresh interpreter's start)
     out = tmp_path / f"{op}.json"
     shape, header = BENCH[op]
-    proc = bench(op, *shape, "--device", "cpu", "--batch", "2", "--repeats", "1", "--warmup", "1", "--json", str(out),
-                 cwd=tmp_path)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
-    assert all(h in proc.stdout for h in header), proc.stdout
+    args = (op, *shape, "--device", "cpu", "--batch", "2", "--repeats", "1", "--warmup", "1", "--json", str(out))
+    if op == "lc2d":
+        proc = bench(*args, cwd=tmp_path)
+        status, stdout, stderr = proc.returncode, proc.stdout, proc.stderr
+    else:
+        monkeypatch.chdir(tmp_path)
+        status, stdout, stderr = bench_in_process(capsys, *args[1:], op=op)
+    assert status == 0, stdout[-2000:] + stderr[-4000:]
+    assert all(h in stdout for h in header), stdout
     result = json.loads(out.read_text())
     assert result["rows"]
     if op == "lc2d":  # the schema benchmarks/lc2d_selection_table.py and gpu_check.sh read
@@ -84,13 +102,13 @@ def test_bioplaus_bench_without_json_saves_nothing(tmp_path):
     assert "result not saved" in proc.stdout and not list(tmp_path.iterdir())
 
 
-def bench_in_process(capsys, *args):
-    """(exit status, stdout, stderr) of ``bioplaus bench ARGS`` run in this process: the usage checks need no
-    fresh interpreter (the subprocess cases above run the real command)."""
+def bench_in_process(capsys, *args, op=None):
+    """(exit status, stdout, stderr) of ``bioplaus bench [OP] ARGS`` run in this process (no fresh interpreter's
+    start; the lc2d cases run the real command)."""
     from bioplaus_kernels.train.cli import main
 
     try:
-        status = main(["bench", *args])
+        status = main(["bench", *([op] if op else []), *args])
     except SystemExit as e:  # argparse's own errors
         status = e.code
     out, err = capsys.readouterr()

@@ -515,7 +515,9 @@ def bench_shape(shape: Shape, args, ceilings: Dict, flush: common.Flusher, log) 
     step_row = rows[-1]
     step_row["need_mb"] = c["need_step_bytes"] / common.MB
     mem_detail = {}
-    if dev == "cuda":
+    if args.no_memory:
+        del case
+    elif dev == "cuda":
         gc.collect()
         for impl in IMPLS:
             step_row[f"{impl}_peak_mb"] = common.cuda_peak_extra_bytes(case.step_fn(impl)) / common.MB
@@ -530,7 +532,7 @@ def bench_shape(shape: Shape, args, ceilings: Dict, flush: common.Flusher, log) 
                                                      "threads": torch.get_num_threads()})
             step_row[f"{impl}_peak_mb"] = r["extra_bytes"] / common.MB
             mem_detail[impl] = {k: r[k] for k in ("rss_before_kib", "hwm_after_kib", "hwm_reset", "upper_bound_only")}
-    if step_row["base_peak_mb"]:
+    if step_row["base_peak_mb"] and step_row["ours_peak_mb"] is not None:
         step_row["mem_ratio"] = step_row["ours_peak_mb"] / step_row["base_peak_mb"]
     info = {"name": shape.name, "group": shape.group, "geometry": shape.geometry(), "batch": batch,
             "input": [batch, shape.c_in, shape.h, shape.w], "c_out": shape.c_out, "kernel": shape.k,
@@ -540,7 +542,7 @@ def bench_shape(shape: Shape, args, ceilings: Dict, flush: common.Flusher, log) 
     jax_part = f"jax {step_row['jax_ms']:9.3f} ms  x{step_row['jax_speedup']:.2f}  " if "jax_ms" in step_row else ""
     log(f"  {shape.name:<12} {shape.geometry():<22} N={batch:<4} step ours {step_row['ours_ms']:9.3f} ms  "
         f"base {step_row['base_ms']:9.3f} ms  x{step_row['speedup']:.2f}  {jax_part}peak MB "
-        f"{step_row['ours_peak_mb']:.1f}/{step_row['base_peak_mb']:.1f}  ({info['wall_s']:.1f} s)")
+        f"{_f(step_row['ours_peak_mb'], '{:.1f}')}/{_f(step_row['base_peak_mb'], '{:.1f}')}  ({info['wall_s']:.1f} s)")
     return info, rows
 
 
@@ -664,6 +666,8 @@ def add_arguments(ap: argparse.ArgumentParser, save_default: bool = False) -> No
                     "baseline, ceiling and fused_tc)")
     ap.add_argument("--feedback", action="store_true", help="also time lc2d_backward_input per feedback mode "
                     "(weight, random, sign, random_sign)")
+    ap.add_argument("--no-memory", action="store_true", help="time only: skip the peak-memory measurement (on the "
+                    "CPU, a fresh process per shape and implementation)")
     ap.add_argument("--plot", default=None, help="also write a bar chart (PNG) of step speedup and memory ratio; "
                     "needs matplotlib (skipped with a note otherwise)")
     ap.add_argument("--list-shapes", action="store_true", help="print the shapes with their sizes and floors, and exit")
@@ -733,7 +737,9 @@ def _run(args, shapes: List[Shape]) -> int:
     log(f"  {common.describe_ceilings(ceilings)}")
     mem_method = {"extra_peak": "bytes above what was allocated before the step (inputs, weights, grad_y), "
                                 "at the step's peak; results (y, dx, dW, db) included"}
-    if args.device == "cuda":
+    if args.no_memory:
+        mem_method["how"] = "not measured (--no-memory)"
+    elif args.device == "cuda":
         mem_method["how"] = "torch.cuda.max_memory_allocated after reset_peak_memory_stats, minus memory_allocated before"
         mem_method["tf32"] = common.tf32_setting()
         if mem_method["tf32"]["tf32_on"]:
