@@ -11,6 +11,9 @@ such a library loads only into a process started with the sanitizer runtimes pre
 """
 import functools
 import os
+import signal
+import subprocess
+import sys
 
 import torch
 
@@ -52,3 +55,25 @@ def load():
         if preload is not None:
             os.environ["LD_PRELOAD"] = preload
     return torch.ops.bioplaus_emu
+
+
+def build_in_background():
+    """Starts a process at a lower CPU priority that builds the library (load() in that process, which holds
+    torch's build lock while it compiles: a load() here waits for it, then finds the build done); returns the
+    process."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    return subprocess.Popen([sys.executable, "-c", "import emulated_cuda; emulated_cuda.load()"], cwd=here,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=lambda: os.nice(10))
+
+
+def stop_background_build(process):
+    """Stops a build_in_background() process still running (an interrupted session): SIGINT first, so that
+    torch releases its build lock as the exception unwinds, then SIGKILL."""
+    if process.poll() is not None:
+        return
+    process.send_signal(signal.SIGINT)
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
