@@ -62,8 +62,13 @@ def build_in_background():
     torch's build lock while it compiles: a load() here waits for it, then finds the build done); returns the
     process."""
     here = os.path.dirname(os.path.abspath(__file__))
-    return subprocess.Popen([sys.executable, "-c", "import emulated_cuda; emulated_cuda.load()"], cwd=here,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=lambda: os.nice(10))
+    process = subprocess.Popen([sys.executable, "-c", "import emulated_cuda; emulated_cuda.load()"], cwd=here,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:  # the compilers it starts, seconds later (after importing torch), inherit the priority
+        os.setpriority(os.PRIO_PROCESS, process.pid, 10)
+    except OSError:  # it has already exited, or the platform refuses: a normal priority only costs overlap
+        pass
+    return process
 
 
 def stop_background_build(process):

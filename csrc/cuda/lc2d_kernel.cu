@@ -171,21 +171,21 @@ __device__ __forceinline__ int column_offset(const Lc2dDims& d, const PixelGroup
   return ih < d.H && iw < d.W ? c * d.HW + ih * d.W + iw : -1;
 }
 
-// A staging column's pixel: whether there is one, its padded coordinates ah = ih + pT, aw = iw + pL, and
-// c_off = c * kH * kW, the offset of (c, r = 0, s = 0) within a row of a position's weight block.
+// A staging column's pixel: its padded coordinates ah = ih + pT, aw = iw + pL (ah = -1 where the column has
+// no pixel: covering_tap then finds no tap), and c_off = c * kH * kW, the offset of (c, r = 0, s = 0) within a
+// row of a position's weight block.
 struct GroupColumn {
-  bool in;
   int ah, aw, c_off;
 };
 
 __device__ __forceinline__ GroupColumn group_column(const Lc2dDims& d, const PixelGroups& pg, const GroupTile& gt,
                                                     int u) {
   const int off = column_offset(d, pg, gt, u);
-  if (off < 0) return {false, 0, 0, 0};
+  if (off < 0) return {-1, 0, 0};
   const int c = off / d.HW;
   const int pix = off - c * d.HW;
   const int ih = pix / d.W;
-  return {true, ih + d.pT, pix - ih * d.W + d.pL, c * d.kH * d.kW};
+  return {ih + d.pT, pix - ih * d.W + d.pL, c * d.kH * d.kW};
 }
 
 // Forward. Block (p, o-tile) computes Y_p[n, o] = bias[o, p] + sum_k X_p[n, k] * W_p[o, k] for
@@ -396,7 +396,7 @@ __global__ void __launch_bounds__(kThreads, (kInputMinBlocks<scalar_t, kGenerate
     const scalar_t* gy_n = grad_y + (n_in ? static_cast<int64_t>(n) * d.y_sample : 0);  // dY[n]
     acc_t acc[kMicro][MB] = {};
     for (int i = gt.rows.lo; i <= gt.rows.hi; ++i) {
-      const int r = covering_tap(gc.in ? gc.ah : -1, i, d.sH, d.dH, d.kH);
+      const int r = covering_tap(gc.ah, i, d.sH, d.dH, d.kH);
       for (int j = gt.cols.lo; j <= gt.cols.hi; ++j) {
         const int s = covering_tap(r >= 0 ? gc.aw : -1, j, d.sW, d.dW, d.kW);
         const bool covers = s >= 0;  // r >= 0 too: s < 0 otherwise
@@ -602,7 +602,7 @@ __global__ void __launch_bounds__(kThreads, kGenerates ? 2 : 3)
     wm::Acc<scalar_t> c[2];
     wm::zero(c);
     for (int i = gt.rows.lo; i <= gt.rows.hi; ++i) {
-      const int r = covering_tap(gc.in ? gc.ah : -1, i, d.sH, d.dH, d.kH);
+      const int r = covering_tap(gc.ah, i, d.sH, d.dH, d.kH);
       for (int j = gt.cols.lo; j <= gt.cols.hi; ++j) {
         const int s = covering_tap(r >= 0 ? gc.aw : -1, j, d.sW, d.dW, d.kW);
         const bool covers = s >= 0;
