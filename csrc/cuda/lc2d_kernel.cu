@@ -188,6 +188,25 @@ __device__ __forceinline__ GroupColumn group_column(const Lc2dDims& d, const Pix
   return {ih + d.pT, pix - ih * d.W + d.pL, c * d.kH * d.kW};
 }
 
+// The offset (c * kH + r) * kW + s, within a row of position (i, j)'s weight block, of column gc's channel
+// at the taps (r, s) by which (i, j) covers gc's pixel; -1 where (i, j) does not cover it (or gc has none).
+__device__ __forceinline__ int covering_offset(const Lc2dDims& d, const GroupColumn& gc, int i, int j) {
+  const int r = covering_tap(gc.ah, i, d.sH, d.dH, d.kH);
+  const int s = covering_tap(r >= 0 ? gc.aw : -1, j, d.sW, d.dW, d.kW);  // r < 0 gives s < 0
+  return s >= 0 ? gc.c_off + r * d.kW + s : -1;
+}
+
+// Element e of the feedback matrix B of the spec `f` (common/feedback.h), in scalar_t as a stored B holds it:
+// formed from weight[e] (weight, sign) and/or the generator (random, random_sign; compiled in with
+// kGenerates only). "random" does not read weight (it may be null).
+template <typename scalar_t, bool kGenerates>
+__device__ __forceinline__ scalar_t feedback_at(const FeedbackSpec& f, const scalar_t* __restrict__ weight, int64_t e) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const scalar_t w = f.reads_weight() ? weight[e] : scalar_t(0);
+  return kGenerates ? feedback_element<scalar_t, acc_t>(f, static_cast<uint64_t>(e), w)
+                    : combine_feedback<scalar_t, acc_t>(f, scalar_t(0), w);
+}
+
 // Forward. Block (p, o-tile) computes Y_p[n, o] = bias[o, p] + sum_k X_p[n, k] * W_p[o, k] for
 // o in [o0, o0 + TN), TN = 16 MB (MB = micro_tiles(C_out): 48 or 96 channels take 48-wide tiles), and every
 // n, the batch in tiles of 64 rows; X_p[n, k] is the patch element x[n, c, i*sH - pT + r*dH, j*sW - pL + s*dW]
@@ -396,13 +415,11 @@ __global__ void __launch_bounds__(kThreads, (kInputMinBlocks<scalar_t, kGenerate
     const scalar_t* gy_n = grad_y + (n_in ? static_cast<int64_t>(n) * d.y_sample : 0);  // dY[n]
     acc_t acc[kMicro][MB] = {};
     for (int i = gt.rows.lo; i <= gt.rows.hi; ++i) {
-      const int r = covering_tap(gc.ah, i, d.sH, d.dH, d.kH);
       for (int j = gt.cols.lo; j <= gt.cols.hi; ++j) {
-        const int s = covering_tap(r >= 0 ? gc.aw : -1, j, d.sW, d.dW, d.kW);
-        const bool covers = s >= 0;  // r >= 0 too: s < 0 otherwise
+        const int tap = covering_offset(d, gc, i, j);
         const int p = i * d.W_out + j;
         // Bt_p[o, u] = B[e_pc + o * K], e_pc = the flat index of (p, o = 0, c, r, s).
-        const int64_t e_pc = static_cast<int64_t>(p) * d.w_block + (covers ? gc.c_off + r * d.kW + s : 0);
+        const int64_t e_pc = static_cast<int64_t>(p) * d.w_block + tap;  // read only where tap >= 0
         for (int o0 = 0; o0 < d.C_out; o0 += kChunk) {
 #pragma unroll
           for (int m = 0; m < kMicro; ++m) {
@@ -410,13 +427,9 @@ __global__ void __launch_bounds__(kThreads, (kInputMinBlocks<scalar_t, kGenerate
             const int o = o0 + q;
             const bool o_in = o < d.C_out;
             Gs[q][col] = (n_in && o_in) ? static_cast<acc_t>(gy_n[o * d.P + p]) : acc_t(0);
-            acc_t b = acc_t(0);
-            if (covers && o_in) {
-              const int64_t e = e_pc + static_cast<int64_t>(o) * d.K;
-              const scalar_t w = f.reads_weight() ? weight[e] : scalar_t(0);
-              b = static_cast<acc_t>(kGenerates ? feedback_element<scalar_t, acc_t>(f, static_cast<uint64_t>(e), w)
-                                                : combine_feedback<scalar_t, acc_t>(f, scalar_t(0), w));
-            }
+            const acc_t b = (tap >= 0 && o_in) ? static_cast<acc_t>(feedback_at<scalar_t, kGenerates>(
+                                                     f, weight, e_pc + static_cast<int64_t>(o) * d.K))
+                                               : acc_t(0);
             if (col < TB) Ws[q][col] = b;
           }
           __syncthreads();
@@ -583,7 +596,6 @@ __global__ void __launch_bounds__(kThreads, kGenerates ? 2 : 3)
                                   scalar_t* __restrict__ grad_x, const Lc2dDims d, const PixelGroups pg,
                                   const FeedbackSpec f) {
   namespace wm = cuda_wmma;
-  using acc_t = at::opmath_type<scalar_t>;
   __shared__ __align__(32) scalar_t As[kTile][wm::kLd];
   __shared__ __align__(32) scalar_t Bs[kTile][wm::kLd];
   __shared__ __align__(32) float Cs[kTile][wm::kCld];
@@ -602,12 +614,10 @@ __global__ void __launch_bounds__(kThreads, kGenerates ? 2 : 3)
     wm::Acc<scalar_t> c[2];
     wm::zero(c);
     for (int i = gt.rows.lo; i <= gt.rows.hi; ++i) {
-      const int r = covering_tap(gc.ah, i, d.sH, d.dH, d.kH);
       for (int j = gt.cols.lo; j <= gt.cols.hi; ++j) {
-        const int s = covering_tap(r >= 0 ? gc.aw : -1, j, d.sW, d.dW, d.kW);
-        const bool covers = s >= 0;
+        const int tap = covering_offset(d, gc, i, j);
         const int p = i * d.W_out + j;
-        const int64_t e_pc = static_cast<int64_t>(p) * d.w_block + (covers ? gc.c_off + r * d.kW + s : 0);
+        const int64_t e_pc = static_cast<int64_t>(p) * d.w_block + tap;  // read only where tap >= 0
         for (int o0 = 0; o0 < d.C_out; o0 += kChunk) {
 #pragma unroll
           for (int m = 0; m < kMicro; ++m) {
@@ -615,14 +625,9 @@ __global__ void __launch_bounds__(kThreads, kGenerates ? 2 : 3)
             const int o = o0 + q;
             const bool o_in = o < d.C_out;
             As[col][q] = (n_in && o_in) ? gy_n[o * d.P + p] : scalar_t(0);
-            scalar_t b = scalar_t(0);
-            if (covers && o_in) {
-              const int64_t e = e_pc + static_cast<int64_t>(o) * d.K;
-              const scalar_t w = f.reads_weight() ? weight[e] : scalar_t(0);
-              b = kGenerates ? feedback_element<scalar_t, acc_t>(f, static_cast<uint64_t>(e), w)
-                             : combine_feedback<scalar_t, acc_t>(f, scalar_t(0), w);
-            }
-            Bs[col][q] = b;
+            Bs[col][q] = (tap >= 0 && o_in)
+                             ? feedback_at<scalar_t, kGenerates>(f, weight, e_pc + static_cast<int64_t>(o) * d.K)
+                             : scalar_t(0);
           }
           __syncthreads();
           wm::mma_step(c, As, Bs, warp);
