@@ -1,4 +1,5 @@
 """lc2d: forward, input gradient and weight/bias gradients of the kernels against the float64 reference."""
+import contextlib
 import random
 
 import pytest
@@ -511,6 +512,18 @@ KERNEL_CASES = [
 ]
 
 
+@contextlib.contextmanager
+def workspace_limit(namespace, limit):
+    """The lc2d workspace limit of the operator namespace set to `limit` bytes (None: unchanged) in the scope."""
+    saved = namespace.lc2d_selection_workspace_limit()
+    if limit is not None:
+        namespace.lc2d_selection_set_workspace_limit(limit)
+    try:
+        yield
+    finally:
+        namespace.lc2d_selection_set_workspace_limit(saved)
+
+
 def kernel_case_id(c):
     return case_id(c).replace("_p(", "_p").replace(", ", "-").replace(")", "")
 
@@ -599,8 +612,15 @@ def test_kernel_backward_weight(c, dtype, device, cuda_algorithm):
 # mode's), and these three reach every tile path: several column tiles, batch tiles and dilation (67
 # channels), pixel groups that end past the image (k9 s4), and one-pixel groups of 64 columns.
 FEEDBACK_KERNEL_CASES = [KERNEL_CASES[1], KERNEL_CASES[7], KERNEL_CASES[8]]
+# A generated B that the fused algorithms build in chunks of channels (under the tests' workspace, 16 channels
+# a chunk) whose rows have odd lengths at odd offsets (19 channels x K = 27: rows of 432 and 81 elements,
+# 513 apart), so that rows start and end inside a Philox counter block of either distribution.
+ODD_CHUNK_CASE = dict(N=3, C_in=3, C_out=19, hw=(5, 5), k=(3, 3), stride=(1, 1), padding=(1, 1, 1, 1),
+                      dilation=(1, 1))
 INPUT_KERNEL_CASES = [pytest.param(c, s, id=f"{kernel_case_id(c)}-{spec_id(s)}") for c in KERNEL_CASES
-                      for s in FEEDBACK_SPECS if s["feedback"] == "weight" or c in FEEDBACK_KERNEL_CASES]
+                      for s in FEEDBACK_SPECS if s["feedback"] == "weight" or c in FEEDBACK_KERNEL_CASES] + [
+    pytest.param(ODD_CHUNK_CASE, s, id=f"{kernel_case_id(ODD_CHUNK_CASE)}-{spec_id(s)}")
+    for s in FEEDBACK_SPECS if s["feedback"].startswith("random")]
 
 
 @pytest.mark.parametrize("device", KERNEL_DEVICES)
@@ -631,9 +651,14 @@ def test_kernel_backward_input(c, dtype, spec, device, cuda_algorithm):
         extra = tf32 if extra is None else extra + tf32
     terms = c["C_out"] * c["k"][0] * c["k"][1]
     assert_elementwise_close(gx, want, dtype, magnitude=magnitude, terms=terms, extra=extra, what="grad_x")
-    # the feedback matrix made on the fly equals "weight" mode on the materialised B, bit for bit
+    # The feedback matrix made on the fly equals "weight" mode on the materialised B, bit for bit: the library
+    # algorithm multiplies every chunk of positions by a materialised B, and the fused ones read a generated B
+    # as a stored one once it fits the workspace (in chunks of channels they sum in another order: grad_x
+    # above checks those).
     materialised = ops_.feedback_source(w, **spec)
-    assert torch.equal(gx, ops_.lc2d_backward_input(gy, materialised, list(c["hw"]), *geometry))
+    with workspace_limit(ops_, None if cuda_algorithm == "library" else 1 << 30):
+        generated = ops_.lc2d_backward_input(gy, w, list(c["hw"]), *geometry, **spec)
+        assert torch.equal(generated, ops_.lc2d_backward_input(gy, materialised, list(c["hw"]), *geometry))
 
 
 @pytest.mark.parametrize("device", DEVICES)

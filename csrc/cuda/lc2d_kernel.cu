@@ -43,6 +43,7 @@
 #include <initializer_list>
 #include <string>
 #include <tuple>
+#include <type_traits>
 #include <vector>
 
 namespace bioplaus {
@@ -196,16 +197,28 @@ __device__ __forceinline__ int covering_offset(const Lc2dDims& d, const GroupCol
   return s >= 0 ? gc.c_off + r * d.kW + s : -1;
 }
 
-// Element e of the feedback matrix B of the spec `f` (common/feedback.h), in scalar_t as a stored B holds it:
-// formed from weight[e] (weight, sign) and/or the generator (random, random_sign; compiled in with
-// kGenerates only). "random" does not read weight (it may be null).
-template <typename scalar_t, bool kGenerates>
+// Element e of the feedback matrix B of the spec `f` (common/feedback.h) from weight[e], in scalar_t as a stored
+// B holds it: "weight" (a stored B included) or "sign". The generating modes never reach the fused kernels:
+// the host materialises their B first (fused_backward_input).
+template <typename scalar_t>
 __device__ __forceinline__ scalar_t feedback_at(const FeedbackSpec& f, const scalar_t* __restrict__ weight, int64_t e) {
-  using acc_t = at::opmath_type<scalar_t>;
   const scalar_t w = f.reads_weight() ? weight[e] : scalar_t(0);
-  return kGenerates ? feedback_element<scalar_t, acc_t>(f, static_cast<uint64_t>(e), w)
-                    : combine_feedback<scalar_t, acc_t>(f, scalar_t(0), w);
+  return combine_feedback<scalar_t, at::opmath_type<scalar_t>>(f, scalar_t(0), w);
 }
+
+// The output channels an input-gradient launch reduces over, and where it reads B: `count` channels
+// o_lo + t, t < count, whose dY[n, o_lo + t] the launch reads from grad_y + o_lo * P (the host offsets the
+// pointer), and B_p[o_lo + t, k] from b[p * b_block + t * K + k] (64-bit). Over weight itself (or a whole
+// stored B): o_lo = 0, count = C_out, b_block = C_out * K; over a chunk of a materialised B: b_block = count * K.
+struct ChannelRange {
+  int count, b_block;
+};
+
+// What an input-gradient kernel writes: grad_x in scalar_t, or, resuming (kResume), a partial sum in the
+// accumulation type that the launch reads back as its starting value, so that launches over consecutive
+// channel ranges add up to one reduction over all channels with a single rounding to scalar_t at the end.
+template <typename scalar_t, bool kResume>
+using input_out_t = std::conditional_t<kResume, at::opmath_type<scalar_t>, scalar_t>;
 
 // Forward. Block (p, o-tile) computes Y_p[n, o] = bias[o, p] + sum_k X_p[n, k] * W_p[o, k] for
 // o in [o0, o0 + TN), TN = 16 MB (MB = micro_tiles(C_out): 48 or 96 channels take 48-wide tiles), and every
@@ -380,24 +393,25 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<scalar_t>)
 //   Compute: thread (ty, tx) owns samples n0 + ty + 16a (a < 4) and columns u0 + tx + 16b (b < MB).
 //   Staging: thread owns tile column col = tid % 64 and chunk steps q = tid / 64 + 4m, m < 4
 //   (4 = kColRows):
-//     Gs[q][col] = dY[n0 + col, o0 + q, i, j],   Ws[q][col] = Bt_p[o0 + q, u0 + col] (col < TB),
-//   where Bt_p[o, u] = B[e], e = p * C_out * K + o * K + (c * kH + r) * kW + s (64-bit) for u's channel c and
-//   the taps (r, s) by which (i, j) covers u's pixel, and 0 where it does not cover it, or u lies past
-//   C_in * GH * GW or its pixel past the image's edge. A thread's staging sample, column and pixel are fixed
-//   within a batch tile, and its taps within a position.
-// B is the feedback matrix of the spec `f` (common/feedback.h): computed on load from weight[e] (weight,
-// sign) and/or the generator (random, random_sign); B is never stored, and in "random" mode weight is not
-// read (it may be null). kGenerates (f.generates()) compiles the generator in only where it is used: its
-// registers would otherwise spill the other modes at 64 registers; the generating form gets a budget of 3
-// blocks per SM (<= 80 registers) with a float accumulator instead.
-template <typename scalar_t, bool kGenerates>
-constexpr int kInputMinBlocks = kGenerates && sizeof(at::opmath_type<scalar_t>) == 4 ? 3 : kMinBlocks<scalar_t>;
+//     Gs[q][col] = dY[n0 + col, o_lo + o0 + q, i, j],   Ws[q][col] = Bt_p[o_lo + o0 + q, u0 + col] (col < TB),
+//   o0 + q < count (ChannelRange), where Bt_p[o_lo + t, u] = B_p[o_lo + t, (c * kH + r) * kW + s] (at
+//   b[p * b_block + t * K + ...], 64-bit) for u's channel c and the taps (r, s) by which (i, j) covers u's pixel, and 0 where it does not
+//   cover it, or u lies past C_in * GH * GW or its pixel past the image's edge. A thread's staging sample,
+//   column and pixel are fixed within a batch tile, and its taps within a position.
+//   The reduction runs over the launch's channels only; resuming (kResume), each batch tile starts from the
+//   partial sums in grad_x (input_out_t) instead of zero.
+// B is "weight" mode's weight (or a stored B) or "sign" mode's transform of it, formed on load (feedback_at);
+// the generating modes' B is materialised by the host first (fused_backward_input).
+// Register budget: kMinBlocks, and 3 blocks per SM (<= 80 registers) for a resuming float accumulator, whose
+// partial-sum loads spill at 64.
+template <typename scalar_t, bool kResume>
+constexpr int kInputMinBlocks = kResume && sizeof(at::opmath_type<scalar_t>) == 4 ? 3 : kMinBlocks<scalar_t>;
 
-template <typename scalar_t, bool kGenerates, int MB>
-__global__ void __launch_bounds__(kThreads, (kInputMinBlocks<scalar_t, kGenerates>))
-    lc2d_backward_input_kernel(const scalar_t* __restrict__ grad_y, const scalar_t* __restrict__ weight,
-                               scalar_t* __restrict__ grad_x, const Lc2dDims d, const PixelGroups pg,
-                               const FeedbackSpec f) {
+template <typename scalar_t, bool kResume, int MB>
+__global__ void __launch_bounds__(kThreads, (kInputMinBlocks<scalar_t, kResume>))
+    lc2d_backward_input_kernel(const scalar_t* __restrict__ grad_y, const scalar_t* __restrict__ b,
+                               input_out_t<scalar_t, kResume>* __restrict__ grad_x, const Lc2dDims d,
+                               const PixelGroups pg, const FeedbackSpec f, const ChannelRange ch) {
   using acc_t = at::opmath_type<scalar_t>;
   constexpr int TB = kSpread * MB;
   __shared__ acc_t Gs[kChunk][kLd];
@@ -412,25 +426,33 @@ __global__ void __launch_bounds__(kThreads, (kInputMinBlocks<scalar_t, kGenerate
   for (int n0 = 0; n0 < d.N; n0 += kTile) {
     const int n = n0 + col;  // this thread's staging sample
     const bool n_in = n < d.N;
-    const scalar_t* gy_n = grad_y + (n_in ? static_cast<int64_t>(n) * d.y_sample : 0);  // dY[n]
+    const scalar_t* gy_n = grad_y + (n_in ? static_cast<int64_t>(n) * d.y_sample : 0);  // dY[n, o_lo]
     acc_t acc[kMicro][MB] = {};
+    if constexpr (kResume) {  // the group's origin recomputed, as in the epilogue
+      const GroupTile origin = group_tile(d, pg, static_cast<int>(blockIdx.x), static_cast<int>(blockIdx.y) * TB);
+      for_owned<kMicro, MB>(ty, tx, [&](int row, int col_, int a, int b_) {
+        const int na = n0 + row;
+        const int off = column_offset(d, pg, origin, origin.u0 + col_);
+        if (na < d.N && off >= 0) acc[a][b_] = grad_x[static_cast<int64_t>(na) * d.x_sample + off];
+      });
+    }
     for (int i = gt.rows.lo; i <= gt.rows.hi; ++i) {
       for (int j = gt.cols.lo; j <= gt.cols.hi; ++j) {
         const int tap = covering_offset(d, gc, i, j);
         const int p = i * d.W_out + j;
-        // Bt_p[o, u] = B[e_pc + o * K], e_pc = the flat index of (p, o = 0, c, r, s).
-        const int64_t e_pc = static_cast<int64_t>(p) * d.w_block + tap;  // read only where tap >= 0
-        for (int o0 = 0; o0 < d.C_out; o0 += kChunk) {
+        // Bt_p[o_lo + t, u] = b[e_pc + t * K], e_pc = the index of (p, t = 0, c, r, s).
+        const int64_t e_pc = static_cast<int64_t>(p) * ch.b_block + tap;  // read only where tap >= 0
+        for (int o0 = 0; o0 < ch.count; o0 += kChunk) {
 #pragma unroll
           for (int m = 0; m < kMicro; ++m) {
             const int q = q0 + kColRows * m;
             const int o = o0 + q;
-            const bool o_in = o < d.C_out;
+            const bool o_in = o < ch.count;
             Gs[q][col] = (n_in && o_in) ? static_cast<acc_t>(gy_n[o * d.P + p]) : acc_t(0);
-            const acc_t b = (tap >= 0 && o_in) ? static_cast<acc_t>(feedback_at<scalar_t, kGenerates>(
-                                                     f, weight, e_pc + static_cast<int64_t>(o) * d.K))
-                                               : acc_t(0);
-            if (col < TB) Ws[q][col] = b;
+            const acc_t bv = (tap >= 0 && o_in)
+                                 ? static_cast<acc_t>(feedback_at(f, b, e_pc + static_cast<int64_t>(o) * d.K))
+                                 : acc_t(0);
+            if (col < TB) Ws[q][col] = bv;
           }
           __syncthreads();
           tile_fma(acc, Gs, Ws, ty, tx);
@@ -441,10 +463,12 @@ __global__ void __launch_bounds__(kThreads, (kInputMinBlocks<scalar_t, kGenerate
     // Pixels no window covers (stride larger than the dilated kernel) get their zeros here too. The group's
     // origin is recomputed from blockIdx rather than held in registers through the reduction.
     const GroupTile origin = group_tile(d, pg, static_cast<int>(blockIdx.x), static_cast<int>(blockIdx.y) * TB);
-    for_owned<kMicro, MB>(ty, tx, [&](int row, int col_, int a, int b) {
+    for_owned<kMicro, MB>(ty, tx, [&](int row, int col_, int a, int b_) {
       const int na = n0 + row;
       const int off = column_offset(d, pg, origin, origin.u0 + col_);
-      if (na < d.N && off >= 0) grad_x[static_cast<int64_t>(na) * d.x_sample + off] = static_cast<scalar_t>(acc[a][b]);
+      if (na < d.N && off >= 0) {
+        grad_x[static_cast<int64_t>(na) * d.x_sample + off] = static_cast<input_out_t<scalar_t, kResume>>(acc[a][b_]);
+      }
     });
   }
 }
@@ -584,17 +608,19 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 // Input gradient. Block (group, u-tile), grid and staging ownership as lc2d_backward_input_kernel with
-// 64-wide u-tiles (input_groups picks the group for that width):
-//   As[col][q] = dY[n0 + col, o0 + q, i, j] (A = dY_p, rows n),  Bs[col][q] = Bt_p[o0 + q, u0 + col] (B = Bt_p,
-//   columns u), col = tid % 64, q = tid / 64 + 4m; Cs[n - n0][u - u0] = the block's sums. The staged B
-//   element is the one the FFMA kernel stages, in scalar_t: feedback_element rounds it to scalar_t already.
-// Register budget: 3 blocks per SM (<= 80 registers), 2 with the generator (<= 128); at 64 the fragments,
-// the group's ranges and the staging indices spill.
-template <typename scalar_t, bool kGenerates>
-__global__ void __launch_bounds__(kThreads, kGenerates ? 2 : 3)
-    lc2d_backward_input_tc_kernel(const scalar_t* __restrict__ grad_y, const scalar_t* __restrict__ weight,
-                                  scalar_t* __restrict__ grad_x, const Lc2dDims d, const PixelGroups pg,
-                                  const FeedbackSpec f) {
+// 64-wide u-tiles (input_groups picks the group for that width), over the launch's channels (ChannelRange):
+//   As[col][q] = dY[n0 + col, o_lo + o0 + q, i, j] (A = dY_p, rows n),
+//   Bs[col][q] = Bt_p[o_lo + o0 + q, u0 + col] (B = Bt_p, columns u),
+//   col = tid % 64, q = tid / 64 + 4m; Cs[n - n0][u - u0] = the block's sums. The staged B
+//   element is the one the FFMA kernel stages, in scalar_t. Resuming (kResume), each batch tile's accumulators
+//   start from the partial sums in grad_x (float), staged through Cs.
+// Register budget: 3 blocks per SM (<= 80 registers); at 64 the fragments, the group's ranges and the staging
+// indices spill.
+template <typename scalar_t, bool kResume>
+__global__ void __launch_bounds__(kThreads, 3)
+    lc2d_backward_input_tc_kernel(const scalar_t* __restrict__ grad_y, const scalar_t* __restrict__ b,
+                                  input_out_t<scalar_t, kResume>* __restrict__ grad_x, const Lc2dDims d,
+                                  const PixelGroups pg, const FeedbackSpec f, const ChannelRange ch) {
   namespace wm = cuda_wmma;
   __shared__ __align__(32) scalar_t As[kTile][wm::kLd];
   __shared__ __align__(32) scalar_t Bs[kTile][wm::kLd];
@@ -610,24 +636,35 @@ __global__ void __launch_bounds__(kThreads, kGenerates ? 2 : 3)
   for (int n0 = 0; n0 < d.N; n0 += kTile) {
     const int n = n0 + col;  // this thread's staging sample
     const bool n_in = n < d.N;
-    const scalar_t* gy_n = grad_y + (n_in ? static_cast<int64_t>(n) * d.y_sample : 0);  // dY[n]
+    const scalar_t* gy_n = grad_y + (n_in ? static_cast<int64_t>(n) * d.y_sample : 0);  // dY[n, o_lo]
     wm::Acc<scalar_t> c[2];
-    wm::zero(c);
+    if constexpr (kResume) {  // the group's origin recomputed, as in the epilogue
+      const GroupTile origin = group_tile(d, pg, static_cast<int>(blockIdx.x), static_cast<int>(blockIdx.y) * kTile);
+      for_owned(ty, tx, [&](int row, int col_, int, int) {
+        const int na = n0 + row;
+        const int off = column_offset(d, pg, origin, origin.u0 + col_);
+        Cs[row][col_] = na < d.N && off >= 0 ? static_cast<float>(grad_x[static_cast<int64_t>(na) * d.x_sample + off])
+                                             : 0.0f;
+      });
+      __syncthreads();
+      wm::load(c, Cs, warp);  // a warp reads back only the sub-tiles it stores at the end
+    } else {
+      wm::zero(c);
+    }
     for (int i = gt.rows.lo; i <= gt.rows.hi; ++i) {
       for (int j = gt.cols.lo; j <= gt.cols.hi; ++j) {
         const int tap = covering_offset(d, gc, i, j);
         const int p = i * d.W_out + j;
-        const int64_t e_pc = static_cast<int64_t>(p) * d.w_block + tap;  // read only where tap >= 0
-        for (int o0 = 0; o0 < d.C_out; o0 += kChunk) {
+        const int64_t e_pc = static_cast<int64_t>(p) * ch.b_block + tap;  // read only where tap >= 0
+        for (int o0 = 0; o0 < ch.count; o0 += kChunk) {
 #pragma unroll
           for (int m = 0; m < kMicro; ++m) {
             const int q = q0 + kColRows * m;
             const int o = o0 + q;
-            const bool o_in = o < d.C_out;
+            const bool o_in = o < ch.count;
             As[col][q] = (n_in && o_in) ? gy_n[o * d.P + p] : scalar_t(0);
-            Bs[col][q] = (tap >= 0 && o_in)
-                             ? feedback_at<scalar_t, kGenerates>(f, weight, e_pc + static_cast<int64_t>(o) * d.K)
-                             : scalar_t(0);
+            Bs[col][q] = (tap >= 0 && o_in) ? feedback_at(f, b, e_pc + static_cast<int64_t>(o) * d.K)
+                                            : scalar_t(0);
           }
           __syncthreads();
           wm::mma_step(c, As, Bs, warp);
@@ -641,7 +678,9 @@ __global__ void __launch_bounds__(kThreads, kGenerates ? 2 : 3)
     for_owned(ty, tx, [&](int row, int col_, int, int) {
       const int na = n0 + row;
       const int off = column_offset(d, pg, origin, origin.u0 + col_);
-      if (na < d.N && off >= 0) grad_x[static_cast<int64_t>(na) * d.x_sample + off] = static_cast<scalar_t>(Cs[row][col_]);
+      if (na < d.N && off >= 0) {
+        grad_x[static_cast<int64_t>(na) * d.x_sample + off] = static_cast<input_out_t<scalar_t, kResume>>(Cs[row][col_]);
+      }
     });
     __syncthreads();  // the next batch tile overwrites Cs
   }
@@ -823,55 +862,78 @@ __global__ void lc2d_fold_patches_kernel(const scalar_t* __restrict__ dcols, acc
   }
 }
 
-// out[e - e0] = B[e] for e in [e0, e0 + count) (common/feedback.h), weight read at the same e. The
-// generating modes make one Philox call per counter block and share it over the block's elements in the
-// range (uniform: 8 elements 16 apart, philox::uniform_slot; normal: 4 consecutive), so a thread owns
-// one block; "sign" owns one element. Same values as feedback_element, bit for bit.
+// Rows of the feedback matrix B (common/feedback.h), gathered densely: out[t * len + u] = B[e0 + t * stride + u]
+// for t < rows, u < len (one range: rows = 1), weight read at the same index. The generating modes make one
+// Philox call per counter block and share it over the block's elements in the row (uniform: 8 elements 16
+// apart, philox::uniform_slot; normal: 4 consecutive), so a thread owns one (row, block), out of
+// blocks_per_row() candidates a row. "weight" and "sign" (the library algorithm's copy) take one range, and
+// a thread owns one element. Same values as feedback_element, bit for bit.
+struct FeedbackRows {
+  int64_t e0, stride, len, rows;
+};
+
+// The counter blocks a thread of lc2d_fill_feedback_kernel may own per row: enough for any alignment of the row.
+__host__ __device__ inline int64_t blocks_per_row(const FeedbackRows& r, philox::Distribution dist) {
+  return dist == philox::Distribution::kUniform ? (r.len / philox::kGroupElems + 2) * philox::kGroupBlocks
+                                                : r.len / 4 + 2;
+}
+
 template <typename scalar_t>
 __global__ void lc2d_fill_feedback_kernel(const scalar_t* __restrict__ weight, scalar_t* __restrict__ out,
-                                          int64_t e0, int64_t count, const FeedbackSpec f) {
+                                          const FeedbackRows fr, const FeedbackSpec f) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   const int64_t first = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  const int64_t e_end = e0 + count;
-  auto put = [&](int64_t e, float sample) {
-    const scalar_t r = static_cast<scalar_t>(philox::mul_rn(f.scale, sample));
-    const scalar_t w = f.reads_weight() ? weight[e] : scalar_t(0);
-    out[e - e0] = combine_feedback<scalar_t, acc_t>(f, r, w);
-  };
-  if (!f.generates()) {
-    for (int64_t t = first; t < count; t += stride) out[t] = combine_feedback<scalar_t, acc_t>(f, scalar_t(0), weight[e0 + t]);
-  } else if (f.distribution == philox::Distribution::kUniform) {
-    // Blocks 16 g .. 16 g + 15 of every group g that meets the range.
-    const int64_t g0 = e0 / philox::kGroupElems;
-    const int64_t blocks = ((e_end - 1) / philox::kGroupElems - g0 + 1) * philox::kGroupBlocks;
-    for (int64_t t = first; t < blocks; t += stride) {
-      const uint64_t b = static_cast<uint64_t>(g0 * philox::kGroupBlocks + t);
-      const philox::Words v = philox::block_words(f.key, b, f.step);
+  if (!f.generates()) {  // one range (fill_feedback checks): a copy of weight, or its sign
+    for (int64_t t = first; t < fr.len; t += stride) {
+      out[t] = combine_feedback<scalar_t, acc_t>(f, scalar_t(0), weight[fr.e0 + t]);
+    }
+    return;
+  }
+  const int64_t per_row = blocks_per_row(fr, f.distribution);
+  for (int64_t t = first; t < fr.rows * per_row; t += stride) {
+    const int64_t row = t / per_row;
+    const int64_t tb = t - row * per_row;
+    const int64_t e_lo = fr.e0 + row * fr.stride, e_hi = e_lo + fr.len;  // the row: [e_lo, e_hi)
+    scalar_t* out_row = out + row * fr.len - e_lo;                        // out_row[e] for e in the row
+    auto put = [&](int64_t e, float sample) {
+      if (e < e_lo || e >= e_hi) return;
+      const scalar_t r = static_cast<scalar_t>(philox::mul_rn(f.scale, sample));
+      const scalar_t w = f.reads_weight() ? weight[e] : scalar_t(0);
+      out_row[e] = combine_feedback<scalar_t, acc_t>(f, r, w);
+    };
+    if (f.distribution == philox::Distribution::kUniform) {
+      // Blocks 16 g .. 16 g + 15 of every group g from the row's first on.
+      const uint64_t b = static_cast<uint64_t>(e_lo / philox::kGroupElems * philox::kGroupBlocks + tb);
       const int64_t base = static_cast<int64_t>(b / philox::kGroupBlocks) * philox::kGroupElems +
                            static_cast<int64_t>(b % philox::kGroupBlocks);
-#pragma unroll
-      for (int s = 0; s < 8; ++s) {
-        const int64_t e = base + 16 * s;
-        if (e >= e0 && e < e_end) put(e, philox::uniform_half(v.w[s >> 1], s & 1));
-      }
-    }
-  } else {
-    const int64_t b0 = e0 / 4;
-    const int64_t blocks = (e_end - 1) / 4 - b0 + 1;
-    for (int64_t t = first; t < blocks; t += stride) {
-      const uint64_t b = static_cast<uint64_t>(b0 + t);
+      if (base >= e_hi || base + 16 * 7 < e_lo) continue;  // none of the block's elements lies in the row
       const philox::Words v = philox::block_words(f.key, b, f.step);
 #pragma unroll
-      for (int jj = 0; jj < 4; ++jj) {
-        const int64_t e = static_cast<int64_t>(b) * 4 + jj;
-        if (e >= e0 && e < e_end) put(e, philox::normal_sample(v, jj));
-      }
+      for (int s = 0; s < 8; ++s) put(base + 16 * s, philox::uniform_half(v.w[s >> 1], s & 1));
+    } else {
+      const uint64_t b = static_cast<uint64_t>(e_lo / 4 + tb);
+      if (static_cast<int64_t>(b) * 4 >= e_hi) continue;
+      const philox::Words v = philox::block_words(f.key, b, f.step);
+#pragma unroll
+      for (int jj = 0; jj < 4; ++jj) put(static_cast<int64_t>(b) * 4 + jj, philox::normal_sample(v, jj));
     }
   }
 }
 
 constexpr int kLibraryThreads = 256;
+
+// out = the rows `fr` of the feedback matrix of `f` (lc2d_fill_feedback_kernel), on the current stream; wc is
+// weight (undefined where `f` does not read it).
+void fill_feedback(const at::Tensor& wc, at::Tensor& out, const FeedbackRows& fr, const FeedbackSpec& f) {
+  TORCH_INTERNAL_ASSERT(f.generates() || fr.rows == 1, "lc2d: rows of a non-generated B are copied as one range");
+  const int64_t work = fr.rows * (f.generates() ? blocks_per_row(fr, f.distribution) : fr.len);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out.scalar_type(), "lc2d_fill_feedback", [&] {
+    launch_kernel(lc2d_fill_feedback_kernel<scalar_t>, grid_stride_blocks(work, kLibraryThreads, out.get_device()),
+                  kLibraryThreads, 0, f.reads_weight() ? wc.const_data_ptr<scalar_t>() : nullptr,
+                  out.mutable_data_ptr<scalar_t>(), fr, f);
+  });
+}
 
 template <typename scalar_t>
 void gather_patches(const at::Tensor& xc, at::Tensor& cols, const Lc2dDims& d, int64_t p0, int64_t np, int device) {
@@ -950,12 +1012,7 @@ at::Tensor library_backward_input(const at::Tensor& gyc, const at::Tensor& wc, a
     const int64_t np = std::min(np_max, P - p0);
     const at::Tensor dy = positions_major(gyc, g, p0, np, dy_ws.narrow(0, 0, np * g.N * g.C_out).view({np, g.N, g.C_out}));
     at::Tensor b = b_ws.narrow(0, 0, np * g.C_out * K).view({np, g.C_out, K});
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, gyc.scalar_type(), "lc2d_library_feedback", [&] {
-      const int64_t blocks = f.generates() ? (np * g.C_out * K) / 4 + 2 * philox::kGroupBlocks : np * g.C_out * K;
-      launch_kernel(lc2d_fill_feedback_kernel<scalar_t>, grid_stride_blocks(blocks, kLibraryThreads, device),
-                    kLibraryThreads, 0, f.reads_weight() ? wc.const_data_ptr<scalar_t>() : nullptr,
-                    b.mutable_data_ptr<scalar_t>(), p0 * g.C_out * K, np * g.C_out * K, f);
-    });
+    fill_feedback(wc, b, FeedbackRows{p0 * g.C_out * K, 0, np * g.C_out * K, 1}, f);
     at::Tensor dcols = dcols_ws.narrow(0, 0, np * g.N * K).view({np, g.N, K});
     at::bmm_out(dcols, dy, b);
     // Input rows the chunk's windows reach: from the first row of its first position's window to the
@@ -975,6 +1032,46 @@ at::Tensor library_backward_input(const at::Tensor& gyc, const at::Tensor& wc, a
   }
   if (!wide) grad_x.copy_(acc);
   return grad_x;
+}
+
+// The fused input gradients' feedback. "weight" and "sign" form B on load from weight, in one launch over every
+// channel. The generating modes' B is materialised first by lc2d_fill_feedback_kernel (one Philox call per
+// counter block, shared over the block's elements, as in the library algorithm and on the CPU) and read as a
+// stored B: all of it where it fits the workspace limit, else in chunks of output channels for every position
+// (multiples of 16, at least 16: every launch keeps the whole grid of pixel groups), each launch resuming from
+// the partial sums of the chunks before it (input_out_t: in the accumulation type, rounded once at the end).
+// `launch(resume, spec, b, channels, o_lo, out)` runs one kernel, resume a std::bool_constant.
+template <typename scalar_t, typename Launch>
+void fused_backward_input(const at::Tensor& wc, at::Tensor& grad_x, const Lc2dGeometry& g, const FeedbackSpec& f,
+                          Launch&& launch) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t P = g.positions(), K = g.patch(), C_out = g.C_out;
+  const ChannelRange every{static_cast<int>(C_out), static_cast<int>(C_out * K)};
+  if (!f.generates()) {
+    launch(std::false_type(), f, wc.const_data_ptr<scalar_t>(), every, 0, grad_x.mutable_data_ptr<scalar_t>());
+    return;
+  }
+  FeedbackSpec stored = f;
+  stored.mode = FeedbackMode::kWeight;
+  const int64_t per_channel = P * K * static_cast<int64_t>(sizeof(scalar_t));
+  const int64_t oc = std::min(C_out, std::max<int64_t>(kChunk, lc2d_workspace_limit() / per_channel / kChunk * kChunk));
+  at::Tensor b = at::empty({P * oc * K}, grad_x.options());
+  if (oc == C_out) {
+    fill_feedback(wc, b, FeedbackRows{0, 0, P * C_out * K, 1}, f);
+    launch(std::false_type(), stored, b.const_data_ptr<scalar_t>(), every, 0, grad_x.mutable_data_ptr<scalar_t>());
+    return;
+  }
+  constexpr at::ScalarType acc_type = c10::CppTypeToScalarType<acc_t>::value;
+  at::Tensor partial = grad_x.scalar_type() == acc_type ? grad_x.zero_()
+                                                        : at::zeros(grad_x.sizes(), grad_x.options().dtype(acc_type));
+  for (int64_t o_lo = 0; o_lo < C_out; o_lo += oc) {
+    const int64_t o_hi = std::min(C_out, o_lo + oc);
+    fill_feedback(wc, b, FeedbackRows{o_lo * K, C_out * K, (o_hi - o_lo) * K, P}, f);
+    launch(std::true_type(), stored, b.const_data_ptr<scalar_t>(),
+           ChannelRange{static_cast<int>(o_hi - o_lo), static_cast<int>((o_hi - o_lo) * K)}, o_lo,
+           partial.mutable_data_ptr<acc_t>());
+  }
+  if (!partial.is_same(grad_x)) grad_x.copy_(partial);
 }
 
 // Runs `fn` once on the current stream and returns its time in milliseconds (the autotuner's timer).
@@ -1076,24 +1173,24 @@ at::Tensor lc2d_backward_input_cuda(const at::Tensor& grad_y, const at::Tensor& 
       const PixelGroups pg = input_groups(g, true);
       dispatch_tensor_core(grad_y.scalar_type(), [&](auto tag) {
         using scalar_t = decltype(tag);
-        const auto kernel = f.generates() ? lc2d_backward_input_tc_kernel<scalar_t, true>
-                                          : lc2d_backward_input_tc_kernel<scalar_t, false>;
-        launch_kernel(kernel, grid(pg, kTile), kThreads, 0, gyc.const_data_ptr<scalar_t>(),
-                      f.reads_weight() ? wc.const_data_ptr<scalar_t>() : nullptr, grad_x.mutable_data_ptr<scalar_t>(),
-                      d, pg, f);
+        fused_backward_input<scalar_t>(wc, grad_x, g, f, [&](auto resume, const FeedbackSpec& spec, const scalar_t* b,
+                                                             const ChannelRange& ch, int64_t o_lo, auto* out) {
+          launch_kernel(lc2d_backward_input_tc_kernel<scalar_t, decltype(resume)::value>, grid(pg, kTile), kThreads,
+                        0, gyc.const_data_ptr<scalar_t>() + o_lo * g.positions(), b, out, d, pg, spec, ch);
+        });
       });
       return grad_x;
     }
     const PixelGroups pg = input_groups(g, false);
     const int mb = micro_tiles(g.C_in * pg.GH * pg.GW);  // the column tile: 16 mb columns
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad_y.scalar_type(), "lc2d_backward_input_cuda", [&] {
-      const scalar_t* w = f.reads_weight() ? wc.const_data_ptr<scalar_t>() : nullptr;
       with_micro_tiles(mb, [&](auto m) {
         constexpr int MB = decltype(m)::value;
-        const auto kernel = f.generates() ? lc2d_backward_input_kernel<scalar_t, true, MB>
-                                          : lc2d_backward_input_kernel<scalar_t, false, MB>;
-        launch_kernel(kernel, grid(pg, kSpread * mb), kThreads, 0, gyc.const_data_ptr<scalar_t>(), w,
-                      grad_x.mutable_data_ptr<scalar_t>(), d, pg, f);
+        fused_backward_input<scalar_t>(wc, grad_x, g, f, [&](auto resume, const FeedbackSpec& spec, const scalar_t* b,
+                                                             const ChannelRange& ch, int64_t o_lo, auto* out) {
+          launch_kernel(lc2d_backward_input_kernel<scalar_t, decltype(resume)::value, MB>, grid(pg, kSpread * mb),
+                        kThreads, 0, gyc.const_data_ptr<scalar_t>() + o_lo * g.positions(), b, out, d, pg, spec, ch);
+        });
       });
     });
     return grad_x;

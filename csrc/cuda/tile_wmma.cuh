@@ -7,7 +7,8 @@
 //     multiple of 16 as ldm must be), so every 16-row sub-tile, and the second K = 8 half of a float row,
 //     starts a multiple of 32 bytes after the first;
 //   * the result leaves through shared memory as float [64][kCld] for the epilogue, which owns elements
-//     the way tile_fma.cuh's threads do (row ty + 16a, column tx + 16b).
+//     the way tile_fma.cuh's threads do (row ty + 16a, column tx + 16b); a kernel that resumes from
+//     partial sums enters them the same way (load).
 // The CPU execution layer supplies nvcuda::wmma itself (tests/emulation/wmma_emu.h).
 #pragma once
 
@@ -116,6 +117,16 @@ __device__ __forceinline__ void store(float (&C)[64][kCld], const Frag (&c)[2], 
   for (int t = 0; t < 2; ++t) {
     nvcuda::wmma::store_matrix_sync(&C[16 * (warp % 4)][16 * (2 * (warp / 4) + t)], c[t], kCld,
                                     nvcuda::wmma::mem_row_major);
+  }
+}
+
+// c = C[rows][columns] of warp w's sub-tiles (store's inverse), to resume from sums stored before.
+template <typename Frag>
+__device__ __forceinline__ void load(Frag (&c)[2], const float (&C)[64][kCld], int warp) {
+#pragma unroll
+  for (int t = 0; t < 2; ++t) {
+    nvcuda::wmma::load_matrix_sync(c[t], &C[16 * (warp % 4)][16 * (2 * (warp / 4) + t)], kCld,
+                                   nvcuda::wmma::mem_row_major);
   }
 }
 

@@ -89,6 +89,15 @@ inline void load_matrix_sync(fragment<Use, M, N, K, T, Layout>& f, const typenam
   }
 }
 
+// The accumulator's load (layout given at run time, as store_matrix_sync's).
+template <int M, int N, int K, typename T>
+inline void load_matrix_sync(fragment<accumulator, M, N, K, T>& f, const T* p, unsigned ldm, layout_t layout) {
+  detail::check_tile(p, ldm, sizeof(T), "load_matrix_sync");
+  for (int r = 0; r < M; ++r) {
+    for (int c = 0; c < N; ++c) f.x[r * N + c] = layout == mem_row_major ? p[r * ldm + c] : p[c * ldm + r];
+  }
+}
+
 template <int M, int N, int K, typename T>
 inline void store_matrix_sync(T* p, const fragment<accumulator, M, N, K, T>& f, unsigned ldm, layout_t layout) {
   detail::check_tile(p, ldm, sizeof(T), "store_matrix_sync");
