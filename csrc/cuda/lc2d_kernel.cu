@@ -395,9 +395,10 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<scalar_t>)
 //   (4 = kColRows):
 //     Gs[q][col] = dY[n0 + col, o_lo + o0 + q, i, j],   Ws[q][col] = Bt_p[o_lo + o0 + q, u0 + col] (col < TB),
 //   o0 + q < count (ChannelRange), where Bt_p[o_lo + t, u] = B_p[o_lo + t, (c * kH + r) * kW + s] (at
-//   b[p * b_block + t * K + ...], 64-bit) for u's channel c and the taps (r, s) by which (i, j) covers u's pixel, and 0 where it does not
-//   cover it, or u lies past C_in * GH * GW or its pixel past the image's edge. A thread's staging sample,
-//   column and pixel are fixed within a batch tile, and its taps within a position.
+//   b[p * b_block + t * K + ...], 64-bit) for u's channel c and the taps (r, s) by which (i, j) covers u's
+//   pixel, and 0 where it does not cover it, or u lies past C_in * GH * GW or its pixel past the image's
+//   edge. A thread's staging sample, column and pixel are fixed within a batch tile, and its taps within a
+//   position.
 //   The reduction runs over the launch's channels only; resuming (kResume), each batch tile starts from the
 //   partial sums in grad_x (input_out_t) instead of zero.
 // B is "weight" mode's weight (or a stored B) or "sign" mode's transform of it, formed on load (feedback_at);
@@ -475,9 +476,9 @@ __global__ void __launch_bounds__(kThreads, (kInputMinBlocks<scalar_t, kResume>)
 
 // ------------------------------------------------------------------------------------------------
 // The fused_tc algorithm (float16 / bfloat16, and float32 as TF32 where torch allows TF32 matmuls): the
-// kernels above with the FFMA tile replaced by tensor cores (tile_wmma.cuh, float accumulation). The operands are staged in their own type (16-bit products are exact in the mma;
-// float operands are rounded to TF32 in the fragments), and the result leaves through shared memory for the
-// same epilogue.
+// kernels above with the FFMA tile replaced by tensor cores (tile_wmma.cuh, float accumulation). The operands
+// are staged in their own type (16-bit products are exact in the mma; float operands are rounded to TF32 in
+// the fragments), and the result leaves through shared memory for the same epilogue.
 
 // Forward. Block (p, o-tile), grid and staging ownership as lc2d_forward_kernel:
 //   As[row][kk] = X_p[n0 + row, k0 + kk] (A = X_p, rows n),  Bs[row][kk] = W_p[o0 + row, k0 + kk] (B = W_p^T,
@@ -679,7 +680,8 @@ __global__ void __launch_bounds__(kThreads, 3)
       const int na = n0 + row;
       const int off = column_offset(d, pg, origin, origin.u0 + col_);
       if (na < d.N && off >= 0) {
-        grad_x[static_cast<int64_t>(na) * d.x_sample + off] = static_cast<input_out_t<scalar_t, kResume>>(Cs[row][col_]);
+        grad_x[static_cast<int64_t>(na) * d.x_sample + off] =
+            static_cast<input_out_t<scalar_t, kResume>>(Cs[row][col_]);
       }
     });
     __syncthreads();  // the next batch tile overwrites Cs
@@ -759,11 +761,12 @@ int64_t covering_positions_total(int64_t extent, int64_t G, int64_t out, int64_t
 
 // The input-gradient kernel's pixel group: the GH x GW (1 to 8 each) of least modelled time
 //   u_tiles * (1 + MB) * covering_positions_total(H axis) * covering_positions_total(W axis),
-// MB = micro_tiles(C_in * GH * GW) (kMicro, 64-wide tiles, on tensor cores): one reduction chunk of a (group, u-tile) block costs its staging (about
-// one micro-tile's FMAs) plus MB micro-tiles of FMAs, and runs once per C_out chunk and batch tile, which
-// every group has alike. Ties go to the smaller group. One pixel wins from 32 input channels up; few
-// channels with strides or large kernels take larger groups (4 x 4 at ImageNet L1, 3 channels k9 s4, and at
-// the stem, 3 channels k7 s2: about a quarter of one pixel's modelled time).
+// MB = micro_tiles(C_in * GH * GW) (kMicro, 64-wide tiles, on tensor cores): one reduction chunk of a
+// (group, u-tile) block costs its staging (about one micro-tile's FMAs) plus MB micro-tiles of FMAs, and runs
+// once per C_out chunk and batch tile, which every group has alike. Ties go to the smaller group. One pixel
+// wins from 32 input channels up; few channels with strides or large kernels take larger groups (4 x 4 at
+// ImageNet L1, 3 channels k9 s4, and at the stem, 3 channels k7 s2: about a quarter of one pixel's modelled
+// time).
 PixelGroups input_groups(const Lc2dGeometry& g, bool tensor_cores) {
   constexpr int kMaxGroup = 8;
   int best_h = 1, best_w = 1;
@@ -895,12 +898,11 @@ __global__ void lc2d_fill_feedback_kernel(const scalar_t* __restrict__ weight, s
     const int64_t row = t / per_row;
     const int64_t tb = t - row * per_row;
     const int64_t e_lo = fr.e0 + row * fr.stride, e_hi = e_lo + fr.len;  // the row: [e_lo, e_hi)
-    scalar_t* out_row = out + row * fr.len - e_lo;                        // out_row[e] for e in the row
     auto put = [&](int64_t e, float sample) {
       if (e < e_lo || e >= e_hi) return;
       const scalar_t r = static_cast<scalar_t>(philox::mul_rn(f.scale, sample));
       const scalar_t w = f.reads_weight() ? weight[e] : scalar_t(0);
-      out_row[e] = combine_feedback<scalar_t, acc_t>(f, r, w);
+      out[row * fr.len + (e - e_lo)] = combine_feedback<scalar_t, acc_t>(f, r, w);
     };
     if (f.distribution == philox::Distribution::kUniform) {
       // Blocks 16 g .. 16 g + 15 of every group g from the row's first on.
