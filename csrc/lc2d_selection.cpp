@@ -32,14 +32,17 @@ struct TableRow {
 // BEGIN default table: written by benchmarks/lc2d_selection_table.py from its JSON sources; do not edit.
 constexpr TableRow kDefaultTable[] = {
     {"cpu", "backward_input", "large-high", "float32", "library"},  // measured
+    {"cpu", "backward_input", "large-low", "float32", "direct"},  // measured
     {"cpu", "backward_input", "mid-high", "float32", "direct"},  // measured
     {"cpu", "backward_input", "mid-low", "float32", "library"},  // measured
     {"cpu", "backward_input", "small-low", "float32", "direct"},  // measured
-    {"cpu", "backward_weight", "large-high", "float32", "direct"},  // measured
+    {"cpu", "backward_weight", "large-high", "float32", "library"},  // measured
+    {"cpu", "backward_weight", "large-low", "float32", "direct"},  // measured
     {"cpu", "backward_weight", "mid-high", "float32", "direct"},  // measured
     {"cpu", "backward_weight", "mid-low", "float32", "direct"},  // measured
     {"cpu", "backward_weight", "small-low", "float32", "direct"},  // measured
-    {"cpu", "forward", "large-high", "float32", "direct"},  // measured
+    {"cpu", "forward", "large-high", "float32", "library"},  // measured
+    {"cpu", "forward", "large-low", "float32", "direct"},  // measured
     {"cpu", "forward", "mid-high", "float32", "direct"},  // measured
     {"cpu", "forward", "mid-low", "float32", "direct"},  // measured
     {"cpu", "forward", "small-low", "float32", "direct"},  // measured
