@@ -461,9 +461,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     # process-wide settings a run changes (--threads, --deterministic), restored for callers of main()
     threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    finished = False
     try:
         args = _settings(parser, argv)
-        return {"train": cmd_train, "reproduce": cmd_reproduce, "bench": cmd_bench}[args.command](args)
+        status = {"train": cmd_train, "reproduce": cmd_reproduce, "bench": cmd_bench}[args.command](args)
+        finished = True
+        return status
     except UsageError as e:
         print(f"bioplaus: error: {_one_line(e)}", file=sys.stderr)
         return 2
@@ -479,7 +482,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     finally:
         from . import distributed
-        distributed.teardown()
+        distributed.teardown(finished)
         torch.set_num_threads(threads)
         torch.use_deterministic_algorithms(deterministic)
 

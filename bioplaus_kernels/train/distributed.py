@@ -66,8 +66,13 @@ def setup(device_spec: str) -> tuple[Context, torch.device]:
     return ctx, device
 
 
-def teardown() -> None:
+def teardown(finished: bool) -> None:
+    """Leaves the process group. After a run that finished on this rank, first waits for every rank: a rank that
+    closed its connections while a peer still sent on them could make gloo abort that peer at exit. After an
+    error the other ranks may never arrive, so then it leaves at once."""
     if dist.is_initialized():
+        if finished:
+            dist.barrier()
         dist.destroy_process_group()
 
 
