@@ -802,6 +802,14 @@ PixelGroups input_groups(const Lc2dGeometry& g, bool tensor_cores) {
 // are bit-identical run to run. They differ from the fused kernels' in the last bits (another summation
 // order; cuBLAS picks its own reduction split).
 
+// A zeroed sum buffer for grad_x in the accumulation type (at::opmath_type): grad_x itself where that is its
+// dtype (float32, float64), else a float tensor of its size that the caller copies into grad_x at the end
+// (16-bit results rounded once).
+at::Tensor zeroed_accumulator(at::Tensor& grad_x) {
+  const at::ScalarType acc = at::toOpMathType(grad_x.scalar_type());
+  return acc == grad_x.scalar_type() ? grad_x.zero_() : at::zeros(grad_x.sizes(), grad_x.options().dtype(acc));
+}
+
 // Positions per chunk: as many as `per_position` workspace elements each allow within the budget
 // (lc2d_workspace_limit(); at least one position).
 int64_t library_chunk(const Lc2dGeometry& g, int64_t per_position, int64_t elem_size) {
@@ -1007,8 +1015,7 @@ at::Tensor library_backward_input(const at::Tensor& gyc, const at::Tensor& wc, a
   at::Tensor dcols_ws = at::empty({np_max * g.N * K}, gyc.options());
   at::Tensor b_ws = at::empty({np_max * g.C_out * K}, gyc.options());
   // 16-bit results are folded in float and rounded once at the end.
-  const bool wide = gyc.scalar_type() == at::kFloat || gyc.scalar_type() == at::kDouble;
-  at::Tensor acc = wide ? grad_x.zero_() : at::zeros(grad_x.sizes(), gyc.options().dtype(at::kFloat));
+  at::Tensor acc = zeroed_accumulator(grad_x);
   const int device = gyc.get_device();
   for (int64_t p0 = 0; p0 < P; p0 += np_max) {
     const int64_t np = std::min(np_max, P - p0);
@@ -1032,7 +1039,7 @@ at::Tensor library_backward_input(const at::Tensor& gyc, const at::Tensor& wc, a
                     static_cast<int>(np), static_cast<int>(ih0), static_cast<int>(rows));
     });
   }
-  if (!wide) grad_x.copy_(acc);
+  if (!acc.is_same(grad_x)) grad_x.copy_(acc);
   return grad_x;
 }
 
@@ -1063,9 +1070,7 @@ void fused_backward_input(const at::Tensor& wc, at::Tensor& grad_x, const Lc2dGe
     launch(std::false_type(), stored, b.const_data_ptr<scalar_t>(), every, 0, grad_x.mutable_data_ptr<scalar_t>());
     return;
   }
-  constexpr at::ScalarType acc_type = c10::CppTypeToScalarType<acc_t>::value;
-  at::Tensor partial = grad_x.scalar_type() == acc_type ? grad_x.zero_()
-                                                        : at::zeros(grad_x.sizes(), grad_x.options().dtype(acc_type));
+  at::Tensor partial = zeroed_accumulator(grad_x);
   for (int64_t o_lo = 0; o_lo < C_out; o_lo += oc) {
     const int64_t o_hi = std::min(C_out, o_lo + oc);
     fill_feedback(wc, b, FeedbackRows{o_lo * K, C_out * K, (o_hi - o_lo) * K, P}, f);
